@@ -1,0 +1,3 @@
+"""mri_tfdata: brain-tumour MRI classification by transfer learning on TensorFlow."""
+
+__version__ = "0.1.0"
