@@ -1,0 +1,1 @@
+"""TFDS dataset builders of the project; import a builder's package to register it with TFDS."""

@@ -1,0 +1,108 @@
+"""Picks the tf.distribute strategy (one device, mirrored, multi-worker, TPU) for a run."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from mri_tfdata.errors import FlagError, UserError
+
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+
+_TF_CONFIG_EXAMPLE = (
+    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}\' on the first machine and the same with '
+    '"index": 1 on the second'
+)
+
+
+def _check_tf_config() -> None:
+    """Fails early, with an example, when TF_CONFIG cannot describe a multi-worker cluster."""
+    raw = os.environ.get("TF_CONFIG")
+    fix = f"Set it on every worker before starting the run, e.g. {_TF_CONFIG_EXAMPLE}."
+    if not raw:
+        raise UserError(f"--strategy=multi_worker needs the TF_CONFIG environment variable. {fix}")
+    try:
+        config = json.loads(raw)
+        cluster, task = config["cluster"], config["task"]
+        members = [m for job in cluster.values() for m in job]
+        index = task["index"]
+        if not (isinstance(index, int) and 0 <= index < len(cluster[task["type"]])):
+            raise ValueError(f"task index {index!r} is not a position in its job's list")
+        if not all(isinstance(m, str) and ":" in m for m in members):
+            raise ValueError("cluster members must be 'host:port' strings")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(
+            f"TF_CONFIG is malformed ({type(e).__name__}: {e}); it must be JSON with a 'cluster' "
+            "mapping job names to lists of host:port and a 'task' whose 'type' is one of those "
+            f"jobs and whose 'index' is a position in its list. {fix}"
+        ) from None
+
+
+def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise UserError(
+            f"--strategy=tpu found no usable TPU ({e}). Run on a Cloud TPU VM (pass --tpu=local), "
+            "name the TPU with --tpu=NAME or set TPU_NAME, or choose another --strategy such as auto."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def create_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strategy:
+    """Creates the distribution strategy; call it first, before any other TensorFlow work.
+
+    `auto` uses MirroredStrategy over all GPUs when there are several, OneDeviceStrategy on a
+    single GPU and the default (no-op) strategy on a CPU-only host. `mirrored` without GPUs
+    mirrors over the logical CPU devices, so a host configured with two logical CPUs runs two
+    replicas. `multi_worker` reads the cluster from TF_CONFIG; `tpu` connects to the TPU named
+    by `tpu` (or found from the environment).
+
+    Args:
+      name: one of STRATEGIES.
+      tpu: TPU name or address for the `tpu` strategy ("local" on a TPU VM).
+
+    Returns:
+      The strategy; build and compile the model inside `strategy.scope()`.
+
+    Raises:
+      FlagError: for a name not in STRATEGIES.
+      UserError: when TF_CONFIG is missing or malformed, or no TPU can be reached.
+    """
+    if name not in STRATEGIES:
+        raise FlagError(f"Unknown strategy {name!r}. Use one of: {', '.join(STRATEGIES)}.")
+    if name == "multi_worker":
+        _check_tf_config()
+        # Collective ops must be configured before anything else touches the TF runtime.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        return _tpu_strategy(tpu)
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def describe_strategy(strategy: tf.distribute.Strategy) -> str:
+    """Returns one line for the start-up log: strategy kind, replicas, devices and cluster task."""
+    try:
+        devices = ", ".join(strategy.extended.worker_devices)
+    except RuntimeError:  # The default strategy has no device list: it runs where TF places ops.
+        devices = "TensorFlow's default placement"
+    text = (
+        f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s) in sync "
+        f"on {devices}"
+    )
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None:
+        workers = len(resolver.cluster_spec().as_dict().get("worker", []))
+        text += f"; this is {resolver.task_type} {resolver.task_id} of {workers} worker(s)"
+    return text

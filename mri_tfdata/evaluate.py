@@ -1,0 +1,65 @@
+"""Evaluates a saved model on a split: `python -m mri_tfdata.evaluate --model=PATH --split=test --out=DIR`.
+
+Writes metrics.json (accuracy, loss, per-class precision/recall/F1, confusion matrix) and
+confusion_matrix.png into --out, as training does for its test split. The data flags are the
+training ones; the image size is the model's own.
+"""
+
+import pathlib
+
+from absl import flags, logging
+
+from mri_tfdata import cli, flags_common, inference, input_pipeline, reports
+from mri_tfdata.cli import require
+from mri_tfdata.errors import UserError
+
+flags_common.define_data_flags()
+flags.DEFINE_string("model", None, "The saved model: a model.keras file written by training.")
+flags.DEFINE_string("split", "test", "The split to evaluate (TFDS split syntax).")
+flags.DEFINE_string("out", None, "Directory for metrics.json and confusion_matrix.png (created if missing).")
+flags.DEFINE_bool("overwrite", False, "Replace metrics.json and confusion_matrix.png already in --out.")
+
+FLAGS = flags.FLAGS
+
+_OUTPUTS = ("metrics.json", "confusion_matrix.png")
+
+
+def main(argv):
+    require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    require(bool(FLAGS.model), "--model is required: the model.keras file of a training run.")
+    require(bool(FLAGS.out), "--out is required: the directory for metrics.json and the plot.")
+    require(bool(FLAGS.split.strip()), "--split must name a split, e.g. test.")
+    out = pathlib.Path(FLAGS.out).expanduser()
+    existing = [n for n in _OUTPUTS if (out / n).exists()]
+    if existing and not FLAGS.overwrite:
+        raise UserError(f"--out={out} already holds {', '.join(existing)}. Pass another --out, or "
+                        "add --overwrite to replace them.")
+    classifier = inference.load_classifier(FLAGS.model)
+    image_size = inference.input_size(classifier)
+    if FLAGS["image_size"].present:
+        require(FLAGS.image_size == image_size,
+                f"--image_size={FLAGS.image_size} differs from the model's input size "
+                f"{image_size}; drop the flag (the model's size is used).")
+    data = flags_common.data_spec_from_flags(image_size=image_size)
+    source = data.open(FLAGS.split)
+    num_classes = classifier.output_shape[-1]
+    if num_classes != len(source.class_names):
+        raise UserError(f"The model predicts {num_classes} classes but {data.describe()} has "
+                        f"{len(source.class_names)}; evaluate it on the data it was trained for.")
+    logging.info("Evaluating %s on %s split %r (%d images at %d px).", FLAGS.model,
+                 data.describe(), FLAGS.split, source.num_examples, image_size)
+    dataset = input_pipeline.make_dataset(source, image_size=image_size, batch_size=FLAGS.batch_size,
+                                          training=False, cache="none")
+    labels, probabilities = reports.collect_predictions(classifier, dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = reports.write_evaluation(
+        out, labels=labels, probabilities=probabilities, class_names=source.class_names,
+        extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()})
+    logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],
+                 metrics["loss"], metrics["num_examples"], out / "metrics.json")
+    print(f"accuracy={metrics['accuracy']:.4f} loss={metrics['loss']:.4f} "
+          f"examples={metrics['num_examples']} metrics={out / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,327 @@
+"""Frozen-backbone fast path: compute the pooled ResNet50 features once, cache them on disk, train the head on them."""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from mri_tfdata import input_pipeline, model
+
+# Part of every cache key: bump it when the extraction itself changes (resizing, preprocessing,
+# file layout), so that features computed by older code are never served.
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheKey:
+    """Names one cache file: a readable prefix and a short hash of everything the features depend on."""
+
+    name: str
+    digest: str
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.{self.digest}.npz"
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Pooled backbone features of one split, in the split's fixed order."""
+
+    features: np.ndarray  # float32 [N, FEATURE_DIM]
+    labels: np.ndarray  # int32 [N]
+    key: CacheKey
+    path: Path | None  # the cache file, or None when caching is off
+    from_cache: bool  # True when read from disk, False when extracted by this call
+
+
+def default_cache_dir() -> Path:
+    """Where `--feature_cache=auto` keeps features: `$XDG_CACHE_HOME/mri_tfdata/features`.
+
+    Outside any workdir on purpose: every run and every tuner trial on the same data, image size,
+    weights and precision finds the same files, whatever its --workdir.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mri_tfdata" / "features"
+
+
+def resolve_cache_dir(feature_cache: str) -> Path | None:
+    """Maps a `--feature_cache` value to a directory: "off" -> None, "auto" -> default, else the path."""
+    if feature_cache == "off":
+        return None
+    if feature_cache == "auto":
+        return default_cache_dir()
+    return Path(feature_cache).expanduser()
+
+
+def use_fast_path(feature_cache: str, *, fine_tune_blocks: int, augment: bool) -> bool:
+    """Decides whether training takes the cached-feature fast path, and logs which path and why.
+
+    The backbone's pooled output is a pure function of the image only while the backbone stays
+    frozen and no random augmentation changes the image from epoch to epoch.
+
+    Args:
+      feature_cache: the `--feature_cache` value: "auto", "off" or a directory.
+      fine_tune_blocks: backbone blocks unfrozen in a second phase (0 = frozen throughout).
+      augment: whether random augmentation is on.
+
+    Returns:
+      True for the fast path, False for the end-to-end path.
+    """
+    if feature_cache == "off":
+        logging.info("Training path: end-to-end (--feature_cache=off).")
+        return False
+    reasons = []
+    if fine_tune_blocks:
+        reasons.append(f"the backbone is fine-tuned (--fine_tune_blocks={fine_tune_blocks})")
+    if augment:
+        reasons.append("augmentation is on, so the features change every epoch")
+    if reasons:
+        log = logging.warning if feature_cache != "auto" else logging.info
+        log("Training path: end-to-end, feature cache unused because %s.", " and ".join(reasons))
+        return False
+    logging.info(
+        "Training path: fast (frozen backbone, no augmentation): features computed once and cached "
+        "in %s, the head trained on them.", resolve_cache_dir(feature_cache))
+    return True
+
+
+def weights_fingerprint(backbone: keras.Model) -> str:
+    """Hashes the shapes, dtypes and values of all the backbone's weights (moving statistics included).
+
+    Hashing every byte (~94 MB for ResNet50) takes a fraction of a second, much less than one batch
+    of features, and unlike a sample it cannot miss a changed weight.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for weight in backbone.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(f"{value.shape}{value.dtype}".encode())
+        digest.update(value.data)
+    return digest.hexdigest()
+
+
+def cache_key(*, cache_id: str, image_size: int, weights_fingerprint: str, precision: str) -> CacheKey:
+    """The key of one split's features.
+
+    Args:
+      cache_id: the Source's cache_id (dataset name, config, version and split).
+      image_size: the side the images are resized to before the backbone.
+      weights_fingerprint: `weights_fingerprint(backbone)`.
+      precision: the backbone's dtype policy name, e.g. "float32" or "mixed_bfloat16".
+
+    Returns:
+      A CacheKey whose digest changes when any of the inputs changes.
+    """
+    fields = {
+        "format": CACHE_FORMAT_VERSION,
+        "cache_id": cache_id,
+        "image_size": int(image_size),
+        "weights": weights_fingerprint,
+        "precision": precision,
+    }
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", cache_id).strip("_")[-80:]
+    return CacheKey(name=f"{readable}-{int(image_size)}px-{precision}", digest=digest)
+
+
+def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strategy=None,
+                     num_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Runs the backbone over every batch of `dataset`, in order, with a progress bar.
+
+    Args:
+      backbone: `model.build_backbone(...)`, built in `strategy`'s scope.
+      dataset: batches of (uint8 images, labels) in a fixed order, every example once
+        (`input_pipeline.make_dataset(..., training=False)`); the batch size is global.
+      strategy: the tf.distribute strategy; batches are split across its replicas and the
+        replicas' results gathered back in order. Default: the current strategy.
+      num_examples: the progress bar's target, if known.
+
+    Returns:
+      (features float32 [N, FEATURE_DIM], labels int32 [N]).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = strategy.experimental_distribute_dataset(dataset)
+
+    # One tf.function for all strategies: on the default strategy `run` and `gather` are identities.
+    # The signature's unknown batch size keeps the last, partial batch from tracing ResNet50 again.
+    @tf.function(input_signature=[distributed.element_spec])
+    def step(batch):
+        def replica_fn(images, labels):
+            # float32 storage whatever the policy: bfloat16/float16 values are exact in float32.
+            return tf.cast(backbone(images, training=False), tf.float32), tf.cast(labels, tf.int32)
+
+        features, labels = strategy.run(replica_fn, args=batch)
+        return strategy.gather(features, axis=0), strategy.gather(labels, axis=0)
+
+    progbar = keras.utils.Progbar(num_examples, unit_name="image")
+    all_features, all_labels = [], []
+    start = time.perf_counter()
+    for batch in distributed:
+        features, labels = step(batch)
+        all_features.append(features.numpy())
+        all_labels.append(labels.numpy())
+        progbar.add(len(all_labels[-1]))
+    features = np.concatenate(all_features) if all_features else np.zeros((0, model.FEATURE_DIM), np.float32)
+    labels = np.concatenate(all_labels) if all_labels else np.zeros((0,), np.int32)
+    seconds = time.perf_counter() - start
+    logging.info("Extracted %d feature vectors in %.1f s (%.1f images/s).",
+                 len(labels), seconds, len(labels) / max(seconds, 1e-9))
+    return features, labels
+
+
+def _write_atomically(path: Path, features: np.ndarray, labels: np.ndarray, key: CacheKey) -> None:
+    """Writes a temp file beside `path`, then renames it: a killed process leaves no half-written cache."""
+    meta = json.dumps({"digest": key.digest, "name": key.name, "count": int(len(labels)),
+                       "feature_dim": int(features.shape[1])})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, features=features, labels=labels, meta=np.array(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_valid(path: Path, key: CacheKey, expected_count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Reads a cache file, or returns None (and logs why) when it is absent, unreadable or inconsistent."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            features, labels = data["features"], data["labels"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        logging.warning("Feature cache %s is unreadable (%s: %s), probably left half-written; "
+                        "extracting the features again.", path, type(e).__name__, e)
+        return None
+    count = meta.get("count")
+    problems = []
+    if meta.get("digest") != key.digest:
+        problems.append(f"key {meta.get('digest')} != {key.digest}")
+    if features.shape != (count, model.FEATURE_DIM) or labels.shape != (count,):
+        problems.append(f"shapes {features.shape}/{labels.shape} != recorded count {count}")
+    if count != expected_count:
+        problems.append(f"{count} examples, the split has {expected_count}")
+    if problems:
+        logging.warning("Feature cache %s is inconsistent (%s); extracting the features again.",
+                        path, "; ".join(problems))
+        return None
+    return features.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
+
+
+def load_or_extract(source, *, backbone: keras.Model, image_size: int, batch_size: int,
+                    cache_dir: Path | None, strategy=None) -> FeatureSet:
+    """Returns the features of a split, from the disk cache when a valid file exists.
+
+    Args:
+      source: a `sources.Source` of the whole split (no input_context: every example once).
+      backbone: the model's own backbone, built in `strategy`'s scope under the active precision.
+      image_size: the side images are resized to.
+      batch_size: the global batch for extraction (any size gives the same features).
+      cache_dir: directory of cache files (`resolve_cache_dir`), or None to extract without caching.
+      strategy: the tf.distribute strategy (default: the current one).
+
+    Returns:
+      A FeatureSet; `from_cache` says whether it was read from disk.
+    """
+    key = cache_key(cache_id=source.cache_id, image_size=image_size,
+                    weights_fingerprint=weights_fingerprint(backbone),
+                    precision=backbone.dtype_policy.name)
+    path = cache_dir / key.filename if cache_dir is not None else None
+    if path is not None:
+        cached = _read_valid(path, key, source.num_examples)
+        if cached is not None:
+            logging.info("Features of %s: %d vectors from cache %s.", source.description,
+                         len(cached[1]), path)
+            return FeatureSet(*cached, key=key, path=path, from_cache=True)
+    logging.info("Features of %s: extracting %d images at %d px (cache: %s).", source.description,
+                 source.num_examples, image_size, path or "off")
+    dataset = input_pipeline.make_dataset(source, image_size=image_size, batch_size=batch_size,
+                                          training=False)
+    features, labels = extract_features(backbone, dataset, strategy=strategy,
+                                        num_examples=source.num_examples)
+    if len(labels) != source.num_examples:
+        raise RuntimeError(f"extracted {len(labels)} feature vectors from {source.description}, "
+                           f"which declares {source.num_examples} examples")
+    if path is not None:
+        _write_atomically(path, features, labels, key)
+        logging.info("Wrote feature cache %s (%.1f MB).", path, path.stat().st_size / 1e6)
+    return FeatureSet(features, labels, key=key, path=path, from_cache=False)
+
+
+def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                         training: bool, seed: int | None = None) -> tf.data.Dataset:
+    """Batches cached features like `input_pipeline` batches images.
+
+    Args:
+      features: float32 [N, FEATURE_DIM].
+      labels: int [N].
+      batch_size: the global batch (Keras splits it across the strategy's replicas).
+      training: shuffle all examples anew each epoch and drop the last partial batch, as the image
+        pipeline does; otherwise keep the fixed order and every example.
+      seed: the shuffle seed.
+
+    Returns:
+      A tf.data.Dataset of (float32 [B, FEATURE_DIM], int32 [B]).
+    """
+    ds = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), labels.astype(np.int32)))
+    if training:
+        # The whole split fits in memory (47 MB for 5,712 images), so the shuffle is a full one.
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    options = tf.data.Options()
+    # In-memory data has no files to shard by; say so instead of letting AUTO warn and fall back.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+
+def fit_head(head: keras.Model, *, train: FeatureSet, validation: FeatureSet | None,
+             learning_rate: float, epochs: int, batch_size: int, callbacks=(),
+             seed: int | None = None, strategy=None, verbose="auto") -> keras.callbacks.History:
+    """Compiles the head as the end-to-end path compiles the classifier, and fits it on features.
+
+    The classifier `model.build_classifier(backbone, head)` shares the head's layers, so after
+    this fit it is the trained full model (raw uint8 images in), ready to save, evaluate and export.
+    Callbacks see the head, not the classifier.
+
+    Args:
+      head: `model.build_head(...)`, built in `strategy`'s scope (standardisation already adapted).
+      train: training-split features.
+      validation: validation features, or None.
+      learning_rate: Adam's learning rate (`model.compile_model`).
+      epochs: epochs of head training.
+      batch_size: the global batch.
+      callbacks: Keras callbacks for `fit`.
+      seed: the shuffle seed.
+      strategy: the tf.distribute strategy (default: the current one).
+      verbose: passed to `fit`.
+
+    Returns:
+      The fit's History.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model.compile_model(head, learning_rate=learning_rate)
+    train_ds = make_feature_dataset(train.features, train.labels, batch_size=batch_size,
+                                    training=True, seed=seed)
+    val_ds = None
+    if validation is not None:
+        val_ds = make_feature_dataset(validation.features, validation.labels,
+                                      batch_size=batch_size, training=False)
+    return head.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks),
+                    verbose=verbose)

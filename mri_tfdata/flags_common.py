@@ -1,0 +1,124 @@
+"""The data, model and runtime flags shared by train, evaluate and tuning entry points."""
+
+from absl import flags
+
+from mri_tfdata import distribute, precision
+from mri_tfdata.cli import require
+from mri_tfdata.dataspec import SOURCES, DataSpec
+from mri_tfdata.training import ModelSpec
+
+FLAGS = flags.FLAGS
+
+_ACTIVATIONS = ("relu", "gelu", "swish", "elu", "selu", "tanh")
+
+
+def define_data_flags() -> None:
+    """Defines where the images come from and how they are read (call once, at import)."""
+    flags.DEFINE_enum("source", "synthetic", SOURCES,
+                      "tfds: a built brain_tumor_mri TFDS dataset; folder: a Kaggle-layout folder "
+                      "(--data_dir); synthetic: the embedded generated dataset (no download).")
+    flags.DEFINE_string("data_dir", None,
+                        "source=folder: the Kaggle-layout root (Training/, Testing/). "
+                        "source=synthetic: where the generated set is cached "
+                        "(default ~/.cache/mri_tfdata/synthetic).")
+    flags.DEFINE_string("tfds_data_dir", None,
+                        "source=tfds: the TFDS data_dir the dataset was built into "
+                        "(default ~/tensorflow_datasets).")
+    flags.DEFINE_enum("tfds_config", "default", ("default", "dedup"),
+                      "source=tfds: builder config; dedup drops the test images that leak from train.")
+    flags.DEFINE_integer("synthetic_train_per_class", 40, "source=synthetic: Training images per class.")
+    flags.DEFINE_integer("synthetic_test_per_class", 10, "source=synthetic: Testing images per class.")
+    flags.DEFINE_integer("image_size", 224, "Side of the square model input in pixels (images are resized).")
+    flags.DEFINE_integer("batch_size", 32, "GLOBAL batch size, split evenly across the replicas.")
+    flags.DEFINE_string("cache", "memory",
+                        "Cache of decoded, resized uint8 images: none, memory, or a directory for a "
+                        "file cache.")
+    flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (training split).")
+    flags.DEFINE_integer("seed", 0, "Seed for shuffling, weight initialisation and dropout.")
+
+
+def define_model_flags() -> None:
+    """Defines the model's shape and the hardware it runs on (call once, at import)."""
+    flags.DEFINE_string("weights", "imagenet",
+                        "Backbone weights: imagenet (Keras download/cache), none (random), or the path "
+                        "of a ResNet50 no-top .h5 file.")
+    flags.DEFINE_list("head_units", ["512", "128"], "Hidden Dense layer sizes of the head, e.g. 512,128.")
+    flags.DEFINE_enum("head_activation", "relu", _ACTIVATIONS, "Activation of the head's hidden layers.")
+    flags.DEFINE_float("dropout", 0.0, "Dropout after each hidden head layer, in [0, 1).")
+    flags.DEFINE_bool("standardize_features", True,
+                      "Standardise the 2,048 pooled features (fitted on training images) before the "
+                      "head; needed for usable accuracy with --weights=none.")
+    flags.DEFINE_bool("augment", False, "Random flip/rotation/zoom/contrast during training.")
+    flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
+                      "tf.distribute strategy; auto: mirrored on >1 GPU, one GPU, else the default.")
+    flags.DEFINE_string("tpu", None, "strategy=tpu: the TPU name or address (local on a TPU VM).")
+    flags.DEFINE_enum("precision", "auto", precision.PRECISIONS,
+                      "Keras mixed-precision policy; auto picks what the hardware runs natively.")
+
+
+def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
+    """Validates the data flags and returns the DataSpec they describe.
+
+    Args:
+      image_size: the image side to use instead of --image_size (e.g. a saved model's input).
+
+    Raises:
+      FlagError: for inconsistent or out-of-range values (exit code 2).
+    """
+    require(FLAGS.image_size >= 32, f"--image_size={FLAGS.image_size} is too small: ResNet50 needs "
+            "at least 32 px. Use e.g. 64 for a quick run, 224 or 256 for the real data.")
+    require(FLAGS.batch_size >= 1, f"--batch_size={FLAGS.batch_size} must be a positive number.")
+    require(FLAGS.shuffle_buffer >= 1, "--shuffle_buffer must be at least 1.")
+    if FLAGS.source == "folder":
+        require(bool(FLAGS.data_dir), "--source=folder needs --data_dir=DIR, the folder holding "
+                "Training/<class>/ and Testing/<class>/ (the Kaggle download, unzipped).")
+    else:
+        require(FLAGS.source == "synthetic" or not FLAGS.data_dir,
+                "--data_dir is for --source=folder or synthetic; with --source=tfds pass "
+                "--tfds_data_dir instead.")
+    if FLAGS.source == "synthetic":
+        require(FLAGS.synthetic_train_per_class >= 2 and FLAGS.synthetic_test_per_class >= 1,
+                "--synthetic_train_per_class must be at least 2 and --synthetic_test_per_class at "
+                "least 1.")
+    return DataSpec(
+        source=FLAGS.source, data_dir=FLAGS.data_dir, tfds_data_dir=FLAGS.tfds_data_dir,
+        tfds_config=FLAGS.tfds_config, synthetic_train_per_class=FLAGS.synthetic_train_per_class,
+        synthetic_test_per_class=FLAGS.synthetic_test_per_class,
+        synthetic_image_size=image_size or FLAGS.image_size)
+
+
+def model_spec_from_flags() -> ModelSpec:
+    """Validates the model flags and returns the ModelSpec they describe.
+
+    Raises:
+      FlagError: for malformed or out-of-range values (exit code 2).
+    """
+    try:
+        units = tuple(int(u) for u in FLAGS.head_units)
+    except ValueError:
+        units = ()
+    require(bool(units) and all(u >= 1 for u in units),
+            f"--head_units={','.join(FLAGS.head_units)} must be a comma-separated list of positive "
+            "integers, e.g. --head_units=512,128.")
+    require(0.0 <= FLAGS.dropout < 1.0, f"--dropout={FLAGS.dropout} must be in [0, 1).")
+    require(FLAGS.weights.lower() in ("imagenet", "none") or bool(FLAGS.weights.strip()),
+            "--weights must be imagenet, none or a file path.")
+    return ModelSpec(image_size=FLAGS.image_size, weights=FLAGS.weights, head_units=units,
+                     head_activation=FLAGS.head_activation, dropout=FLAGS.dropout,
+                     standardize_features=FLAGS.standardize_features, augment=FLAGS.augment)
+
+
+def flags_as_text(modules) -> str:
+    """Serialises the flags defined by `modules` (module objects or names) as a flagfile.
+
+    Only this project's flags are written (not absl's own), sorted, one per line, so that
+    `--flagfile=` of the result repeats the run.
+    """
+    names = {}
+    for module in modules:
+        name = module if isinstance(module, str) else module.__name__
+        for flag in FLAGS.get_flags_for_module(name):
+            names[flag.name] = flag
+    # --overwrite is an instruction for one invocation, not a setting of the run.
+    names.pop("overwrite", None)
+    return "".join(f"{names[n].serialize()}\n" for n in sorted(names) if names[n].serialize())

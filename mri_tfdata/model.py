@@ -1,0 +1,265 @@
+"""The classifier: a frozen ResNet50 feature extractor (backbone) and a small dense head."""
+
+import os
+
+import keras
+from absl import logging
+
+from mri_tfdata.errors import UserError
+
+FEATURE_DIM = 2048  # Width of ResNet50's average-pooled output.
+WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + WEIGHTS_FILE
+# The md5 Keras itself checks for this file (keras.applications.resnet.WEIGHTS_HASHES).
+_WEIGHTS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+
+
+@keras.saving.register_keras_serializable(package="mri_tfdata")
+class ResNetPreprocess(keras.layers.Layer):
+    """Casts images (values 0-255) to float32 and applies `resnet50.preprocess_input`.
+
+    Being a registered layer rather than a Lambda, it saves to .keras and loads in safe mode.
+    It computes in float32 under every policy: the caffe-style mean subtraction would lose
+    about one grey level in bfloat16; the first convolution casts to the compute dtype after it.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+
+    def call(self, images):
+        return keras.applications.resnet50.preprocess_input(keras.ops.cast(images, "float32"))
+
+
+def resolve_weights(weights: str, *, cache_dir: str | None = None) -> str | None:
+    """Turns a --weights value into a local weights file, or None for random initialisation.
+
+    Args:
+      weights: "imagenet" (Keras's download, cached under ~/.keras/models so later runs work
+        offline), a path to a ResNet50 no-top .h5 file, or "none".
+      cache_dir: Keras cache root for "imagenet"; defaults to KERAS_HOME or ~/.keras.
+
+    Returns:
+      The path of the weights file, or None for "none".
+
+    Raises:
+      UserError: when the ImageNet file is neither cached nor downloadable, or the path is missing.
+    """
+    if weights.lower() == "none":
+        return None
+    if weights.lower() == "imagenet":
+        try:
+            return keras.utils.get_file(
+                WEIGHTS_FILE, _WEIGHTS_URL, cache_subdir="models", file_hash=_WEIGHTS_MD5,
+                cache_dir=cache_dir,
+            )
+        except Exception as e:  # noqa: BLE001 -- get_file turns URL errors into bare Exceptions.
+            raise UserError(
+                f"Cannot get the ImageNet ResNet50 weights: {WEIGHTS_FILE} is not in the Keras "
+                f"cache and the download failed ({e}). Copy the file from a machine that has it "
+                f"(~/.keras/models/{WEIGHTS_FILE}, or {_WEIGHTS_URL}) and pass "
+                f"--weights=/path/to/{WEIGHTS_FILE}, or run with --weights=none (random "
+                "initialisation; standardise the features for usable accuracy)."
+            ) from None
+    path = os.path.expanduser(weights)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"--weights={weights!r} is neither 'imagenet', 'none' nor an existing file. Pass the "
+            f"path of a ResNet50 no-top weights file ({WEIGHTS_FILE}), 'imagenet' or 'none'."
+        )
+    return path
+
+
+def build_backbone(*, image_size: int, weights: str | None) -> keras.Model:
+    """Builds the frozen feature extractor: images [H, W, 3] with values 0-255 -> features [2048].
+
+    The model casts and preprocesses inside (so data stays uint8 up to the accelerator) and runs
+    ResNet50 without its top, average-pooled, frozen and with training=False. Its input is
+    declared float32 so that augmented (float) images pass in unrounded; uint8 batches are cast
+    exactly. Its output is float32 under every precision policy, so cached features and the
+    end-to-end path feed the head the same numbers.
+
+    Args:
+      image_size: height and width of the square input images, at least 32.
+      weights: "imagenet", a path to a ResNet50 no-top .h5 file, or "none" (see resolve_weights).
+
+    Returns:
+      A keras.Model named "backbone" with no trainable weights.
+
+    Raises:
+      UserError: when the weights cannot be found or do not fit ResNet50.
+    """
+    weights_path = resolve_weights(weights) if weights is not None else None
+    shape = (image_size, image_size, 3)
+    images = keras.Input(shape, dtype="float32", name="image")
+    x = ResNetPreprocess(name="preprocess")(images)
+    try:
+        resnet = keras.applications.ResNet50(
+            include_top=False, pooling="avg", weights=weights_path, input_shape=shape
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"Cannot load ResNet50 weights from {weights_path} ({e}). The file must be Keras's "
+            f"{WEIGHTS_FILE} (ResNet50 without top, HDF5); pass --weights=imagenet to fetch it, "
+            "or --weights=none."
+        ) from None
+    resnet.trainable = False
+    # training=False documents intent; what keeps BatchNorm in inference mode even when the outer
+    # model is called with training=True is Keras 3's rule that a frozen BN layer never updates.
+    x = resnet(x, training=False)
+    # A float32 linear activation is the standard Keras way to end a mixed-precision model in float32.
+    features = keras.layers.Activation("linear", dtype="float32", name="features")(x)
+    backbone = keras.Model(images, features, name="backbone")
+    backbone.trainable = False
+    logging.info("Backbone: ResNet50 at %d px, weights=%s.", image_size, weights_path or "random")
+    return backbone
+
+
+def build_head(
+    *,
+    hidden_units: tuple[int, ...] = (512, 128),
+    activation: str = "relu",
+    dropout: float = 0.0,
+    standardize: bool = False,
+    num_classes: int = 4,
+) -> keras.Model:
+    """Builds the trainable head: pooled features [2048] -> float32 class probabilities.
+
+    Args:
+      hidden_units: sizes of the hidden Dense layers, in order.
+      activation: Keras activation name for the hidden layers.
+      dropout: dropout rate after each hidden layer; 0 for none.
+      standardize: start with a Normalization layer; call adapt_standardization before training.
+        Features of a randomly initialised backbone differ in scale by orders of magnitude, and
+        standardising them is what makes such a backbone usable.
+      num_classes: number of output classes.
+
+    Returns:
+      A keras.Model named "head".
+    """
+    features = keras.Input((FEATURE_DIM,), name="features")
+    x = features
+    if standardize:
+        # float32: the per-feature statistics span a wide range; cheap at 2,048 values.
+        x = keras.layers.Normalization(axis=-1, dtype="float32", name="standardize")(x)
+    for i, units in enumerate(hidden_units):
+        x = keras.layers.Dense(units, activation=activation, name=f"dense_{i}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
+    # float32 softmax: float16/bfloat16 probabilities saturate and make the loss unstable.
+    probabilities = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    )(x)
+    return keras.Model(features, probabilities, name="head")
+
+
+def adapt_standardization(head: keras.Model, features) -> bool:
+    """Fits the head's Normalization layer (if it has one) to training features.
+
+    Args:
+      head: a model from build_head.
+      features: a float array [N, 2048] or a tf.data.Dataset of feature batches (no labels).
+
+    Returns:
+      True if the head standardises its input and was adapted, False if it has no such layer.
+    """
+    try:
+        layer = head.get_layer("standardize")
+    except ValueError:
+        return False
+    layer.adapt(features)
+    return True
+
+
+def _augmentation() -> keras.Sequential:
+    # float32 layers: interpolating 0-255 images in bfloat16 would round them; the layers are
+    # identities outside training.
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", dtype="float32"),
+            keras.layers.RandomRotation(0.05, dtype="float32"),  # +-18 degrees
+            keras.layers.RandomZoom(0.1, dtype="float32"),
+            keras.layers.RandomContrast(0.1, dtype="float32"),
+        ],
+        name="augment",
+    )
+
+
+def build_classifier(backbone: keras.Model, head: keras.Model, *, augment: bool = False) -> keras.Model:
+    """Chains backbone and head into the full model: uint8 images -> class probabilities.
+
+    Args:
+      backbone: from build_backbone.
+      head: from build_head (possibly trained on cached features).
+      augment: random flip, rotation, zoom and contrast inside the model, active only in training.
+
+    Returns:
+      A keras.Model named "classifier" whose input is uint8 [H, W, 3]. Keras's random layers
+      default to training mode when a model is called directly, so with augment=True call it as
+      `model(x, training=False)` or use `predict`/`evaluate`/the serving export, which do.
+    """
+    images = keras.Input(backbone.input.shape[1:], dtype="uint8", name="image")
+    x = _augmentation()(images) if augment else images
+    return keras.Model(images, head(backbone(x)), name="classifier")
+
+
+def compile_model(model: keras.Model, *, learning_rate: float) -> None:
+    """Compiles with Adam, sparse categorical cross-entropy and accuracy.
+
+    Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer here. Call inside the
+    strategy's scope, and again after unfreeze_top_blocks.
+    """
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+
+
+def _resnet_blocks(resnet: keras.Model) -> list[str]:
+    """Names of the residual blocks ("conv2_block1" ... "conv5_block3") from input to output."""
+    blocks = []
+    for layer in resnet.layers:
+        stage, _, rest = layer.name.partition("_")
+        block = f"{stage}_{rest.split('_')[0]}"
+        if rest.startswith("block") and block not in blocks:
+            blocks.append(block)
+    return blocks
+
+
+def unfreeze_top_blocks(classifier: keras.Model, num_blocks: int) -> list[str]:
+    """Makes the top `num_blocks` ResNet50 residual blocks trainable for fine-tuning.
+
+    BatchNormalization layers stay frozen, which in Keras 3 also keeps them in inference mode:
+    their moving statistics neither update nor get replaced by small-batch statistics. Recompile
+    afterwards (compile_model), with a learning rate well below the head's.
+
+    Args:
+      classifier: from build_classifier.
+      num_blocks: how many blocks to unfreeze, from conv5_block3 downwards (ResNet50 has 16).
+
+    Returns:
+      The names of the unfrozen blocks, top first.
+
+    Raises:
+      UserError: if num_blocks is negative or larger than the number of blocks.
+    """
+    resnet = classifier.get_layer("backbone").get_layer("resnet50")
+    blocks = _resnet_blocks(resnet)
+    if not 0 <= num_blocks <= len(blocks):
+        raise UserError(
+            f"Cannot unfreeze {num_blocks} blocks: ResNet50 has {len(blocks)}. Pass a number "
+            f"from 0 to {len(blocks)}."
+        )
+    chosen = blocks[len(blocks) - num_blocks :][::-1]
+    prefixes = tuple(f"{b}_" for b in chosen)
+    backbone = classifier.get_layer("backbone")
+    # Setting trainable on a model sets it on every nested layer, so open the path first and
+    # then choose layer by layer.
+    backbone.trainable = bool(chosen)
+    for layer in resnet.layers:
+        layer.trainable = layer.name.startswith(prefixes) and not isinstance(
+            layer, keras.layers.BatchNormalization
+        )
+    logging.info("Fine-tuning ResNet50 blocks: %s (BatchNorm frozen).", ", ".join(chosen) or "none")
+    return chosen

@@ -1,0 +1,230 @@
+"""Where encoded images come from: a TFDS build of brain_tumor_mri, or a Kaggle-layout folder."""
+
+import dataclasses
+import hashlib
+import io
+import pathlib
+import types
+from typing import Optional, Union
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+from PIL import Image
+
+from mri_tfdata import kaggle_layout
+from mri_tfdata.errors import UserError
+
+# The tail of a complete file holds the format's end marker; a truncated download does not.
+# Checking 1 KB of tail is cheap, unlike a full decode of every file on every start-up.
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+_TAIL_BYTES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One split of a dataset, as encoded images that the input pipeline decodes exactly once.
+
+    Attributes:
+      dataset: tf.data.Dataset of (encoded JPEG/PNG bytes: tf.string scalar, label: tf.int64 scalar),
+        in a deterministic order.
+      num_examples: Number of elements of `dataset`.
+      class_names: Class names in label order.
+      cache_id: Identifies the content (dataset, config, version, split, shard); a file cache keyed
+        by it never serves another source's images.
+      description: A short human-readable description for logs.
+    """
+
+    dataset: tf.data.Dataset
+    num_examples: int
+    class_names: tuple
+    cache_id: str
+    description: str
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _shard_suffix(input_context) -> str:
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return ""
+    return f"/shard{input_context.input_pipeline_id}of{input_context.num_input_pipelines}"
+
+
+def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str = "default",
+                     name: str = "brain_tumor_mri", input_context=None) -> Source:
+    """Opens a split of a built TFDS dataset without decoding its images.
+
+    Args:
+      split: A TFDS split string, e.g. "train", "train[:90%]", "train[90%:]", "test".
+      data_dir: The TFDS data_dir the dataset was built into; None for the TFDS default.
+      config: The builder config ("default" or "dedup" for brain_tumor_mri).
+      name: The registered dataset name.
+      input_context: A tf.distribute.InputContext; each input pipeline then reads its own
+        disjoint, equal-as-possible part of the split (tfds.even_splits), so that together the
+        workers read every example exactly once.
+
+    Returns:
+      A Source of (encoded image, label).
+
+    Raises:
+      UserError: The dataset is not built in `data_dir`, or the split does not exist.
+    """
+    import builders.brain_tumor_mri  # noqa: F401  Registers the builder with TFDS.
+
+    try:
+        builder = tfds.builder(name, config=config, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise UserError(f"Unknown TFDS dataset {name!r} ({e}).") from e
+    if not builder.is_prepared():
+        raise UserError(
+            f"The TFDS dataset {name}/{config} version {builder.version} is not built in "
+            f"{builder.data_dir_root}. Build it with `tfds build builders/brain_tumor_mri "
+            f"--config={config} --data_dir={data_dir or '~/tensorflow_datasets'} --manual_dir=DIR` "
+            "(DIR holding the Kaggle download), pass the --data_dir it was built into, or use "
+            "--source=folder.")
+    read_split = split
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        # Example-level split per worker: file-level sharding (ReadConfig(input_context=...)) fails
+        # when the split has fewer files than workers, as this small dataset does.
+        read_split = tfds.even_splits(split, n=input_context.num_input_pipelines)[
+            input_context.input_pipeline_id]
+    try:
+        dataset = builder.as_dataset(
+            split=read_split, shuffle_files=False,
+            # Keeps the JPEG/PNG bytes: the pipeline decodes once, straight to the target size.
+            decoders={"image": tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(try_autocache=False))
+    except (ValueError, KeyError) as e:
+        raise UserError(
+            f"Cannot read split {split!r} of {name}/{config}: {str(e).rstrip('.')}. Valid splits are "
+            f"{', '.join(builder.info.splits)}, optionally sliced like 'train[:90%]'.") from e
+    dataset = dataset.map(lambda ex: (ex["image"], ex["label"]),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    num_examples = int(dataset.cardinality())
+    class_names = tuple(builder.info.features["label"].names)
+    data_root = str(pathlib.Path(builder.data_dir_root).expanduser().resolve())
+    cache_id = (f"tfds/{name}/{config}/{builder.version}/{split}{_shard_suffix(input_context)}"
+                f"/{_short_hash(data_root)}")
+    return Source(dataset=dataset, num_examples=num_examples, class_names=class_names,
+                  cache_id=cache_id,
+                  description=f"TFDS {name}/{config}:{builder.version} {split} in {data_root}")
+
+
+def _stable_order(examples: list) -> list:
+    # Sorted listings run class by class, so "train[:90%]" would hold no pituitary image; order by
+    # a hash of the stable relative path instead (as TFDS orders by a hash of the example key).
+    return sorted(examples, key=lambda e: hashlib.sha256(e.relpath.encode()).digest())
+
+
+def _select(files_by_split: dict, split: str) -> list:
+    """Applies a TFDS split string (slices and '+') to lists of files, with TFDS rounding."""
+    infos = {name: types.SimpleNamespace(num_examples=len(files), shard_lengths=[len(files)])
+             for name, files in files_by_split.items()}
+    try:
+        instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
+    except (ValueError, AssertionError) as e:
+        raise UserError(
+            f"Invalid split {split!r} for this folder: {str(e).rstrip('.')}. Use one of "
+            f"{', '.join(files_by_split)}, optionally sliced like 'train[:90%]' or 'train[90%:]'."
+        ) from e
+    selected = []
+    for instruction in instructions:
+        selected += files_by_split[instruction.splitname][instruction.from_:instruction.to]
+    return selected
+
+
+def _check_file(path: pathlib.Path) -> Optional[bytes]:
+    """Validates one image file cheaply; returns replacement bytes if TF cannot decode it as is.
+
+    Raises:
+      kaggle_layout.CorruptImageError: The file is empty, not an image, truncated or too large.
+    """
+    data = path.read_bytes()
+    if not data:
+        raise kaggle_layout.CorruptImageError("empty file (0 bytes)")
+    kaggle_layout.check_image_header(data)
+    with Image.open(io.BytesIO(data)) as img:
+        image_format, mode = img.format, img.mode
+    marker = _END_MARKERS.get(image_format)
+    if marker is not None and marker not in data[-_TAIL_BYTES:]:
+        raise kaggle_layout.CorruptImageError(f"truncated {image_format} (no end marker)")
+    # tf.io.decode_image(channels=3) gives the builder's pixels for 8-bit RGB/grey JPEG and for
+    # 8-bit RGB/grey PNG; anything else (CMYK, 16-bit, alpha, palette, GIF/BMP...) goes through the
+    # builder's own conversion, once, here.
+    if image_format == "JPEG" and mode in ("RGB", "L"):
+        return None
+    if image_format == "PNG" and mode in ("RGB", "L") and len(data) > 25 and data[24] == 8:
+        return None
+    return kaggle_layout.read_rgb_image(path).data
+
+
+def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
+                       input_context=None) -> Source:
+    """Opens a split of a Kaggle-layout folder (Training/<class>/*.jpg, Testing/<class>/*.jpg).
+
+    Junk (hidden files, .ipynb_checkpoints, non-images) is ignored as the TFDS builder ignores it.
+    Every selected file is checked cheaply (header, size limit, end marker); corrupt files are
+    logged by name and skipped. Images TF cannot decode directly are converted to RGB PNG bytes
+    once, as the builder does.
+
+    Args:
+      root: The folder holding the split folders.
+      split: "train", "test" or "validation" with optional TFDS slicing, e.g. "train[:90%]".
+        Slices are taken over the split's files in a fixed pseudo-random order (a hash of each
+        relative path), so they are deterministic and mix the classes.
+      input_context: A tf.distribute.InputContext; pipeline i of n then reads every n-th selected
+        file from the i-th, so the workers' shards are disjoint and cover the split.
+
+    Returns:
+      A Source of (encoded image, label).
+
+    Raises:
+      UserError: The folder is not a Kaggle layout, the split is invalid, or no readable image
+        remains.
+    """
+    root = pathlib.Path(root).expanduser()
+    split_dirs = kaggle_layout.find_split_dirs(root)
+    files_by_split = {name: _stable_order(kaggle_layout.list_examples(folder))
+                      for name, folder in split_dirs.items()}
+    selected = _select(files_by_split, split)
+    if input_context is not None:
+        selected = selected[input_context.input_pipeline_id::input_context.num_input_pipelines]
+
+    paths, contents, labels, kept, skipped = [], [], [], [], []
+    for example in selected:
+        try:
+            replacement = _check_file(example.path)
+        except kaggle_layout.CorruptImageError as e:
+            logging.warning("Skipping corrupt image %s: %s", example.path, e)
+            skipped.append(example.relpath)
+            continue
+        kept.append(example)
+        paths.append(str(example.path))
+        contents.append(replacement or b"")
+        labels.append(example.label)
+    if skipped:
+        logging.warning("%s: skipped %d corrupt image file(s): %s", split, len(skipped),
+                        ", ".join(skipped))
+    if not paths:
+        raise UserError(f"Split {split!r} of {root} holds no readable image (after slicing and "
+                        "sharding); check the folder and the split string.")
+
+    def read(path, content, label):
+        # Converted images travel inline (rare); all others are read lazily, in parallel.
+        data = tf.cond(tf.strings.length(content) > 0, lambda: content,
+                       lambda: tf.io.read_file(path))
+        return data, label
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (paths, contents, tf.constant(labels, dtype=tf.int64)))
+    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The content key: relative paths, sizes and modification times of the files read, so that
+    # editing, adding or removing an image gives a new cache_id.
+    listing = "\n".join(f"{e.relpath}:{e.path.stat().st_size}:{e.path.stat().st_mtime_ns}"
+                        for e in kept)
+    cache_id = (f"folder/{root.resolve().name}/{split}{_shard_suffix(input_context)}"
+                f"/{_short_hash(str(root.resolve()) + listing)}")
+    return Source(dataset=dataset, num_examples=len(paths), class_names=kaggle_layout.CLASS_NAMES,
+                  cache_id=cache_id, description=f"folder {root} {split} ({len(paths)} images)")

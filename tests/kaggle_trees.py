@@ -1,0 +1,128 @@
+"""Writes tiny image files of every kind the Kaggle-tree reader must handle, for the tests."""
+
+import io
+import pathlib
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+SIZE = 16  # Pixels; tiny so that the tests stay fast.
+
+
+def pixels(seed: int, size: int = SIZE) -> np.ndarray:
+    """A random uint8 RGB image; different seeds give different content (and sha256)."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def jpeg_bytes(seed: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels(seed)).convert(mode).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def raw_png(width: int, height: int, *, bit_depth: int, color_type: int, rows: bytes = b"") -> bytes:
+    """A PNG assembled chunk by chunk, for what Pillow cannot write (16-bit RGB, bogus sizes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    body = chunk(b"IDAT", zlib.compress(rows)) if rows else b""
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + body + chunk(b"IEND", b"")
+
+
+def rgb48_png(value: int) -> bytes:
+    """A 16-bit-per-channel RGB PNG whose every sample is `value` (0..65535)."""
+    row = b"\x00" + struct.pack(">H", value) * 3 * SIZE  # Filter byte 0, then R, G, B per pixel.
+    return raw_png(SIZE, SIZE, bit_depth=16, color_type=2, rows=row * SIZE)
+
+
+def gray16_png(value: int) -> bytes:
+    return png_bytes(Image.fromarray(np.full((SIZE, SIZE), value, dtype=np.uint16)))
+
+
+def rgba_png(seed: int) -> bytes:
+    """RGBA, fully transparent on the left half (which must come out black)."""
+    rgba = np.concatenate([pixels(seed), np.full((SIZE, SIZE, 1), 255, np.uint8)], axis=2)
+    rgba[:, : SIZE // 2, 3] = 0
+    return png_bytes(Image.fromarray(rgba, mode="RGBA"))
+
+
+def truncated_jpeg(seed: int) -> bytes:
+    data = jpeg_bytes(seed)
+    return data[: len(data) // 2]
+
+
+def write(path: pathlib.Path, data: bytes) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def write_messy_tree(root: pathlib.Path) -> dict:
+    """Writes a Kaggle tree holding every special case; returns what a correct reader must find.
+
+    Returns:
+      {"train": {relpath: label}, "test": {relpath: label}, "corrupt": [relpaths],
+       "leaked": [test relpaths that copy a train image], "train_duplicates": [train relpaths]}
+    """
+    train, test = root / "Training", root / "Testing"
+    expected_train = {
+        # _tumor aliases of older dataset versions, mixed with the current names.
+        "Training/glioma_tumor/rgb.jpg": write(train / "glioma_tumor/rgb.jpg", jpeg_bytes(1)),
+        "Training/glioma_tumor/gray.png": write(
+            train / "glioma_tumor/gray.png", png_bytes(Image.fromarray(pixels(2)[:, :, 0]))),
+        "Training/meningioma/rgba.png": write(train / "meningioma/rgba.png", rgba_png(3)),
+        "Training/meningioma/cmyk.jpg": write(train / "meningioma/cmyk.jpg", jpeg_bytes(4, "CMYK")),
+        "Training/no_tumor/gray16.png": write(train / "no_tumor/gray16.png", gray16_png(65535)),
+        "Training/no_tumor/palette.png": write(
+            train / "no_tumor/palette.png", png_bytes(Image.fromarray(pixels(5)).convert("P"))),
+        "Training/pituitary_tumor/rgb48.png": write(train / "pituitary_tumor/rgb48.png", rgb48_png(257 * 200)),
+        "Training/pituitary_tumor/rgb.png": write(
+            train / "pituitary_tumor/rgb.png", png_bytes(Image.fromarray(pixels(6)))),
+        # An exact copy within the split, for the dedup config.
+        "Training/pituitary_tumor/rgb_copy.png": write(
+            train / "pituitary_tumor/rgb_copy.png", png_bytes(Image.fromarray(pixels(6)))),
+    }
+    labels = {"glioma_tumor": 0, "meningioma": 1, "no_tumor": 2, "pituitary_tumor": 3}
+    corrupt = [
+        write(train / "pituitary_tumor/text.jpg", b"this is a text file, not a JPEG\n"),
+        write(train / "pituitary_tumor/zero.jpg", b""),
+        write(test / "glioma/truncated.jpg", truncated_jpeg(7)),
+    ]
+    expected_test = {}
+    for label, name in enumerate(["glioma", "meningioma", "notumor", "pituitary"]):
+        expected_test[f"Testing/{name}/Te-{label}.jpg"] = write(
+            test / name / f"Te-{label}.jpg", jpeg_bytes(10 + label))
+    # A test image that is byte-for-byte a train image, as the published dataset has 189 of.
+    write(test / "glioma/leaked.jpg", jpeg_bytes(1))
+    # Junk that must be ignored silently.
+    write(root / ".DS_Store", b"\x00\x00\x00\x01Bud1")
+    write(train / "Thumbs.db", b"junk")
+    write(train / "glioma_tumor/.hidden.jpg", jpeg_bytes(20))
+    write(train / "glioma_tumor/notes.txt", b"a non-image file")
+    write(test / "meningioma/.ipynb_checkpoints/Te-me-checkpoint.jpg", jpeg_bytes(21))
+    write(root / "README.md", b"# notes\n")
+    return {
+        "train": {rel: labels[rel.split("/")[1]] for rel in expected_train},
+        "test": {**{rel: label for label, rel in enumerate(expected_test)}, "Testing/glioma/leaked.jpg": 0},
+        "corrupt": sorted(p.relative_to(root).as_posix() for p in corrupt),
+        "leaked": ["Testing/glioma/leaked.jpg"],
+        "train_duplicates": ["Training/pituitary_tumor/rgb_copy.png"],
+    }
+
+
+def write_simple_tree(root: pathlib.Path, *, train: str = "Training", test: str = "Testing",
+                      classes=("glioma", "meningioma", "notumor", "pituitary")) -> None:
+    """One valid JPEG per class and split, under the given folder names."""
+    for label, name in enumerate(classes):
+        write(root / train / name / f"tr{label}.jpg", jpeg_bytes(100 + label))
+        write(root / test / name / f"te{label}.jpg", jpeg_bytes(200 + label))

@@ -1,0 +1,183 @@
+"""Tests of the frozen-feature fast path: cache keys, cache files, extraction and equivalence."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mri_tfdata import features, input_pipeline, model, sources
+
+IMAGE_SIZE = 32
+CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+def tiny_source(num_examples=7, *, seed=0, cache_id="brain_tumor_mri/default/1.0.0/train"):
+    """A Source of random PNGs (odd count, so the last batch is partial)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(num_examples, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    encoded = [tf.io.encode_png(image).numpy() for image in images]
+    labels = np.arange(num_examples, dtype=np.int64) % len(CLASS_NAMES)
+    dataset = tf.data.Dataset.from_tensor_slices((encoded, labels))
+    return sources.Source(dataset=dataset, num_examples=num_examples, class_names=CLASS_NAMES,
+                          cache_id=cache_id, description=f"tiny source {cache_id}")
+
+
+def images_of(source):
+    batches = list(input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=64,
+                                               training=False))
+    return (np.concatenate([b[0].numpy() for b in batches]),
+            np.concatenate([b[1].numpy() for b in batches]))
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return model.build_backbone(image_size=IMAGE_SIZE, weights="none")
+
+
+def test_cache_key_changes_with_each_keyed_input(backbone):
+    base = dict(cache_id="brain_tumor_mri/default/1.0.0/train", image_size=64,
+                weights_fingerprint=features.weights_fingerprint(backbone), precision="float32")
+    key = features.cache_key(**base)
+    assert features.cache_key(**base) == key
+    assert "64px" in key.name and "float32" in key.name
+    changes = [
+        dict(cache_id="other_dataset/default/1.0.0/train"),
+        dict(cache_id="brain_tumor_mri/dedup/1.0.0/train"),
+        dict(cache_id="brain_tumor_mri/default/1.0.1/train"),
+        dict(cache_id="brain_tumor_mri/default/1.0.0/test"),
+        dict(image_size=128),
+        dict(weights_fingerprint="0" * 32),
+        dict(precision="mixed_bfloat16"),
+    ]
+    digests = {features.cache_key(**{**base, **change}).digest for change in changes}
+    assert key.digest not in digests and len(digests) == len(changes)
+
+
+def test_weights_fingerprint_changes_when_one_weight_changes(backbone):
+    before = features.weights_fingerprint(backbone)
+    assert features.weights_fingerprint(backbone) == before
+    # A BatchNorm moving statistic: non-trainable, yet it changes the features.
+    weight = next(w for w in backbone.weights if "moving_mean" in w.path)
+    original = weight.numpy()
+    try:
+        weight.assign(original + 1e-3)
+        assert features.weights_fingerprint(backbone) != before
+    finally:
+        weight.assign(original)
+    assert features.weights_fingerprint(backbone) == before
+
+
+def test_features_equal_a_direct_backbone_call(backbone):
+    source = tiny_source()
+    dataset = input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=3,
+                                          training=False)
+    got_features, got_labels = features.extract_features(backbone, dataset,
+                                                         num_examples=source.num_examples)
+    images, labels = images_of(source)
+    want = backbone(images, training=False).numpy()
+    assert got_features.dtype == np.float32 and got_features.shape == (7, model.FEATURE_DIM)
+    np.testing.assert_allclose(got_features, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got_labels, labels)
+    np.testing.assert_array_equal(got_labels, np.arange(7) % 4)
+
+
+def test_cache_is_reused_and_a_truncated_file_is_rebuilt(backbone, tmp_path):
+    source = tiny_source()
+    kwargs = dict(backbone=backbone, image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
+    first = features.load_or_extract(source, **kwargs)
+    assert not first.from_cache and first.path.parent == tmp_path and first.path.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no temp file left behind
+
+    second = features.load_or_extract(source, **kwargs)
+    assert second.from_cache
+    np.testing.assert_array_equal(second.features, first.features)
+    np.testing.assert_array_equal(second.labels, first.labels)
+
+    # As if a process had died mid-write without the atomic rename.
+    data = first.path.read_bytes()
+    first.path.write_bytes(data[: len(data) // 2])
+    third = features.load_or_extract(source, **kwargs)
+    assert not third.from_cache
+    np.testing.assert_array_equal(third.features, first.features)
+    assert features.load_or_extract(source, **kwargs).from_cache
+
+    # A file whose count disagrees with the split (e.g. the split changed under the same id), or
+    # that another key wrote, is not served either.
+    assert features._read_valid(third.path, third.key, expected_count=7) is not None
+    assert features._read_valid(third.path, third.key, expected_count=5) is None
+    other_key = features.CacheKey(name=third.key.name, digest="0" * 16)
+    assert features._read_valid(third.path, other_key, expected_count=7) is None
+
+
+def test_feature_dataset_batches_like_the_image_pipeline():
+    feats = np.arange(10 * model.FEATURE_DIM, dtype=np.float32).reshape(10, model.FEATURE_DIM)
+    labels = np.arange(10) % 4
+    train = features.make_feature_dataset(feats, labels, batch_size=4, training=True, seed=1)
+    epochs = [np.concatenate([x[:, 0].numpy() for x, _ in train]) for _ in range(2)]
+    assert all(len(e) == 8 for e in epochs)  # drop_remainder
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
+    evaluation = features.make_feature_dataset(feats, labels, batch_size=4, training=False)
+    order = np.concatenate([x[:, 0].numpy() for x, _ in evaluation])
+    np.testing.assert_array_equal(order, feats[:, 0])  # every example once, fixed order
+
+
+@pytest.mark.parametrize("cache, fine_tune, augment, fast", [
+    ("auto", 0, False, True), ("/some/dir", 0, False, True), ("off", 0, False, False),
+    ("auto", 0, True, False), ("auto", 2, False, False)])
+def test_use_fast_path(cache, fine_tune, augment, fast):
+    assert features.use_fast_path(cache, fine_tune_blocks=fine_tune, augment=augment) is fast
+
+
+def test_resolve_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert features.resolve_cache_dir("off") is None
+    assert features.resolve_cache_dir("auto") == tmp_path / "mri_tfdata" / "features"
+    assert features.resolve_cache_dir(str(tmp_path / "x")) == tmp_path / "x"
+
+
+def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
+    """The fast path is the end-to-end computation: same weights, same batch -> same update."""
+    source = tiny_source(num_examples=8)
+    images, labels = images_of(source)
+    head_end_to_end = model.build_head()
+    head_fast = model.build_head()
+    initial = head_end_to_end.get_weights()
+    head_fast.set_weights(initial)
+
+    classifier = model.build_classifier(backbone, head_end_to_end, augment=False)
+    model.compile_model(classifier, learning_rate=1e-2)
+    classifier.run_eagerly = True  # tracing ResNet50's train step would take most of the test
+    classifier.train_on_batch(images, labels)
+
+    dataset = input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=8,
+                                          training=False)
+    feats, feat_labels = features.extract_features(backbone, dataset)
+    model.compile_model(head_fast, learning_rate=1e-2)
+    head_fast.train_on_batch(feats, feat_labels)
+
+    for got, want, before in zip(head_fast.get_weights(), head_end_to_end.get_weights(), initial):
+        assert not np.allclose(got, before)  # the step did move every weight
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbone, tmp_path):
+    import keras
+
+    train = features.load_or_extract(tiny_source(num_examples=8), backbone=backbone,
+                                     image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
+    head = model.build_head(standardize=True)
+    assert model.adapt_standardization(head, train.features)
+    history = features.fit_head(head, train=train, validation=train, learning_rate=1e-3,
+                                epochs=2, batch_size=4, seed=0, verbose=0)
+    assert len(history.history["loss"]) == 2 and "val_accuracy" in history.history
+    classifier = model.build_classifier(backbone, head, augment=False)
+    model.compile_model(classifier, learning_rate=1e-3)
+    classifier.run_eagerly = True  # saves tracing ResNet50; the numbers are the same
+    images, _ = images_of(tiny_source(num_examples=8))
+    in_memory = classifier.predict(images, verbose=0)
+    np.testing.assert_allclose(in_memory, head.predict(train.features, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    path = tmp_path / "model.keras"
+    classifier.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    loaded.run_eagerly = True
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), in_memory, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,227 @@
+"""Tests of the tf.data pipeline: specs, labels, order, file cache and distribution."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import image_trees
+from mri_tfdata import input_pipeline, sources
+from mri_tfdata.errors import UserError
+
+TESTS_DIR = pathlib.Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return image_trees.write_tree(tmp_path_factory.mktemp("kaggle"), train_per_class=6,
+                                  test_per_class=2)
+
+
+def epoch(dataset):
+    """One pass as (images, labels) numpy arrays, plus the batch shapes."""
+    batches = [(x.numpy(), y.numpy()) for x, y in dataset]
+    return (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]),
+            [b[0].shape for b in batches])
+
+
+def run_python(code: str) -> str:
+    """Runs code in a fresh interpreter (its own TF runtime); returns stdout, fails on error."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_decode_and_resize_eagerly_and_in_tf_data():
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[:, :, 0] = 200
+    for encoded in (tf.io.encode_png(image), tf.io.encode_jpeg(image, quality=100)):
+        eager = input_pipeline.decode_and_resize(encoded, image_size=16)
+        assert eager.dtype == tf.uint8 and eager.shape == (16, 16, 3)
+        assert abs(int(eager[8, 8, 0]) - 200) <= 2 and int(eager[8, 8, 1]) <= 2
+        mapped = tf.data.Dataset.from_tensors(encoded).map(
+            lambda b: input_pipeline.decode_and_resize(b, image_size=16))
+        np.testing.assert_array_equal(next(iter(mapped)).numpy(), eager.numpy())
+
+
+@pytest.mark.parametrize("cache", ["none", "memory", "file"])
+def test_specs_shapes_and_labels(tree, tmp_path, cache):
+    source = sources.load_folder_source(tree, split="train")
+    cache = str(tmp_path / "cache") if cache == "file" else cache
+    train = input_pipeline.make_dataset(source, image_size=24, batch_size=5, training=True,
+                                        cache=cache)
+    assert train.element_spec == (tf.TensorSpec([5, 24, 24, 3], tf.uint8),
+                                  tf.TensorSpec([5], tf.int32))
+    for _ in range(2):  # Writing the cache, then reading it.
+        images, labels, shapes = epoch(train)
+        assert shapes == [(5, 24, 24, 3)] * 4  # 24 examples: the partial batch is dropped.
+        np.testing.assert_array_equal(image_trees.labels_from_pixels(images), labels)
+    evaluation = input_pipeline.make_dataset(source, image_size=24, batch_size=5, training=False,
+                                             cache=cache)
+    assert evaluation.element_spec[0].shape.as_list() == [None, 24, 24, 3]
+    images, labels, shapes = epoch(evaluation)
+    assert [s[0] for s in shapes] == [5, 5, 5, 5, 4]
+    np.testing.assert_array_equal(image_trees.labels_from_pixels(images), labels)
+    want = [int(label) for _, label in source.dataset]  # Evaluation keeps the source order.
+    np.testing.assert_array_equal(labels, want)
+
+
+def test_seeded_order_repeats_and_unseeded_order_changes(tree):
+    source = sources.load_folder_source(tree, split="train")
+
+    def ids(dataset):
+        return image_trees.ids_from_pixels(epoch(dataset)[0]).tolist()
+
+    def make(seed):
+        return input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
+                                           seed=seed, cache="memory")
+
+    first, second = make(seed=7), make(seed=7)
+    first_orders = [ids(first), ids(first)]
+    assert first_orders == [ids(second), ids(second)]
+    assert first_orders[0] != first_orders[1]  # Reshuffled each epoch, also with a seed.
+    unseeded = make(seed=None)
+    orders = [ids(unseeded) for _ in range(3)]
+    assert len({tuple(o) for o in orders}) == 3
+    assert all(sorted(o) == sorted(orders[0]) for o in orders)
+
+
+def cache_entries(root, *, partial=False):
+    """Complete caches (or, with partial=True, the folders still being written) under root."""
+    return sorted(p.name for p in pathlib.Path(root).iterdir()
+                  if (".partial-" in p.name) == partial)
+
+
+def test_file_cache_is_read_back_and_rebuilt_when_the_size_changes(tmp_path):
+    tree = image_trees.write_tree(tmp_path / "data", train_per_class=3, test_per_class=1)
+    source = sources.load_folder_source(tree, split="train")
+    cache = tmp_path / "cache"
+    images, labels, _ = epoch(input_pipeline.make_dataset(
+        source, image_size=20, batch_size=4, training=False, cache=str(cache)))
+    assert len(cache_entries(cache)) == 1 and "-20px-" in cache_entries(cache)[0]
+
+    # With the images gone, only the cache can deliver them.
+    for path in (tree / "Training").rglob("*.png"):
+        path.unlink()
+    cached, cached_labels, _ = epoch(input_pipeline.make_dataset(
+        source, image_size=20, batch_size=4, training=False, cache=str(cache)))
+    np.testing.assert_array_equal(cached, images)
+    np.testing.assert_array_equal(cached_labels, labels)
+    # Another image size is another key: a new cache, built from the images, not the 20 px one.
+    with pytest.raises(tf.errors.NotFoundError):
+        epoch(input_pipeline.make_dataset(source, image_size=28, batch_size=4, training=False,
+                                          cache=str(cache)))
+    assert len(cache_entries(cache)) == 1  # The failed 28 px pass published nothing.
+
+
+def test_file_cache_is_rebuilt_for_a_new_image_size(tree, tmp_path):
+    source = sources.load_folder_source(tree, split="train")
+    cache = tmp_path / "cache"
+    for size in (20, 28):
+        images, labels, _ = epoch(input_pipeline.make_dataset(
+            source, image_size=size, batch_size=4, training=False, cache=str(cache)))
+        assert images.shape == (24, size, size, 3)
+        np.testing.assert_array_equal(image_trees.labels_from_pixels(images), labels)
+    assert [name.split("-")[-2] for name in cache_entries(cache)] == ["20px", "28px"]
+    again, _, _ = epoch(input_pipeline.make_dataset(source, image_size=28, batch_size=4,
+                                                    training=False, cache=str(cache)))
+    assert again.shape == (24, 28, 28, 3)
+
+
+def test_file_cache_keys_differ_by_split_and_size(tree, tmp_path):
+    cache = tmp_path / "cache"
+    for split, size in (("train", 16), ("train", 20), ("train[:50%]", 16), ("test", 16)):
+        source = sources.load_folder_source(tree, split=split)
+        epoch(input_pipeline.make_dataset(source, image_size=size, batch_size=8, training=True,
+                                          cache=str(cache)))
+    assert len(cache_entries(cache)) == 4
+
+
+def test_a_half_written_file_cache_is_never_read(tree, tmp_path):
+    cache = tmp_path / "cache"
+    # A process killed in the middle of its first epoch (os._exit skips every cleanup).
+    run_python(f"""
+        import os
+        from mri_tfdata import input_pipeline, sources
+        source = sources.load_folder_source({str(tree)!r}, split="train")
+        dataset = input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
+                                              cache={str(cache)!r})
+        iterator = iter(dataset)
+        next(iterator)
+        print(sorted(os.listdir({str(cache)!r})))
+        os._exit(0)
+    """)
+    assert cache_entries(cache) == []
+    (partial,) = cache_entries(cache, partial=True)
+    source = sources.load_folder_source(tree, split="train")
+    dataset = input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
+                                          cache=str(cache))
+    # The dead writer's leftovers are removed; only this process's own partial folder remains.
+    assert partial not in cache_entries(cache, partial=True)
+    images, labels, _ = epoch(dataset)
+    assert len(labels) == 24
+    np.testing.assert_array_equal(image_trees.labels_from_pixels(images), labels)
+    (complete,) = cache_entries(cache)
+    assert {p.name for p in (cache / complete).iterdir()} >= {"cache.index"}
+
+
+def test_a_cache_folder_without_its_index_is_refused(tree, tmp_path):
+    source = sources.load_folder_source(tree, split="train")
+    cache = tmp_path / "cache"
+    key = input_pipeline._cache_key(source, 16)
+    (cache / key).mkdir(parents=True)
+    with pytest.raises(UserError, match="no complete cache"):
+        input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
+                                    cache=str(cache))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
+                                    cache=str(tmp_path / "file"))
+
+
+def test_per_replica_batches_under_a_two_replica_mirrored_strategy(tree):
+    # Logical devices must be set before TF initialises, so this runs in its own interpreter.
+    out = run_python(f"""
+        import numpy as np
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import image_trees
+        from mri_tfdata import input_pipeline, sources
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        contexts = []
+        def source_fn(ctx):
+            contexts.append(ctx)
+            return sources.load_folder_source({str(tree)!r}, split="train", input_context=ctx)
+        dataset = input_pipeline.distribute_dataset(strategy, source_fn, global_batch_size=8,
+                                                    image_size=16, training=True, seed=1)
+        steps = 0
+        for images, labels in dataset:
+            per_replica = strategy.experimental_local_results(images)
+            label_parts = strategy.experimental_local_results(labels)
+            assert len(per_replica) == 2, per_replica
+            for x, y in zip(per_replica, label_parts):
+                assert x.shape == (4, 16, 16, 3) and x.dtype == tf.uint8, x.shape
+                np.testing.assert_array_equal(image_trees.labels_from_pixels(x.numpy()), y.numpy())
+            steps += 1
+        assert steps == 3, steps
+        assert [c.num_replicas_in_sync for c in contexts] == [2]
+        print("ok", steps)
+    """)
+    assert "ok 3" in out
+
+
+def test_a_global_batch_not_divisible_by_the_replicas_is_a_user_error(tree):
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    with pytest.raises(UserError, match="multiple of 2"):
+        input_pipeline.distribute_dataset(TwoReplicas(), lambda ctx: None, global_batch_size=5,
+                                          image_size=16, training=True)

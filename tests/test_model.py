@@ -1,0 +1,176 @@
+"""Tests for mri_tfdata.model: dtypes, preprocessing, frozen BatchNorm, fine-tuning, saving, weights."""
+
+import hashlib
+
+import keras
+import numpy as np
+import pytest
+
+from mri_tfdata import model
+from mri_tfdata.errors import UserError
+
+SIZE = 32  # ResNet50's minimum input size keeps every test fast.
+
+
+@pytest.fixture(autouse=True)
+def reset_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return np.arange(8) % 4
+
+
+def _classifier(augment=False, standardize=False):
+    keras.utils.set_random_seed(1)
+    backbone = model.build_backbone(image_size=SIZE, weights="none")
+    head = model.build_head(hidden_units=(16, 8), standardize=standardize)
+    return model.build_classifier(backbone, head, augment=augment)
+
+
+def _fit_one_step(classifier, images, labels):
+    model.compile_model(classifier, learning_rate=1e-2)
+    classifier.run_eagerly = True  # Tracing ResNet50's train step costs more than one eager step.
+    classifier.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+
+
+def _bn_stats(classifier):
+    resnet = classifier.get_layer("backbone").get_layer("resnet50")
+    return [
+        np.array(w) for layer in resnet.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for w in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_shapes_dtypes_and_preprocessing_under_each_policy(policy, images):
+    keras.mixed_precision.set_global_policy(policy)
+    classifier = _classifier(standardize=True)
+    features = classifier.get_layer("backbone")(images)
+    probabilities = classifier(images)
+    assert classifier.input.dtype == "uint8"
+    assert features.shape == (8, model.FEATURE_DIM) and features.dtype == "float32"
+    assert probabilities.shape == (8, 4) and probabilities.dtype == "float32"
+    np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, rtol=1e-5)
+    resnet = classifier.get_layer("backbone").get_layer("resnet50")
+    assert resnet.get_layer("conv1_conv").compute_dtype == keras.mixed_precision.global_policy().compute_dtype
+    assert classifier.get_layer("head").get_layer("dense_0").compute_dtype == keras.mixed_precision.global_policy().compute_dtype
+    # Preprocessing inside the model is exactly preprocess_input, in float32 under every policy.
+    backbone = classifier.get_layer("backbone")
+    preprocessed = keras.Model(backbone.input, backbone.get_layer("preprocess").output)(images)
+    expected = keras.applications.resnet50.preprocess_input(images.astype("float32"))
+    np.testing.assert_array_equal(preprocessed, expected)
+    # Caffe style: channels reversed to BGR and the ImageNet mean subtracted, no scaling.
+    np.testing.assert_allclose(expected[0, 0, 0], images[0, 0, 0, ::-1] - [103.939, 116.779, 123.68], rtol=1e-6)
+
+
+def test_frozen_backbone_keeps_batchnorm_in_inference_mode(images, labels):
+    classifier = _classifier()
+    backbone = classifier.get_layer("backbone")
+    assert backbone.trainable_weights == []
+    assert len(classifier.trainable_weights) == 6  # three Dense layers of the head
+    np.testing.assert_array_equal(backbone(images, training=True), backbone(images, training=False))
+    stats, head_before = _bn_stats(classifier), [np.array(w) for w in classifier.get_layer("head").weights]
+    _fit_one_step(classifier, images, labels)
+    for before, after in zip(stats, _bn_stats(classifier)):
+        np.testing.assert_array_equal(before, after)
+    assert any(
+        not np.array_equal(b, np.array(a)) for b, a in zip(head_before, classifier.get_layer("head").weights)
+    )
+
+
+def test_unfreeze_top_blocks_trains_only_those_convs_and_keeps_batchnorm(images, labels):
+    classifier = _classifier()
+    assert model.unfreeze_top_blocks(classifier, 2) == ["conv5_block3", "conv5_block2"]
+    resnet = classifier.get_layer("backbone").get_layer("resnet50")
+    trainable = [layer for layer in resnet.layers if layer.trainable_weights]
+    assert trainable and all(layer.name.startswith(("conv5_block3_", "conv5_block2_")) for layer in trainable)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
+    conv = resnet.get_layer("conv5_block3_3_conv")
+    frozen_conv = resnet.get_layer("conv5_block1_1_conv")
+    conv_before, frozen_before, stats = np.array(conv.kernel), np.array(frozen_conv.kernel), _bn_stats(classifier)
+    _fit_one_step(classifier, images, labels)
+    assert not np.array_equal(conv_before, np.array(conv.kernel))
+    np.testing.assert_array_equal(frozen_before, np.array(frozen_conv.kernel))
+    for before, after in zip(stats, _bn_stats(classifier)):
+        np.testing.assert_array_equal(before, after)
+    assert model.unfreeze_top_blocks(classifier, 0) == []
+    assert classifier.get_layer("backbone").trainable_weights == []
+    with pytest.raises(UserError, match="ResNet50 has 16"):
+        model.unfreeze_top_blocks(classifier, 17)
+
+
+def test_augmentation_runs_only_in_training(images):
+    augmented = _classifier(augment=True)
+    plain = model.build_classifier(augmented.get_layer("backbone"), augmented.get_layer("head"))
+    np.testing.assert_array_equal(augmented(images, training=False), plain(images))
+    assert not np.array_equal(augmented(images, training=True), plain(images))
+
+
+def test_keras_file_roundtrip_in_safe_mode(tmp_path, images):
+    classifier = _classifier(augment=True, standardize=True)
+    head = classifier.get_layer("head")
+    features = np.array(classifier.get_layer("backbone")(images))
+    assert model.adapt_standardization(head, features)
+    path = tmp_path / "model.keras"
+    classifier.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded(images, training=False), classifier(images, training=False))
+    mean = loaded.get_layer("head").get_layer("standardize").mean
+    np.testing.assert_allclose(np.ravel(mean), features.mean(axis=0), rtol=1e-4, atol=1e-6)
+
+
+def test_adapt_without_standardize_is_a_no_op():
+    assert not model.adapt_standardization(model.build_head(), np.zeros((2, model.FEATURE_DIM)))
+
+
+def _block_network(monkeypatch):
+    # A proxy on the discard port makes any download fail at once, with or without a network.
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+
+def test_imagenet_offline_without_cache_says_how_to_supply_weights(monkeypatch, tmp_path):
+    _block_network(monkeypatch)
+    with pytest.raises(UserError) as e:
+        model.resolve_weights("imagenet", cache_dir=str(tmp_path))
+    message = " ".join(str(e.value).split())
+    assert f"--weights=/path/to/{model.WEIGHTS_FILE}" in message
+    assert "--weights=none" in message
+    assert not (tmp_path / "models" / model.WEIGHTS_FILE).exists()
+
+
+def test_imagenet_offline_uses_the_keras_cache(monkeypatch, tmp_path):
+    _block_network(monkeypatch)
+    cached = tmp_path / "models" / model.WEIGHTS_FILE
+    cached.parent.mkdir()
+    cached.write_bytes(b"stand-in for the cached weights")
+    monkeypatch.setattr(model, "_WEIGHTS_MD5", hashlib.md5(cached.read_bytes()).hexdigest())
+    assert model.resolve_weights("imagenet", cache_dir=str(tmp_path)) == str(cached)
+
+
+def test_weights_from_a_file_none_and_bad_paths(tmp_path, images):
+    keras.utils.set_random_seed(2)
+    source = model.build_backbone(image_size=SIZE, weights="none")
+    path = tmp_path / "resnet50.weights.h5"
+    source.get_layer("resnet50").save_weights(path)
+    keras.utils.set_random_seed(3)
+    loaded = model.build_backbone(image_size=SIZE, weights=str(path))
+    np.testing.assert_allclose(loaded(images), source(images), rtol=1e-5, atol=1e-5)
+    assert model.resolve_weights("None") is None
+    with pytest.raises(UserError, match="neither 'imagenet', 'none' nor an existing file"):
+        model.resolve_weights(str(tmp_path / "missing.h5"))
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not weights")
+    with pytest.raises(UserError, match="Cannot load ResNet50 weights"):
+        model.build_backbone(image_size=SIZE, weights=str(junk))
