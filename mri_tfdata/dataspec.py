@@ -10,6 +10,9 @@ from mri_tfdata.errors import UserError
 
 SOURCES = ("tfds", "folder", "synthetic")
 
+# Synthetic roots already generated or checked by this process; every split opens through prepare().
+_prepared: set[pathlib.Path] = set()
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -47,13 +50,14 @@ class DataSpec:
 
     def prepare(self) -> None:
         """Generates the synthetic dataset if needed (reusing a complete tree); a no-op otherwise."""
-        if self.source == "synthetic":
-            root = self.synthetic_root()
+        root = self.synthetic_root()
+        if self.source == "synthetic" and root not in _prepared:
             logging.info("Synthetic dataset: %s (generated once, then reused)", root)
             synthetic.write_synthetic_dataset(
                 root, train_per_class=self.synthetic_train_per_class,
                 test_per_class=self.synthetic_test_per_class,
                 image_size=self.synthetic_image_size, seed=0)
+            _prepared.add(root)
 
     def open(self, split: str, *, input_context=None) -> sources.Source:
         """Opens one split (a TFDS split string such as "train[:90%]") as a sources.Source.

@@ -39,6 +39,27 @@ def _check_tf_config() -> None:
         ) from None
 
 
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose `reduce` works the way Keras 3's `fit` calls it.
+
+    Keras 3 (up to at least 3.15) breaks `fit` under this strategy (keras-team/keras#20585,
+    tensorflow#72388) in two places: it reduces a whole (images, labels) batch at once, which
+    the collective implementation cannot take ("Attempt to convert a value (PerReplica ...)"),
+    and it reduces scalar losses and metrics with axis=0 ("Invalid reduction dimension 0").
+    Reducing each value of the structure on its own, over replicas only for scalars, is what
+    both calls mean and what MirroredStrategy does.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        parent = super()
+
+        def reduce_one(v):
+            scalar = self.experimental_local_results(v)[0].shape.rank == 0
+            return parent.reduce(reduce_op, v, axis=None if scalar else axis)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
 def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
@@ -47,7 +68,8 @@ def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
         raise UserError(
             f"--strategy=tpu found no usable TPU ({e}). Run on a Cloud TPU VM (pass --tpu=local), "
-            "name the TPU with --tpu=NAME or set TPU_NAME, or choose another --strategy such as auto."
+            "name the TPU with --tpu=NAME or set TPU_NAME, or choose another --strategy such as "
+            "auto."
         ) from None
     return tf.distribute.TPUStrategy(resolver)
 
@@ -77,7 +99,7 @@ def create_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strat
     if name == "multi_worker":
         _check_tf_config()
         # Collective ops must be configured before anything else touches the TF runtime.
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _MultiWorkerMirroredStrategy()
     if name == "tpu":
         return _tpu_strategy(tpu)
     gpus = tf.config.list_logical_devices("GPU")
@@ -97,10 +119,8 @@ def describe_strategy(strategy: tf.distribute.Strategy) -> str:
         devices = ", ".join(strategy.extended.worker_devices)
     except RuntimeError:  # The default strategy has no device list: it runs where TF places ops.
         devices = "TensorFlow's default placement"
-    text = (
-        f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s) in sync "
-        f"on {devices}"
-    )
+    kind = type(strategy).__name__.lstrip("_")
+    text = f"{kind} with {strategy.num_replicas_in_sync} replica(s) in sync on {devices}"
     resolver = getattr(strategy, "cluster_resolver", None)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None:
         workers = len(resolver.cluster_spec().as_dict().get("worker", []))

@@ -1,4 +1,4 @@
-"""Frozen-backbone fast path: compute the pooled ResNet50 features once, cache them on disk, train the head on them."""
+"""Frozen-backbone fast path: ResNet50 features computed once, cached, the head trained on them."""
 
 import dataclasses
 import hashlib
@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 import time
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from mri_tfdata import input_pipeline, model
+from mri_tfdata.errors import UserError
 
 # Part of every cache key: bump it when the extraction itself changes (resizing, preprocessing,
 # file layout), so that features computed by older code are never served.
@@ -24,7 +26,7 @@ CACHE_FORMAT_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class CacheKey:
-    """Names one cache file: a readable prefix and a short hash of everything the features depend on."""
+    """Names one cache file: a readable prefix and a hash of everything the features depend on."""
 
     name: str
     digest: str
@@ -56,7 +58,7 @@ def default_cache_dir() -> Path:
 
 
 def resolve_cache_dir(feature_cache: str) -> Path | None:
-    """Maps a `--feature_cache` value to a directory: "off" -> None, "auto" -> default, else the path."""
+    """Maps `--feature_cache` to a folder: "off" -> None, "auto" -> the default, else PATH."""
     if feature_cache == "off":
         return None
     if feature_cache == "auto":
@@ -97,7 +99,7 @@ def use_fast_path(feature_cache: str, *, fine_tune_blocks: int, augment: bool) -
 
 
 def weights_fingerprint(backbone: keras.Model) -> str:
-    """Hashes the shapes, dtypes and values of all the backbone's weights (moving statistics included).
+    """Hashes shapes, dtypes and values of all the backbone's weights (BatchNorm statistics too).
 
     Hashing every byte (~94 MB for ResNet50) takes a fraction of a second, much less than one batch
     of features, and unlike a sample it cannot miss a changed weight.
@@ -110,7 +112,8 @@ def weights_fingerprint(backbone: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def cache_key(*, cache_id: str, image_size: int, weights_fingerprint: str, precision: str) -> CacheKey:
+def cache_key(*, cache_id: str, image_size: int, weights_fingerprint: str,
+              precision: str) -> CacheKey:
     """The key of one split's features.
 
     Args:
@@ -134,6 +137,36 @@ def cache_key(*, cache_id: str, image_size: int, weights_fingerprint: str, preci
     return CacheKey(name=f"{readable}-{int(image_size)}px-{precision}", digest=digest)
 
 
+# backbone -> {(strategy, element_spec): traced step}. Tracing ResNet50 takes seconds, and a run
+# extracts two or three splits with the same backbone; the weak keys let models be freed.
+_STEPS = weakref.WeakKeyDictionary()
+
+
+def _extraction_step(backbone: keras.Model, strategy, element_spec):
+    """The tf.function that runs one (distributed) batch through the backbone, traced once."""
+    steps = _STEPS.setdefault(backbone, {})
+    key = (id(strategy), element_spec)
+    if key not in steps:
+        # A weak reference, so that the cached function does not keep its own key alive.
+        backbone_ref = weakref.ref(backbone)
+
+        # One function for all strategies: on the default strategy `run` and `gather` are
+        # identities. The signature's unknown batch size keeps the last, partial batch from
+        # tracing ResNet50 again.
+        @tf.function(input_signature=[element_spec])
+        def step(batch):
+            def replica_fn(images, labels):
+                # float32 storage whatever the policy: bfloat16/float16 values are exact in float32.
+                return (tf.cast(backbone_ref()(images, training=False), tf.float32),
+                        tf.cast(labels, tf.int32))
+
+            features, labels = strategy.run(replica_fn, args=batch)
+            return strategy.gather(features, axis=0), strategy.gather(labels, axis=0)
+
+        steps[key] = step
+    return steps[key]
+
+
 def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strategy=None,
                      num_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Runs the backbone over every batch of `dataset`, in order, with a progress bar.
@@ -143,26 +176,20 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strateg
       dataset: batches of (uint8 images, labels) in a fixed order, every example once
         (`input_pipeline.make_dataset(..., training=False)`); the batch size is global.
       strategy: the tf.distribute strategy; batches are split across its replicas and the
-        replicas' results gathered back in order. Default: the current strategy.
+        replicas' results gathered back, in the dataset's order on one worker (across workers
+        the pairs stay matched but follow the sharding's order). Default: the current strategy.
       num_examples: the progress bar's target, if known.
 
     Returns:
       (features float32 [N, FEATURE_DIM], labels int32 [N]).
     """
     strategy = strategy or tf.distribute.get_strategy()
-    distributed = strategy.experimental_distribute_dataset(dataset)
-
-    # One tf.function for all strategies: on the default strategy `run` and `gather` are identities.
-    # The signature's unknown batch size keeps the last, partial batch from tracing ResNet50 again.
-    @tf.function(input_signature=[distributed.element_spec])
-    def step(batch):
-        def replica_fn(images, labels):
-            # float32 storage whatever the policy: bfloat16/float16 values are exact in float32.
-            return tf.cast(backbone(images, training=False), tf.float32), tf.cast(labels, tf.int32)
-
-        features, labels = strategy.run(replica_fn, args=batch)
-        return strategy.gather(features, axis=0), strategy.gather(labels, axis=0)
-
+    options = tf.data.Options()
+    # Across workers, every batch must go to exactly one worker (the pipeline itself does not
+    # shard); `gather` then collects every example once. Within one worker the order is kept.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    distributed = strategy.experimental_distribute_dataset(dataset.with_options(options))
+    step = _extraction_step(backbone, strategy, distributed.element_spec)
     progbar = keras.utils.Progbar(num_examples, unit_name="image")
     all_features, all_labels = [], []
     start = time.perf_counter()
@@ -171,8 +198,7 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strateg
         all_features.append(features.numpy())
         all_labels.append(labels.numpy())
         progbar.add(len(all_labels[-1]))
-    features = np.concatenate(all_features) if all_features else np.zeros((0, model.FEATURE_DIM), np.float32)
-    labels = np.concatenate(all_labels) if all_labels else np.zeros((0,), np.int32)
+    features, labels = np.concatenate(all_features), np.concatenate(all_labels)
     seconds = time.perf_counter() - start
     logging.info("Extracted %d feature vectors in %.1f s (%.1f images/s).",
                  len(labels), seconds, len(labels) / max(seconds, 1e-9))
@@ -180,11 +206,16 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strateg
 
 
 def _write_atomically(path: Path, features: np.ndarray, labels: np.ndarray, key: CacheKey) -> None:
-    """Writes a temp file beside `path`, then renames it: a killed process leaves no half-written cache."""
+    """Writes a temp file beside `path`, then renames it: a kill leaves no partial cache file."""
     meta = json.dumps({"digest": key.digest, "name": key.name, "count": int(len(labels)),
                        "feature_dim": int(features.shape[1])})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(
+            f"Cannot write the feature cache in {path.parent} ({e.strerror or e}). Pass "
+            "--feature_cache=DIR with a writable folder, or --feature_cache=off.") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, features=features, labels=labels, meta=np.array(meta))
@@ -196,8 +227,9 @@ def _write_atomically(path: Path, features: np.ndarray, labels: np.ndarray, key:
         raise
 
 
-def _read_valid(path: Path, key: CacheKey, expected_count: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Reads a cache file, or returns None (and logs why) when it is absent, unreadable or inconsistent."""
+def _read_valid(path: Path, key: CacheKey,
+                expected_count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Reads a cache file; None (with the reason logged) when absent, unreadable or inconsistent."""
     if not path.exists():
         return None
     try:
@@ -313,7 +345,15 @@ def fit_head(head: keras.Model, *, train: FeatureSet, validation: FeatureSet | N
 
     Returns:
       The fit's History.
+
+    Raises:
+      UserError: when the training split is smaller than one batch (the last partial batch of
+        every epoch is dropped, as in the image pipeline).
     """
+    if len(train.labels) < batch_size:
+        raise UserError(
+            f"The training split has {len(train.labels)} examples, fewer than one batch of "
+            f"{batch_size}, so the head would never be trained; lower --batch_size.")
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model.compile_model(head, learning_rate=learning_rate)

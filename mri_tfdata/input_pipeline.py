@@ -66,7 +66,8 @@ def _remove_stale_partials(root: pathlib.Path, key: str) -> None:
     """Removes partial caches of `key` left by dead processes of this host (never live ones)."""
     host = socket.gethostname()
     for partial in root.glob(f"{key}{_PARTIAL_MARK}*"):
-        parts = partial.name[len(key) + len(_PARTIAL_MARK):].rsplit("-", 2)
+        owner = partial.name[len(key) + len(_PARTIAL_MARK):].removesuffix(".staging")
+        parts = owner.rsplit("-", 2)
         if len(parts) == 3 and parts[0] == host and parts[1].isdigit() \
                 and not _pid_alive(int(parts[1])):
             logging.info("Removing the partial cache %s of a killed process.", partial)
@@ -81,7 +82,8 @@ def _publish(partial: pathlib.Path, final: pathlib.Path) -> None:
     """
     if final.exists() or not (partial / f"{_CACHE_PREFIX}.index").exists():
         return
-    staging = final.with_name(f"{final.name}.staging-{uuid.uuid4().hex[:8]}")
+    # Named after the partial folder, so that _remove_stale_partials also cleans it up after a kill.
+    staging = partial.with_name(f"{partial.name}.staging")
     staging.mkdir()
     for path in partial.iterdir():
         os.link(path, staging / path.name)
@@ -107,13 +109,17 @@ def _file_cache(dataset: tf.data.Dataset, *, root: pathlib.Path, key: str) -> tf
         raise UserError(f"The cache folder {final} exists but holds no complete cache; remove it "
                         "(it is rebuilt from the images) or pass another --cache folder.")
     _remove_stale_partials(root, key)
-    partial = root / f"{key}{_PARTIAL_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial = root / f"{key}{_PARTIAL_MARK}{owner}"
     partial.mkdir(parents=True)
     atexit.register(shutil.rmtree, partial, True)  # Published files live on through their links.
     logging.info("Writing the file cache %s (published on completion of the first epoch).", final)
 
     def publish():
-        _publish(partial, final)
+        try:
+            _publish(partial, final)
+        except OSError as e:  # E.g. a filesystem without hard links: the run goes on, uncached.
+            logging.warning("Could not publish the file cache %s: %s", final, e)
         return True
 
     # Runs once the cache has seen the end of its input, i.e. after tf.data wrote cache.index;
@@ -160,8 +166,10 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     def decode(encoded, label):
         return decode_and_resize(encoded, image_size=image_size), tf.cast(label, tf.int32)
 
+    # A file cache is shared by every later pipeline of the same key, including evaluation ones
+    # that rely on the source order, so it is always written in that order.
     dataset = source.dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=deterministic)
+                                 deterministic=deterministic or cache not in ("none", "memory"))
     if cache == "memory":
         dataset = dataset.cache()
     elif cache != "none":
@@ -187,7 +195,8 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     # sources; AUTO would shard file-less folder sources by DATA (every worker reads everything)
     # and fail on TFDS splits with fewer files than workers.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    # No private thread pool: measured on 2 cores it did not beat the shared pool (see README).
+    # No private thread pool: on 2 cores, 2 or 4 private threads gave the same cold-epoch rate as
+    # the shared pool (benchmarks/input_pipeline.py), and a fixed size would not follow the host.
     return dataset.with_options(options)
 
 

@@ -1,4 +1,4 @@
-"""The folder tree of the Kaggle Brain Tumor MRI Dataset: splits, class folders, junk, image reading."""
+"""The Kaggle Brain Tumor MRI folder tree: split and class folders, junk, reading the images."""
 
 import dataclasses
 import io
@@ -15,8 +15,8 @@ CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 
 DOWNLOAD_URL = "https://www.kaggle.com/datasets/masoudnickparvar/brain-tumor-mri-dataset"
 DOWNLOAD_HINT = (
-    f"Download the Kaggle Brain Tumor MRI Dataset from {DOWNLOAD_URL} and unpack it (or drop its zip "
-    "archive, for the TFDS builder) so that the folder holds Training/<class>/*.jpg and "
+    f"Download the Kaggle Brain Tumor MRI Dataset from {DOWNLOAD_URL} and unpack it (or, for "
+    "the TFDS builder, drop its zip archive) so that the folder holds Training/<class>/*.jpg and "
     "Testing/<class>/*.jpg, with <class> among " + ", ".join(CLASS_NAMES) + "."
 )
 
@@ -39,8 +39,8 @@ REQUIRED_SPLITS = ("train", "test")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-# 8192 x 8192: far above any MRI slice (Kaggle's are <= 1446 px wide); decoding more than this as
-# uint8 RGB would take > 200 MB for a single image, the signature of a decompression bomb.
+# 8192 x 8192: far above any MRI slice (the Kaggle ones are mostly 512 x 512); decoding more than
+# this as uint8 RGB would take > 200 MB for a single image, the signature of a decompression bomb.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
 # Windows and macOS junk that is not hidden by a leading dot.
@@ -83,7 +83,7 @@ class StoredImage:
 
 
 def is_junk(path: pathlib.Path) -> bool:
-    """Returns True for hidden files/folders (.DS_Store, .ipynb_checkpoints) and OS junk (Thumbs.db)."""
+    """True for hidden files and folders (.DS_Store, .ipynb_checkpoints/), OS junk (Thumbs.db)."""
     return path.name.startswith(".") or path.name.lower() in _JUNK_NAMES
 
 
@@ -124,10 +124,14 @@ def find_split_dirs(root: Union[str, pathlib.Path]) -> dict[str, pathlib.Path]:
     """
     root = pathlib.Path(root).expanduser()
     if not root.is_dir() or not _visible_children(root):
-        state = "does not exist" if not root.exists() else (
-            "is not a folder" if not root.is_dir() else "is empty")
+        state = (
+            "does not exist"
+            if not root.exists()
+            else ("is not a folder" if not root.is_dir() else "is empty")
+        )
         raise UserError(
-            f"The dataset folder {root} {state}; expected {_expected_paths(root)}. {DOWNLOAD_HINT}")
+            f"The dataset folder {root} {state}; expected {_expected_paths(root)}. {DOWNLOAD_HINT}"
+        )
     base = root
     found = _match_split_dirs(base)
     if not found:
@@ -139,14 +143,16 @@ def find_split_dirs(root: Union[str, pathlib.Path]) -> dict[str, pathlib.Path]:
         if len(dirs) > 1:
             raise UserError(
                 f"{base} holds {len(dirs)} folders for the {split} split "
-                f"({', '.join(d.name for d in dirs)}); keep exactly one of them.")
+                f"({', '.join(d.name for d in dirs)}); keep exactly one of them."
+            )
     missing = [s for s in REQUIRED_SPLITS if s not in found]
     if missing:
         seen = ", ".join(p.name for p in _visible_children(base)) or "nothing visible"
         accepted = "; ".join(f"{s}: {'/'.join(SPLIT_FOLDER_NAMES[s])}" for s in missing)
         raise UserError(
             f"No {' or '.join(missing)} split folder in {base} (it holds: {seen}); expected "
-            f"{_expected_paths(base)} (accepted names, any case: {accepted}). {DOWNLOAD_HINT}")
+            f"{_expected_paths(base)} (accepted names, any case: {accepted}). {DOWNLOAD_HINT}"
+        )
     return {split: dirs[0] for split, dirs in found.items()}
 
 
@@ -160,7 +166,8 @@ def class_label(folder_name: str) -> int:
     if label is None:
         raise UserError(
             f"Unknown class folder {folder_name!r}; the accepted class folder names are "
-            f"{', '.join(CLASS_ALIASES)}. Rename or move that folder out of the dataset.")
+            f"{', '.join(CLASS_ALIASES)}. Rename or move that folder out of the dataset."
+        )
     return label
 
 
@@ -198,12 +205,14 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
     if not examples:
         raise UserError(
             f"The split folder {split_dir} holds no .jpg/.jpeg/.png image in a class folder "
-            f"({', '.join(CLASS_NAMES)}). {DOWNLOAD_HINT}")
+            f"({', '.join(CLASS_NAMES)}). {DOWNLOAD_HINT}"
+        )
     return sorted(examples, key=lambda e: e.relpath)
 
 
-def check_image_header(path_or_bytes: Union[str, pathlib.Path, bytes],
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def check_image_header(
+    path_or_bytes: Union[str, pathlib.Path, bytes], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
     """Reads only an image's header and refuses absurd dimensions before anything is decoded.
 
     Args:
@@ -225,7 +234,8 @@ def check_image_header(path_or_bytes: Union[str, pathlib.Path, bytes],
     if width * height > max_pixels:
         raise CorruptImageError(
             f"declares {width}x{height} pixels, more than the {max_pixels} accepted "
-            "(a decompression bomb or not an MRI slice)")
+            "(a decompression bomb or not an MRI slice)"
+        )
     return width, height
 
 
@@ -244,7 +254,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         grey = np.clip(np.asarray(img, dtype=np.float64), 0, 255)
         return Image.fromarray(np.round(grey).astype(np.uint8), mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-            img.mode == "P" and "transparency" in img.info):
+        img.mode == "P" and "transparency" in img.info
+    ):
         # Transparent parts become black, the background of an MRI slice.
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (0, 0, 0))
@@ -253,8 +264,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_rgb_image(path: Union[str, pathlib.Path],
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> StoredImage:
+def read_rgb_image(
+    path: Union[str, pathlib.Path], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> StoredImage:
     """Reads an image file as 8-bit RGB, keeping the original bytes when they already are.
 
     An 8-bit 3-channel JPEG or PNG is returned unchanged (no needless re-encoding); grayscale,

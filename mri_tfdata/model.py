@@ -107,7 +107,7 @@ def build_backbone(*, image_size: int, weights: str | None) -> keras.Model:
     # training=False documents intent; what keeps BatchNorm in inference mode even when the outer
     # model is called with training=True is Keras 3's rule that a frozen BN layer never updates.
     x = resnet(x, training=False)
-    # A float32 linear activation is the standard Keras way to end a mixed-precision model in float32.
+    # A float32 linear activation is the usual Keras way to end a mixed-precision model in float32.
     features = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     backbone = keras.Model(images, features, name="backbone")
     backbone.trainable = False
@@ -185,7 +185,9 @@ def _augmentation() -> keras.Sequential:
     )
 
 
-def build_classifier(backbone: keras.Model, head: keras.Model, *, augment: bool = False) -> keras.Model:
+def build_classifier(
+    backbone: keras.Model, head: keras.Model, *, augment: bool = False
+) -> keras.Model:
     """Chains backbone and head into the full model: uint8 images -> class probabilities.
 
     Args:

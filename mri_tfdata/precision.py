@@ -34,7 +34,8 @@ def _all_gpus_have_tensor_cores() -> bool:
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return False
-    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability") for g in gpus]
+    details = [tf.config.experimental.get_device_details(g) for g in gpus]
+    capabilities = [d.get("compute_capability") for d in details]
     # float16 pays off from Volta (7.0) on; below that it is emulated or slower than float32.
     return all(c is not None and tuple(c) >= (7, 0) for c in capabilities)
 

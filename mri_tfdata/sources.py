@@ -26,8 +26,8 @@ class Source:
     """One split of a dataset, as encoded images that the input pipeline decodes exactly once.
 
     Attributes:
-      dataset: tf.data.Dataset of (encoded JPEG/PNG bytes: tf.string scalar, label: tf.int64 scalar),
-        in a deterministic order.
+      dataset: tf.data.Dataset of (encoded JPEG/PNG bytes: tf.string scalar,
+        label: tf.int64 scalar), in a deterministic order.
       num_examples: Number of elements of `dataset`.
       class_names: Class names in label order.
       cache_id: Identifies the content (dataset, config, version, split, shard); a file cache keyed
@@ -98,8 +98,8 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
             read_config=tfds.ReadConfig(try_autocache=False))
     except (ValueError, KeyError) as e:
         raise UserError(
-            f"Cannot read split {split!r} of {name}/{config}: {str(e).rstrip('.')}. Valid splits are "
-            f"{', '.join(builder.info.splits)}, optionally sliced like 'train[:90%]'.") from e
+            f"Cannot read split {split!r} of {name}/{config}: {str(e).rstrip('.')}. Valid splits "
+            f"are {', '.join(builder.info.splits)}, optionally sliced like 'train[:90%]'.") from e
     dataset = dataset.map(lambda ex: (ex["image"], ex["label"]),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     num_examples = int(dataset.cardinality())

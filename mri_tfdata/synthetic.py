@@ -1,4 +1,4 @@
-"""A deterministic synthetic MRI-like dataset in the Kaggle tree, the embedded default needing no download."""
+"""Deterministic synthetic MRI-like images in the Kaggle tree, the default needing no download."""
 
 import json
 import pathlib
@@ -27,15 +27,53 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC))
 
 
-def _blob(x: np.ndarray, y: np.ndarray, cx: float, cy: float, radius: float,
-          edge: float) -> np.ndarray:
+def _blob(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, radius: float, edge: float
+) -> np.ndarray:
     """A disc of `radius` around (cx, cy) with a soft edge `edge` wide, values in [0, 1]."""
     distance = np.hypot(x - cx, y - cy)
     return 1.0 / (1.0 + np.exp((distance - radius) / edge))
 
 
+def _lesion(
+    class_name: str, hx: np.ndarray, hy: np.ndarray, edge: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The intensity a class adds to the brain (zero for notumor), in head coordinates hx, hy."""
+    # Lesion contrast varies from subtle to obvious so that the task is learnable but not trivial.
+    contrast = rng.uniform(0.18, 0.45)
+    if class_name == "glioma":
+        # An irregular, heterogeneous mass anywhere inside the brain: a cluster of soft blobs.
+        r, theta = rng.uniform(0.15, 0.5), rng.uniform(0, 2 * np.pi)
+        cx, cy = r * np.cos(theta), r * np.sin(theta)
+        mass = np.zeros_like(hx)
+        for _ in range(rng.integers(3, 6)):
+            mass = np.maximum(
+                mass,
+                _blob(
+                    hx,
+                    hy,
+                    cx + rng.normal(0, 0.08),
+                    cy + rng.normal(0, 0.08),
+                    rng.uniform(0.10, 0.20),
+                    0.03,
+                ),
+            )
+        texture = np.clip(0.9 + 0.4 * _smooth_noise(rng, hx.shape[0], 24), 0.2, None)
+        return mass * contrast * texture
+    if class_name == "meningioma":
+        # A bright, homogeneous, well-defined round mass pressed against the inner skull.
+        theta, size = rng.uniform(0, 2 * np.pi), rng.uniform(0.08, 0.16)
+        r = 0.86 - 0.6 * size
+        return _blob(hx, hy, r * np.cos(theta), r * np.sin(theta), size, edge) * contrast
+    if class_name == "pituitary":
+        # A small bright blob at the bottom centre of the brain (the sella turcica).
+        cx, cy = rng.normal(0, 0.03), rng.uniform(0.50, 0.62)
+        return _blob(hx, hy, cx, cy, rng.uniform(0.06, 0.10), 0.015) * contrast
+    return np.zeros_like(hx)
+
+
 def draw_image(label: int, *, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Draws one MRI-like axial slice: skull, textured brain, ventricles and a class-specific lesion.
+    """Draws one MRI-like axial slice: skull, textured brain, ventricles, a class-specific lesion.
 
     Args:
       label: Index into CLASS_NAMES; decides the lesion (notumor has none).
@@ -47,8 +85,9 @@ def draw_image(label: int, *, image_size: int, rng: np.random.Generator) -> np.n
     """
     s = image_size
     # Normalised coordinates in the head's own frame (jittered centre, size and tilt), so the
-    # lesion rules below ("at the edge", "bottom centre") hold whatever the head pose.
-    grid_y, grid_x = np.mgrid[-1:1:s * 1j, -1:1:s * 1j].astype(np.float32)
+    # lesion rules of _lesion ("at the edge", "bottom centre") hold whatever the head pose.
+    axis = np.linspace(-1, 1, s, dtype=np.float32)
+    grid_x, grid_y = np.meshgrid(axis, axis)
     angle = rng.uniform(-0.2, 0.2)
     gx, gy = grid_x - rng.uniform(-0.05, 0.05), grid_y - rng.uniform(-0.05, 0.05)
     hx = (np.cos(angle) * gx + np.sin(angle) * gy) / rng.uniform(0.80, 0.90)
@@ -58,7 +97,9 @@ def draw_image(label: int, *, image_size: int, rng: np.random.Generator) -> np.n
     head = _blob(hx, hy, 0, 0, 1.0, edge)
     brain = _blob(hx, hy, 0, 0, 0.86, edge)
     skull = head - _blob(hx, hy, 0, 0, 0.91, edge)
-    tissue = rng.uniform(0.32, 0.45) + 0.06 * _smooth_noise(rng, s, 6) + 0.03 * _smooth_noise(rng, s, 20)
+    tissue = (
+        rng.uniform(0.32, 0.45) + 0.06 * _smooth_noise(rng, s, 6) + 0.03 * _smooth_noise(rng, s, 20)
+    )
     img = 0.85 * skull + brain * tissue
     # Two dark lateral ventricles near the midline, present in every class.
     spread = rng.uniform(0.08, 0.14)
@@ -66,32 +107,16 @@ def draw_image(label: int, *, image_size: int, rng: np.random.Generator) -> np.n
         ventricle = _blob(hx / 0.45, hy / 1.0, side * spread / 0.45, -0.05, 0.28, 0.05)
         img -= brain * ventricle * rng.uniform(0.15, 0.25)
 
-    class_name = CLASS_NAMES[label]
-    # Lesion contrast varies from subtle to obvious so that the task is learnable but not trivial.
-    contrast = rng.uniform(0.18, 0.45)
-    if class_name == "glioma":
-        # An irregular, heterogeneous mass anywhere inside the brain: a cluster of soft blobs.
-        r, theta = rng.uniform(0.15, 0.5), rng.uniform(0, 2 * np.pi)
-        cx, cy = r * np.cos(theta), r * np.sin(theta)
-        mass = np.zeros_like(img)
-        for _ in range(rng.integers(3, 6)):
-            mass = np.maximum(mass, _blob(hx, hy, cx + rng.normal(0, 0.08), cy + rng.normal(0, 0.08),
-                                          rng.uniform(0.10, 0.20), 0.03))
-        texture = np.clip(0.9 + 0.4 * _smooth_noise(rng, s, 24), 0.2, None)
-        img += brain * mass * contrast * texture
-    elif class_name == "meningioma":
-        # A bright, homogeneous, well-defined round mass pressed against the inner skull.
-        theta, size = rng.uniform(0, 2 * np.pi), rng.uniform(0.08, 0.16)
-        r = 0.86 - 0.6 * size
-        img += brain * _blob(hx, hy, r * np.cos(theta), r * np.sin(theta), size, edge) * contrast
-    elif class_name == "pituitary":
-        # A small bright blob at the bottom centre of the brain (the sella turcica).
-        cx, cy = rng.normal(0, 0.03), rng.uniform(0.50, 0.62)
-        img += brain * _blob(hx, hy, cx, cy, rng.uniform(0.06, 0.10), 0.015) * contrast
+    # The lesion has its own random stream, drawn from the main one whatever the class, so that the
+    # same seed gives the same head and scanner for every label: the lesion is the only difference.
+    lesion_rng = np.random.default_rng(rng.integers(2**63))
+    img += brain * _lesion(CLASS_NAMES[label], hx, hy, edge, lesion_rng)
 
     # Scanner variation: gain, gamma and noise, plus bright vessel specks that every class has.
     for _ in range(rng.integers(0, 4)):
-        img += brain * _blob(hx, hy, rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), 0.015, edge) * 0.2
+        img += (
+            brain * _blob(hx, hy, rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), 0.015, edge) * 0.2
+        )
     img = np.clip(img * rng.uniform(0.85, 1.15), 0, 1) ** rng.uniform(0.8, 1.25)
     img = img * head + rng.normal(0, rng.uniform(0.01, 0.04), img.shape)
     grey = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
@@ -102,9 +127,15 @@ def _parameters(**kwargs) -> dict:
     return {"format_version": _FORMAT_VERSION, **kwargs}
 
 
-def write_synthetic_dataset(root: Union[str, pathlib.Path], *, train_per_class: int = 40,
-                            test_per_class: int = 10, image_size: int = 128, seed: int = 0,
-                            leaked_test_images: int = 0) -> pathlib.Path:
+def write_synthetic_dataset(
+    root: Union[str, pathlib.Path],
+    *,
+    train_per_class: int = 40,
+    test_per_class: int = 10,
+    image_size: int = 128,
+    seed: int = 0,
+    leaked_test_images: int = 0,
+) -> pathlib.Path:
     """Writes the synthetic dataset as root/Training/<class>/*.jpg and root/Testing/<class>/*.jpg.
 
     The same arguments always give byte-identical files (each image has its own seeded random
@@ -128,16 +159,25 @@ def write_synthetic_dataset(root: Union[str, pathlib.Path], *, train_per_class: 
       UserError: `root` holds something else, which is never overwritten.
     """
     if train_per_class < 1 or test_per_class < 1:
-        raise ValueError(f"need at least one image per class, got train_per_class={train_per_class}, "
-                         f"test_per_class={test_per_class}")
+        raise ValueError(
+            f"need at least one image per class, got train_per_class={train_per_class}, "
+            f"test_per_class={test_per_class}"
+        )
     if image_size < 16:
         raise ValueError(f"image_size={image_size} is too small to draw a head; use 16 or more")
     if not 0 <= leaked_test_images <= train_per_class * len(CLASS_NAMES):
-        raise ValueError(f"leaked_test_images={leaked_test_images} must be between 0 and the "
-                         f"{train_per_class * len(CLASS_NAMES)} training images")
+        raise ValueError(
+            f"leaked_test_images={leaked_test_images} must be between 0 and the "
+            f"{train_per_class * len(CLASS_NAMES)} training images"
+        )
     root = pathlib.Path(root).expanduser()
-    params = _parameters(train_per_class=train_per_class, test_per_class=test_per_class,
-                         image_size=image_size, seed=seed, leaked_test_images=leaked_test_images)
+    params = _parameters(
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        image_size=image_size,
+        seed=seed,
+        leaked_test_images=leaked_test_images,
+    )
     marker = root / MARKER_NAME
     if marker.is_file():
         made_with = json.loads(marker.read_text())
@@ -145,11 +185,15 @@ def write_synthetic_dataset(root: Union[str, pathlib.Path], *, train_per_class: 
             logging.info("Reusing the synthetic dataset in %s.", root)
             return root
         raise UserError(
-            f"{root} holds a synthetic dataset made with other settings ({made_with}); pass another "
-            f"output folder, or delete {root} to regenerate it with {params}.")
+            f"{root} holds a synthetic dataset made with other settings ({made_with}); pass "
+            "another "
+            f"output folder, or delete {root} to regenerate it with {params}."
+        )
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise UserError(f"{root} already exists and is not a synthetic dataset; it is not overwritten. "
-                        "Pass a new or empty folder.")
+        raise UserError(
+            f"{root} already exists and is not a synthetic dataset; it is not overwritten. "
+            "Pass a new or empty folder."
+        )
 
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
@@ -183,8 +227,10 @@ def _write_tree(root: pathlib.Path, params: dict) -> None:
         train_index = leak // len(CLASS_NAMES)
         test_index = counts["Testing"] + train_index
         abbreviation = _FILE_PREFIX[class_name]
-        shutil.copyfile(root / "Training" / class_name / f"Tr-{abbreviation}_{train_index:04d}.jpg",
-                        root / "Testing" / class_name / f"Te-{abbreviation}_{test_index:04d}.jpg")
+        shutil.copyfile(
+            root / "Training" / class_name / f"Tr-{abbreviation}_{train_index:04d}.jpg",
+            root / "Testing" / class_name / f"Te-{abbreviation}_{test_index:04d}.jpg",
+        )
 
 
 def _define_flags() -> None:
@@ -193,23 +239,39 @@ def _define_flags() -> None:
     flags.DEFINE_integer("test_per_class", 10, "Testing images per class.")
     flags.DEFINE_integer("image_size", 128, "Width and height of the images in pixels.")
     flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives identical files.")
-    flags.DEFINE_integer("leaked_test_images", 0,
-                         "Training images also copied into Testing/ (mimics the published leak).")
+    flags.DEFINE_integer(
+        "leaked_test_images",
+        0,
+        "Training images also copied into Testing/ (mimics the published leak).",
+    )
 
 
 def main(argv: list[str]) -> None:
     """Entry point: python -m mri_tfdata.synthetic --out=DIR."""
     del argv
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-    cli.require(FLAGS.out is not None, "--out is required: the folder to write the synthetic dataset to.")
-    cli.require(FLAGS.train_per_class >= 1 and FLAGS.test_per_class >= 1,
-            "--train_per_class and --test_per_class must be at least 1.")
-    cli.require(FLAGS.image_size >= 16, f"--image_size={FLAGS.image_size} is too small; use 16 or more.")
-    cli.require(0 <= FLAGS.leaked_test_images <= 4 * FLAGS.train_per_class,
-            "--leaked_test_images must be between 0 and 4 * --train_per_class.")
-    root = write_synthetic_dataset(FLAGS.out, train_per_class=FLAGS.train_per_class,
-                                   test_per_class=FLAGS.test_per_class, image_size=FLAGS.image_size,
-                                   seed=FLAGS.seed, leaked_test_images=FLAGS.leaked_test_images)
+    cli.require(
+        FLAGS.out is not None, "--out is required: the folder to write the synthetic dataset to."
+    )
+    cli.require(
+        FLAGS.train_per_class >= 1 and FLAGS.test_per_class >= 1,
+        "--train_per_class and --test_per_class must be at least 1.",
+    )
+    cli.require(
+        FLAGS.image_size >= 16, f"--image_size={FLAGS.image_size} is too small; use 16 or more."
+    )
+    cli.require(
+        0 <= FLAGS.leaked_test_images <= 4 * FLAGS.train_per_class,
+        "--leaked_test_images must be between 0 and 4 * --train_per_class.",
+    )
+    root = write_synthetic_dataset(
+        FLAGS.out,
+        train_per_class=FLAGS.train_per_class,
+        test_per_class=FLAGS.test_per_class,
+        image_size=FLAGS.image_size,
+        seed=FLAGS.seed,
+        leaked_test_images=FLAGS.leaked_test_images,
+    )
     print(root)
 
 

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import time
 
 import keras
@@ -155,7 +156,7 @@ def _fit(classifier, run, phase, *, train_ds, val_ds, initial_epoch, epochs, con
     classifier._initial_epoch = None
     with _limit_steps(config.max_steps_per_epoch):
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
-                       callbacks=make_callbacks(run, phase), verbose=2)
+                       callbacks=make_callbacks(run, phase), shuffle=False, verbose=2)
 
 
 def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir_path,
@@ -300,6 +301,9 @@ def finish(classifier, run: workdir.RunDir, *, data: DataSpec, config: TrainConf
             extra={"split": config.test_split, "model": str(run.path / "model.keras")})
         logging.info("Test %r: accuracy %.4f, loss %.4f on %d images.", config.test_split,
                      metrics["accuracy"], metrics["loss"], metrics["num_examples"])
+    # Resume state is useless once the outputs exist (BackupAndRestore already emptied backup/).
+    for scratch in ("backup", "checkpoints"):
+        shutil.rmtree(run.path / scratch, ignore_errors=True)
     run.mark_finished()
     logging.info("Finished in %.0f s; outputs in %s.", time.perf_counter() - start, run.path)
     return TrainResult(workdir=run.path, history=history, metrics=metrics, resumed=run.resuming)

@@ -28,11 +28,15 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def raw_png(width: int, height: int, *, bit_depth: int, color_type: int, rows: bytes = b"") -> bytes:
+def raw_png(
+    width: int, height: int, *, bit_depth: int, color_type: int, rows: bytes = b""
+) -> bytes:
     """A PNG assembled chunk by chunk, for what Pillow cannot write (16-bit RGB, bogus sizes)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     body = chunk(b"IDAT", zlib.compress(rows)) if rows else b""
@@ -57,8 +61,11 @@ def rgba_png(seed: int) -> bytes:
 
 
 def truncated_jpeg(seed: int) -> bytes:
-    data = jpeg_bytes(seed)
-    return data[: len(data) // 2]
+    """A JPEG cut inside its pixel data: the header is intact, so only a full decode notices."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels(seed, size=64)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    return data[: len(data) * 3 // 4]
 
 
 def write(path: pathlib.Path, data: bytes) -> pathlib.Path:
@@ -79,18 +86,24 @@ def write_messy_tree(root: pathlib.Path) -> dict:
         # _tumor aliases of older dataset versions, mixed with the current names.
         "Training/glioma_tumor/rgb.jpg": write(train / "glioma_tumor/rgb.jpg", jpeg_bytes(1)),
         "Training/glioma_tumor/gray.png": write(
-            train / "glioma_tumor/gray.png", png_bytes(Image.fromarray(pixels(2)[:, :, 0]))),
+            train / "glioma_tumor/gray.png", png_bytes(Image.fromarray(pixels(2)[:, :, 0]))
+        ),
         "Training/meningioma/rgba.png": write(train / "meningioma/rgba.png", rgba_png(3)),
         "Training/meningioma/cmyk.jpg": write(train / "meningioma/cmyk.jpg", jpeg_bytes(4, "CMYK")),
         "Training/no_tumor/gray16.png": write(train / "no_tumor/gray16.png", gray16_png(65535)),
         "Training/no_tumor/palette.png": write(
-            train / "no_tumor/palette.png", png_bytes(Image.fromarray(pixels(5)).convert("P"))),
-        "Training/pituitary_tumor/rgb48.png": write(train / "pituitary_tumor/rgb48.png", rgb48_png(257 * 200)),
+            train / "no_tumor/palette.png", png_bytes(Image.fromarray(pixels(5)).convert("P"))
+        ),
+        "Training/pituitary_tumor/rgb48.png": write(
+            train / "pituitary_tumor/rgb48.png", rgb48_png(257 * 200)
+        ),
         "Training/pituitary_tumor/rgb.png": write(
-            train / "pituitary_tumor/rgb.png", png_bytes(Image.fromarray(pixels(6)))),
+            train / "pituitary_tumor/rgb.png", png_bytes(Image.fromarray(pixels(6)))
+        ),
         # An exact copy within the split, for the dedup config.
         "Training/pituitary_tumor/rgb_copy.png": write(
-            train / "pituitary_tumor/rgb_copy.png", png_bytes(Image.fromarray(pixels(6)))),
+            train / "pituitary_tumor/rgb_copy.png", png_bytes(Image.fromarray(pixels(6)))
+        ),
     }
     labels = {"glioma_tumor": 0, "meningioma": 1, "no_tumor": 2, "pituitary_tumor": 3}
     corrupt = [
@@ -101,7 +114,8 @@ def write_messy_tree(root: pathlib.Path) -> dict:
     expected_test = {}
     for label, name in enumerate(["glioma", "meningioma", "notumor", "pituitary"]):
         expected_test[f"Testing/{name}/Te-{label}.jpg"] = write(
-            test / name / f"Te-{label}.jpg", jpeg_bytes(10 + label))
+            test / name / f"Te-{label}.jpg", jpeg_bytes(10 + label)
+        )
     # A test image that is byte-for-byte a train image, as the published dataset has 189 of.
     write(test / "glioma/leaked.jpg", jpeg_bytes(1))
     # Junk that must be ignored silently.
@@ -113,15 +127,23 @@ def write_messy_tree(root: pathlib.Path) -> dict:
     write(root / "README.md", b"# notes\n")
     return {
         "train": {rel: labels[rel.split("/")[1]] for rel in expected_train},
-        "test": {**{rel: label for label, rel in enumerate(expected_test)}, "Testing/glioma/leaked.jpg": 0},
+        "test": {
+            **{rel: label for label, rel in enumerate(expected_test)},
+            "Testing/glioma/leaked.jpg": 0,
+        },
         "corrupt": sorted(p.relative_to(root).as_posix() for p in corrupt),
         "leaked": ["Testing/glioma/leaked.jpg"],
         "train_duplicates": ["Training/pituitary_tumor/rgb_copy.png"],
     }
 
 
-def write_simple_tree(root: pathlib.Path, *, train: str = "Training", test: str = "Testing",
-                      classes=("glioma", "meningioma", "notumor", "pituitary")) -> None:
+def write_simple_tree(
+    root: pathlib.Path,
+    *,
+    train: str = "Training",
+    test: str = "Testing",
+    classes=("glioma", "meningioma", "notumor", "pituitary"),
+) -> None:
     """One valid JPEG per class and split, under the given folder names."""
     for label, name in enumerate(classes):
         write(root / train / name / f"tr{label}.jpg", jpeg_bytes(100 + label))

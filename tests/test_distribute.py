@@ -20,7 +20,8 @@ def no_gpu():
 
 
 def test_bad_name_lists_accepted_names():
-    with pytest.raises(FlagError, match="'gpu'.*auto, default, one_device, mirrored, multi_worker, tpu"):
+    accepted = "auto, default, one_device, mirrored, multi_worker, tpu"
+    with pytest.raises(FlagError, match=f"'gpu'.*{accepted}"):
         distribute.create_strategy("gpu")
 
 
@@ -87,7 +88,8 @@ def test_mirrored_over_two_logical_cpus_trains(no_gpu):
 
 def test_multi_worker_without_tf_config_shows_an_example(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(UserError, match=r"needs the TF_CONFIG environment variable.*\"worker\": \[\"host1:12345\""):
+    example = r"\"worker\": \[\"host1:12345\", \"host2:12345\"\]"
+    with pytest.raises(UserError, match=f"needs the TF_CONFIG environment variable.*{example}"):
         distribute.create_strategy("multi_worker")
 
 
@@ -96,7 +98,8 @@ def test_multi_worker_without_tf_config_shows_an_example(monkeypatch):
     [
         "{not json",
         json.dumps({"cluster": {"worker": ["localhost:1"]}}),
-        json.dumps({"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}),
+        json.dumps({"cluster": {"worker": ["localhost:1"]},
+                    "task": {"type": "worker", "index": 1}}),
         json.dumps({"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}),
         json.dumps({"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}),
     ],

@@ -192,7 +192,8 @@ def test_per_replica_batches_under_a_two_replica_mirrored_strategy(tree):
         import numpy as np
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import image_trees
         from mri_tfdata import input_pipeline, sources
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -1,4 +1,4 @@
-"""Tests for mri_tfdata.model: dtypes, preprocessing, frozen BatchNorm, fine-tuning, saving, weights."""
+"""Tests for mri_tfdata.model: dtypes, preprocessing, frozen BatchNorm, fine-tuning, saving."""
 
 import hashlib
 
@@ -61,15 +61,17 @@ def test_shapes_dtypes_and_preprocessing_under_each_policy(policy, images):
     assert probabilities.shape == (8, 4) and probabilities.dtype == "float32"
     np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, rtol=1e-5)
     resnet = classifier.get_layer("backbone").get_layer("resnet50")
-    assert resnet.get_layer("conv1_conv").compute_dtype == keras.mixed_precision.global_policy().compute_dtype
-    assert classifier.get_layer("head").get_layer("dense_0").compute_dtype == keras.mixed_precision.global_policy().compute_dtype
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+    assert resnet.get_layer("conv1_conv").compute_dtype == compute_dtype
+    assert classifier.get_layer("head").get_layer("dense_0").compute_dtype == compute_dtype
     # Preprocessing inside the model is exactly preprocess_input, in float32 under every policy.
     backbone = classifier.get_layer("backbone")
     preprocessed = keras.Model(backbone.input, backbone.get_layer("preprocess").output)(images)
     expected = keras.applications.resnet50.preprocess_input(images.astype("float32"))
     np.testing.assert_array_equal(preprocessed, expected)
     # Caffe style: channels reversed to BGR and the ImageNet mean subtracted, no scaling.
-    np.testing.assert_allclose(expected[0, 0, 0], images[0, 0, 0, ::-1] - [103.939, 116.779, 123.68], rtol=1e-6)
+    bgr_minus_mean = images[0, 0, 0, ::-1] - np.array([103.939, 116.779, 123.68])
+    np.testing.assert_allclose(expected[0, 0, 0], bgr_minus_mean, rtol=1e-6)
 
 
 def test_frozen_backbone_keeps_batchnorm_in_inference_mode(images, labels):
@@ -78,12 +80,14 @@ def test_frozen_backbone_keeps_batchnorm_in_inference_mode(images, labels):
     assert backbone.trainable_weights == []
     assert len(classifier.trainable_weights) == 6  # three Dense layers of the head
     np.testing.assert_array_equal(backbone(images, training=True), backbone(images, training=False))
-    stats, head_before = _bn_stats(classifier), [np.array(w) for w in classifier.get_layer("head").weights]
+    head = classifier.get_layer("head")
+    stats, head_before = _bn_stats(classifier), [np.array(w) for w in head.weights]
     _fit_one_step(classifier, images, labels)
     for before, after in zip(stats, _bn_stats(classifier)):
         np.testing.assert_array_equal(before, after)
     assert any(
-        not np.array_equal(b, np.array(a)) for b, a in zip(head_before, classifier.get_layer("head").weights)
+        not np.array_equal(before, np.array(after))
+        for before, after in zip(head_before, head.weights)
     )
 
 
@@ -92,11 +96,13 @@ def test_unfreeze_top_blocks_trains_only_those_convs_and_keeps_batchnorm(images,
     assert model.unfreeze_top_blocks(classifier, 2) == ["conv5_block3", "conv5_block2"]
     resnet = classifier.get_layer("backbone").get_layer("resnet50")
     trainable = [layer for layer in resnet.layers if layer.trainable_weights]
-    assert trainable and all(layer.name.startswith(("conv5_block3_", "conv5_block2_")) for layer in trainable)
+    assert trainable
+    assert all(layer.name.startswith(("conv5_block3_", "conv5_block2_")) for layer in trainable)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
     conv = resnet.get_layer("conv5_block3_3_conv")
     frozen_conv = resnet.get_layer("conv5_block1_1_conv")
-    conv_before, frozen_before, stats = np.array(conv.kernel), np.array(frozen_conv.kernel), _bn_stats(classifier)
+    conv_before, frozen_before = np.array(conv.kernel), np.array(frozen_conv.kernel)
+    stats = _bn_stats(classifier)
     _fit_one_step(classifier, images, labels)
     assert not np.array_equal(conv_before, np.array(conv.kernel))
     np.testing.assert_array_equal(frozen_before, np.array(frozen_conv.kernel))
@@ -123,7 +129,9 @@ def test_keras_file_roundtrip_in_safe_mode(tmp_path, images):
     path = tmp_path / "model.keras"
     classifier.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(loaded(images, training=False), classifier(images, training=False))
+    np.testing.assert_array_equal(
+        loaded(images, training=False), classifier(images, training=False)
+    )
     mean = loaded.get_layer("head").get_layer("standardize").mean
     np.testing.assert_allclose(np.ravel(mean), features.mean(axis=0), rtol=1e-4, atol=1e-6)
 

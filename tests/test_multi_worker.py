@@ -1,4 +1,4 @@
-"""A 2-worker MultiWorkerMirroredStrategy run on localhost: two processes train one model in sync."""
+"""A 2-worker MultiWorkerMirroredStrategy run on localhost: two processes train one model."""
 
 import json
 import os

@@ -28,7 +28,8 @@ def test_explicit_names_are_kept_and_set(name):
 
 
 def test_bad_name_lists_accepted_names():
-    with pytest.raises(FlagError, match="float16.*Use one of: auto, float32, mixed_float16, mixed_bfloat16"):
+    accepted = "auto, float32, mixed_float16, mixed_bfloat16"
+    with pytest.raises(FlagError, match=f"float16.*Use one of: {accepted}"):
         precision.resolve_precision("float16")
 
 
@@ -48,7 +49,9 @@ def test_auto_on_cpu_follows_native_bf16(monkeypatch, no_gpu, flags, expected):
 
 def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path):
     x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_bf16 amx_bf16\n\nprocessor\t: 1\nflags : fpu\n")
+    x86.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse avx512_bf16 amx_bf16\n\nprocessor\t: 1\nflags : fpu\n"
+    )
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
     assert precision._cpu_flags(x86) == {"fpu", "sse", "avx512_bf16", "amx_bf16"}
@@ -56,7 +59,9 @@ def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path):
     assert precision._cpu_flags(tmp_path / "missing") == set()
 
 
-@pytest.mark.parametrize("policy, loss_scaled", [("mixed_float16", True), ("mixed_bfloat16", False)])
+@pytest.mark.parametrize(
+    "policy, loss_scaled", [("mixed_float16", True), ("mixed_bfloat16", False)]
+)
 def test_compile_adds_loss_scaling_only_for_float16(policy, loss_scaled):
     precision.apply_precision(policy)
     head = model.build_head(hidden_units=(8,))

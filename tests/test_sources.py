@@ -27,7 +27,8 @@ def digests(source):
 
 
 def decoded(source):
-    return [(tf.io.decode_image(data, channels=3).numpy(), label) for data, label in elements(source)]
+    return [(tf.io.decode_image(data, channels=3).numpy(), label)
+            for data, label in elements(source)]
 
 
 @pytest.fixture(scope="module")

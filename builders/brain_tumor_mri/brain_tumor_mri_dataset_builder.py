@@ -36,7 +36,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Download the Kaggle "Brain Tumor MRI Dataset" (Masoud Nickparvar) from
     {kaggle_layout.DOWNLOAD_URL}
-    (the Download button, or `kaggle datasets download -d masoudnickparvar/brain-tumor-mri-dataset`).
+    (the Download button, or
+    `kaggle datasets download -d masoudnickparvar/brain-tumor-mri-dataset`).
     Then either drop the downloaded zip archive, as it is, into manual_dir, or unpack it there so
     that manual_dir holds
         Training/{{glioma,meningioma,notumor,pituitary}}/*.jpg
@@ -49,21 +50,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         BrainTumorMriConfig(name="default", description="The images as published."),
         BrainTumorMriConfig(
-            name="dedup", dedup=True,
-            description="Exact duplicates within a split and test images leaked from train removed."),
+            name="dedup",
+            dedup=True,
+            description="No exact duplicates within a split, no test image leaked from train.",
+        ),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "default"
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                # No encoding_format: the stored bytes are the original JPEG, or a PNG when the
-                # file had to be converted; decoding (tf.io.decode_image) handles both.
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "label": tfds.features.ClassLabel(names=kaggle_layout.CLASS_NAMES),
-                "filename": tfds.features.Text(),
-                "sha256": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    # No encoding_format: the stored bytes are the original JPEG, or a PNG when the
+                    # file had to be converted; decoding (tf.io.decode_image) handles both.
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "label": tfds.features.ClassLabel(names=kaggle_layout.CLASS_NAMES),
+                    "filename": tfds.features.Text(),
+                    "sha256": tfds.features.Text(),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage=kaggle_layout.DOWNLOAD_URL,
             metadata=tfds.core.MetadataDict(),
@@ -83,21 +88,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split, pairs) for split, pairs in files.items()}
 
     def _data_root(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-        """Returns the unpacked tree in manual_dir, or else the extracted zip archive found there."""
-        # dl_manager.manual_dir itself fails, quoting MANUAL_DOWNLOAD_INSTRUCTIONS, when absent or empty.
+        """Returns the unpacked tree in manual_dir, or else the extracted zip archive in it."""
+        # dl_manager.manual_dir fails by itself, quoting MANUAL_DOWNLOAD_INSTRUCTIONS, when absent
+        # or empty.
         manual_dir = pathlib.Path(dl_manager.manual_dir)
         try:
             kaggle_layout.find_split_dirs(manual_dir)
             return manual_dir
         except UserError:
-            archives = sorted(p for p in manual_dir.iterdir()
-                              if p.suffix.lower() == ".zip" and not kaggle_layout.is_junk(p))
+            archives = sorted(
+                p
+                for p in manual_dir.iterdir()
+                if p.suffix.lower() == ".zip" and not kaggle_layout.is_junk(p)
+            )
             if not archives:
                 raise
         if len(archives) > 1:
             raise UserError(
-                f"{manual_dir} holds {len(archives)} zip archives ({', '.join(p.name for p in archives)}) "
-                "and no unpacked Training/ and Testing/ folders; keep only the Kaggle archive there.")
+                f"{manual_dir} holds {len(archives)} zip archives "
+                f"({', '.join(p.name for p in archives)}) and no unpacked Training/ and Testing/ "
+                "folders; keep only the Kaggle archive there."
+            )
         logging.info("Extracting %s.", archives[0])
         return pathlib.Path(dl_manager.extract(archives[0]))
 
@@ -110,20 +121,29 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             for example, digest in pairs:
                 if digest in seen_in_earlier_splits:
                     leaked += 1
-                    logging.info("dedup: dropping %s, it also occurs in an earlier split.",
-                                 example.relpath)
+                    logging.info(
+                        "dedup: dropping %s, it also occurs in an earlier split.", example.relpath
+                    )
                 elif digest in seen:
                     duplicates += 1
-                    logging.info("dedup: dropping %s, a duplicate within %s.", example.relpath, split)
+                    logging.info(
+                        "dedup: dropping %s, a duplicate within %s.", example.relpath, split
+                    )
                 else:
                     seen.add(digest)
                     kept.append((example, digest))
             seen_in_earlier_splits |= seen
             kept_files[split] = kept
             dropped[split] = {"duplicates_within_split": duplicates, "in_earlier_split": leaked}
-            logging.warning("dedup: %s: dropped %d duplicate(s) within the split and %d image(s) "
-                            "also in an earlier split; %d of %d kept.",
-                            split, duplicates, leaked, len(kept), len(pairs))
+            logging.warning(
+                "dedup: %s: dropped %d duplicate(s) within the split and %d image(s) "
+                "also in an earlier split; %d of %d kept.",
+                split,
+                duplicates,
+                leaked,
+                len(kept),
+                len(pairs),
+            )
         self.info.metadata["dedup_dropped"] = dropped
         return kept_files
 
@@ -146,8 +166,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # Recorded when the split is done, so the metadata saved with the dataset holds the count.
         self.info.metadata["skipped_corrupt_files"][split] = len(skipped)
         log = logging.warning if skipped else logging.info
-        log("%s: skipped %d corrupt image file(s)%s", split, len(skipped),
-            f": {', '.join(skipped)}" if skipped else ".")
+        log(
+            "%s: skipped %d corrupt image file(s)%s",
+            split,
+            len(skipped),
+            f": {', '.join(skipped)}" if skipped else ".",
+        )
 
 
 def _sha256(path: pathlib.Path) -> str:

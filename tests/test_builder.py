@@ -1,0 +1,194 @@
+"""Tests of the brain_tumor_mri TFDS builder over generated trees holding every special case."""
+
+import hashlib
+import logging
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import builders.brain_tumor_mri  # noqa: F401  (registers "brain_tumor_mri" with TFDS)
+import kaggle_trees
+from builders.brain_tumor_mri import brain_tumor_mri_dataset_builder
+from mri_tfdata.errors import UserError
+
+BUILDER_DIR = pathlib.Path(brain_tumor_mri_dataset_builder.__file__).parent
+
+
+def build(manual_dir, data_dir, config="default"):
+    builder = brain_tumor_mri_dataset_builder.Builder(data_dir=str(data_dir), config=config)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    )
+    return builder
+
+
+def examples(data_dir, split, config="default", decode_images=True):
+    """{filename: example} read back with tfds.load, as a user would."""
+    decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
+    ds = tfds.load(
+        f"brain_tumor_mri/{config}", split=split, data_dir=str(data_dir), decoders=decoders
+    )
+    return {ex["filename"].decode(): ex for ex in tfds.as_numpy(ds)}
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("manual")
+    return root, kaggle_trees.write_messy_tree(root)
+
+
+@pytest.fixture(scope="module")
+def default_build(messy, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    return build(messy[0], data_dir), data_dir
+
+
+def test_default_config_keeps_every_readable_image_with_its_label(messy, default_build):
+    _, expected = messy
+    _, data_dir = default_build
+    for split in ("train", "test"):
+        got = examples(data_dir, split)
+        assert {name: int(ex["label"]) for name, ex in got.items()} == expected[split]
+        for ex in got.values():
+            assert (
+                ex["image"].dtype == np.uint8
+                and ex["image"].ndim == 3
+                and ex["image"].shape[-1] == 3
+            )
+
+
+def test_images_are_converted_to_8bit_rgb_or_kept_as_they_are(messy, default_build):
+    root, _ = messy
+    _, data_dir = default_build
+    raw = examples(data_dir, "train", decode_images=False)
+    # Already 8-bit RGB JPEG/PNG: the original bytes, not a re-encoding.
+    for name in ("Training/glioma_tumor/rgb.jpg", "Training/pituitary_tumor/rgb.png"):
+        assert raw[name]["image"] == (root / name).read_bytes()
+    # The hash is that of the original file, converted or not.
+    for name, ex in raw.items():
+        assert ex["sha256"].decode() == hashlib.sha256((root / name).read_bytes()).hexdigest()
+    decoded = examples(data_dir, "train")
+    assert (decoded["Training/no_tumor/gray16.png"]["image"] == 255).all()
+    assert (decoded["Training/pituitary_tumor/rgb48.png"]["image"] == 200).all()
+    assert not decoded["Training/meningioma/rgba.png"]["image"][:, : kaggle_trees.SIZE // 2].any()
+    gray = decoded["Training/glioma_tumor/gray.png"]["image"]
+    np.testing.assert_array_equal(gray[..., 0], kaggle_trees.pixels(2)[:, :, 0])
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+
+
+def test_corrupt_files_are_skipped_logged_and_counted(messy, tmp_path, caplog):
+    root, expected = messy
+    with caplog.at_level(logging.INFO):
+        builder = build(root, tmp_path)
+    assert builder.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 1}
+    log = caplog.text
+    for name in expected["corrupt"]:
+        assert f"Skipping corrupt image {name}" in log
+    assert "train: skipped 2 corrupt image file(s)" in log
+    # The count is saved with the dataset, not only kept in memory.
+    reloaded = tfds.builder("brain_tumor_mri", data_dir=str(tmp_path))
+    assert reloaded.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 1}
+
+
+def test_dedup_config_drops_duplicates_and_leaked_test_images(messy, tmp_path, caplog):
+    root, expected = messy
+    with caplog.at_level(logging.INFO):
+        builder = build(root, tmp_path, config="dedup")
+    train, test = examples(tmp_path, "train", "dedup"), examples(tmp_path, "test", "dedup")
+    assert set(train) == set(expected["train"]) - set(expected["train_duplicates"])
+    assert set(test) == set(expected["test"]) - set(expected["leaked"])
+    assert builder.info.metadata["dedup_dropped"] == {
+        "train": {"duplicates_within_split": 1, "in_earlier_split": 0},
+        "test": {"duplicates_within_split": 0, "in_earlier_split": 1},
+    }
+    assert (
+        "test: dropped 0 duplicate(s) within the split and 1 image(s) also in an earlier split"
+        in caplog.text
+    )
+    assert not {ex["sha256"] for ex in train.values()} & {ex["sha256"] for ex in test.values()}
+
+
+def test_zip_archive_with_wrapping_folder_lower_case_splits_and_validation(tmp_path):
+    source = tmp_path / "source"
+    kaggle_trees.write_simple_tree(
+        source / "brain-tumor-mri-dataset",
+        train="train",
+        test="test",
+        classes=("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"),
+    )
+    kaggle_trees.write(
+        source / "brain-tumor-mri-dataset/val/notumor/v.jpg", kaggle_trees.jpeg_bytes(300)
+    )
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with zipfile.ZipFile(manual / "archive.zip", "w") as archive:
+        for path in sorted(source.rglob("*.jpg")):
+            archive.write(path, path.relative_to(source).as_posix())
+    kaggle_trees.write(manual / ".DS_Store", b"junk")
+    build(manual, tmp_path / "data")
+    train = examples(tmp_path / "data", "train")
+    assert {name: int(ex["label"]) for name, ex in train.items()} == {
+        "train/glioma_tumor/tr0.jpg": 0,
+        "train/meningioma_tumor/tr1.jpg": 1,
+        "train/no_tumor/tr2.jpg": 2,
+        "train/pituitary_tumor/tr3.jpg": 3,
+    }
+    assert len(examples(tmp_path / "data", "test")) == 4
+    assert list(examples(tmp_path / "data", "validation")) == ["val/notumor/v.jpg"]
+    assert (manual / "archive.zip").exists()  # The user's download is left alone.
+
+
+def test_unknown_class_folder_fails_naming_it(tmp_path):
+    kaggle_trees.write_simple_tree(tmp_path / "manual")
+    kaggle_trees.write(tmp_path / "manual/Testing/astrocytoma/x.jpg", kaggle_trees.jpeg_bytes(0))
+    with pytest.raises(UserError, match="'astrocytoma'.*glioma, meningioma, notumor, pituitary"):
+        build(tmp_path / "manual", tmp_path / "data")
+
+
+def test_missing_testing_folder_fails_listing_the_expected_paths(tmp_path):
+    kaggle_trees.write_simple_tree(tmp_path / "manual")
+    shutil.rmtree(tmp_path / "manual/Testing")
+    with pytest.raises(UserError, match="No test split folder") as error:
+        build(tmp_path / "manual", tmp_path / "data")
+    assert str(tmp_path / "manual/Testing") in str(error.value)
+    assert "masoudnickparvar/brain-tumor-mri-dataset" in str(error.value)
+
+
+def test_empty_manual_dir_fails_with_the_download_instructions(tmp_path):
+    (tmp_path / "manual").mkdir()
+    # TFDS itself checks manual_dir and quotes MANUAL_DOWNLOAD_INSTRUCTIONS, which list the paths.
+    with pytest.raises(AssertionError, match="does not exist or is empty") as error:
+        build(tmp_path / "manual", tmp_path / "data")
+    assert "Training/{glioma,meningioma,notumor,pituitary}/*.jpg" in str(error.value)
+    assert "masoudnickparvar/brain-tumor-mri-dataset" in str(error.value)
+
+
+def test_importing_the_package_registers_the_builder():
+    assert "brain_tumor_mri" in tfds.list_builders(with_community_datasets=False)
+    assert [c.name for c in tfds.builder_cls("brain_tumor_mri").BUILDER_CONFIGS] == [
+        "default",
+        "dedup",
+    ]
+
+
+def test_tfds_build_command_builds_the_dummy_data(tmp_path):
+    # The command the README gives, run as a user would (a separate process, the `tfds` CLI).
+    tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
+    command = [
+        str(tfds_cli),
+        "build",
+        str(BUILDER_DIR),
+        f"--manual_dir={BUILDER_DIR / 'dummy_data'}",
+        f"--data_dir={tmp_path}",
+        "--config=dedup",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(examples(tmp_path, "test", "dedup")) == 8
+    assert len(examples(tmp_path, "train", "dedup")) == 12

@@ -1,0 +1,122 @@
+"""Tests for mri_tfdata.train / training: flag errors, a killed-and-resumed smoke run, NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+# Tiny synthetic data and a random 32 px ResNet50: seconds per epoch on a shared 2-core CPU.
+TINY = ["--source=synthetic", "--synthetic_train_per_class=8", "--synthetic_test_per_class=2",
+        "--image_size=32", "--weights=none", "--head_units=16", "--batch_size=4",
+        "--precision=float32", "--strategy=default", "--cache=memory"]
+
+
+def _train(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "mri_tfdata.train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _run_train(*args, timeout=300):
+    proc = _train(*args)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--epochs=0", "--epochs=0 must be at least 1"),
+    ("--head_units=512,abc", "comma-separated list of positive integers"),
+    ("--precision=float8", "--precision"),
+])
+def test_bad_flags_exit_2_with_one_paragraph(tmp_path, flag, message):
+    code, _, err = _run_train(*TINY, f"--workdir={tmp_path / 'w'}", flag)
+    assert code == 2, err
+    assert "error:" in err and message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "w").exists()  # Nothing is written for a rejected command.
+
+
+def test_killed_run_resumes_and_finishes_with_all_outputs(tmp_path):
+    workdir = tmp_path / "run"
+    args = [*TINY, f"--data_dir={tmp_path / 'synthetic'}", f"--workdir={workdir}", "--epochs=4",
+            "--learning_rate=1e-3"]
+    metadata = workdir / "backup" / "head" / "training_metadata.json"
+
+    first = _train(*args)
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the run ended before its first epoch was backed up:\n" + \
+        first.communicate()[1][-3000:]
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate()
+    finished_before_kill = json.loads(metadata.read_text())["epoch"]
+    assert 1 <= finished_before_kill < 4
+
+    code, _, err = _run_train(*args)
+    assert code == 0, err[-3000:]
+    # Resumed from the backup instead of starting again ...
+    assert "Resuming phase head from its backup" in err
+    history = json.loads((workdir / "history.json").read_text())
+    # ... and ended with each requested epoch exactly once.
+    assert history["epoch"] == [1, 2, 3, 4]
+    assert set(history["phase"]) == {"head"}
+    assert all(np.isfinite(history["loss"])) and "val_accuracy" in history
+
+    for name in ("model.keras", "export/saved_model.pb", "history.csv", "metrics.json",
+                 "loss.png", "accuracy.png", "confusion_matrix.png", "flags.txt"):
+        assert (workdir / name).exists(), name
+    assert list((workdir / "logs").rglob("events.out.tfevents.*"))
+    assert not (workdir / "backup").exists()
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["num_examples"] == 8 and metrics["split"] == "test"
+    assert np.sum(metrics["confusion_matrix"]) == 8
+    assert set(metrics["per_class"]) == {"glioma", "meningioma", "notumor", "pituitary"}
+    flags_txt = (workdir / "flags.txt").read_text()
+    assert "--epochs=4\n" in flags_txt and "--image_size=32\n" in flags_txt
+
+    # The export serves raw uint8 images and agrees with the .keras model.
+    import keras
+    import tensorflow as tf
+
+    from mri_tfdata import inference
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    classifier = inference.load_classifier(workdir / "model.keras")
+    exported = tf.saved_model.load(str(workdir / "export"))  # Keep it alive while serving.
+    served = exported.serve(tf.constant(images))
+    np.testing.assert_allclose(served.numpy(), classifier.predict(images, verbose=0), atol=1e-5)
+    assert isinstance(classifier, keras.Model)
+
+    # A finished workdir is not overwritten by a rerun.
+    code, _, err = _run_train(*args)
+    assert code == 1 and "already holds a finished run" in err and "--overwrite" in err
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path):
+    import keras
+
+    from mri_tfdata import training
+    from mri_tfdata.dataspec import DataSpec
+    from mri_tfdata.errors import UserError
+
+    keras.mixed_precision.set_global_policy("float32")
+    data = DataSpec(source="synthetic", data_dir=str(tmp_path / "synthetic"),
+                    synthetic_train_per_class=4, synthetic_test_per_class=1,
+                    synthetic_image_size=32)
+    spec = training.ModelSpec(image_size=32, weights="none", head_units=(8,),
+                              standardize_features=False)
+    config = training.TrainConfig(batch_size=4, epochs=2, learning_rate=1e30,
+                                  validation_split="", max_steps_per_epoch=3)
+    import tensorflow as tf
+
+    with pytest.raises(UserError, match="loss became NaN or infinite.*lower one"):
+        training.train(data=data, model_spec=spec, config=config, workdir_path=tmp_path / "run",
+                       strategy=tf.distribute.get_strategy(), precision_policy="float32")
+    assert not (tmp_path / "run" / "model.keras").exists()

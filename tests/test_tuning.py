@@ -1,0 +1,199 @@
+"""Tests of the KerasTuner head search: the hypermodel, outputs, resume after a kill, best.flags."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from mri_tfdata import features
+from tuning import hypermodel, results
+
+TIMEOUT_S = 240
+# Tiny synthetic data at 32 px: feature extraction takes a second, a trial a few.
+SEARCH_FLAGS = ["--source=synthetic", "--synthetic_train_per_class=10",
+                "--synthetic_test_per_class=2", "--image_size=32", "--weights=none",
+                "--batch_size=8", "--batch_sizes=8,16", "--epochs=2", "--tuner=random",
+                "--precision=float32"]
+
+
+def _search(tmp_path, *args, project="search"):
+    """Starts `python -m tuning.search` on the tiny data; data, caches and trials under tmp_path."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("KERASTUNER_ORACLE_IP", None)
+    command = [sys.executable, "-m", "tuning.search", *SEARCH_FLAGS,
+               f"--data_dir={tmp_path / 'data'}", f"--feature_cache={tmp_path / 'features'}",
+               f"--directory={tmp_path / 'runs'}", f"--project_name={project}", *args]
+    return subprocess.Popen(command, env=env, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(proc):
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
+def _rows(project_dir: Path) -> list[dict]:
+    with open(project_dir / results.RESULTS_CSV, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _trial_files(project_dir: Path) -> dict[str, float]:
+    """Each trial's checkpoint and its modification time: a rerun trial rewrites it."""
+    return {p.parent.name: p.stat().st_mtime_ns
+            for p in project_dir.glob("trial_*/checkpoint.weights.h5")}
+
+
+def test_build_model_with_default_hyperparameters_is_the_default_head():
+    hp = keras_tuner.HyperParameters()
+    head = hypermodel.build_model(hp)
+    assert head.input_shape == (None, 2048) and head.output_shape == (None, 4)
+    dense = [layer.units for layer in head.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense == [512, 128, 4]  # train.py's default head
+    assert float(head.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
+    assert hp.values == {"num_layers": 2, "units_0": 512, "units_1": 128, "dropout": 0.0,
+                         "learning_rate": pytest.approx(1e-3)}
+    assert hypermodel.head_units(hp.values) == (512, 128)
+    # A shallower trial keeps deeper layers' units in its values; they take no part.
+    assert hypermodel.head_units({"num_layers": 1, "units_0": 64, "units_1": 32}) == (64,)
+
+
+def test_trial_heads_keep_the_precision_policy_and_fit_on_features():
+    rng = np.random.default_rng(0)
+    labels = np.arange(24, dtype=np.int32) % 4
+    # Features that separate the classes, so a few epochs learn something.
+    vectors = (rng.normal(size=(24, 2048)) + labels[:, None]).astype(np.float32)
+    feature_set = features.FeatureSet(vectors, labels, key=None, path=None, from_cache=False)
+    model = hypermodel.HeadHyperModel(
+        train=feature_set, validation=feature_set, num_classes=4, activation="relu",
+        standardize=True, precision_policy="mixed_bfloat16", batch_sizes=(8,), seed=0)
+    hp = keras_tuner.HyperParameters()
+    model.declare_hyperparameters(hp)
+    assert hp.values["batch_size"] == 8
+    try:
+        keras.backend.clear_session()  # KerasTuner does this before every build; it resets the policy.
+        head = model.build(hp)
+        assert head.get_layer("dense_0").dtype_policy.name == "mixed_bfloat16"
+        assert head.get_layer("probabilities").dtype_policy.name == "float32"
+        # The Normalization layer was fitted to the training features.
+        mean = np.asarray(head.get_layer("standardize").mean).reshape(-1)
+        np.testing.assert_allclose(mean, vectors.mean(axis=0), rtol=1e-4, atol=1e-4)
+        history = model.fit(hp, head, epochs=3)
+        assert len(history.history["val_accuracy"]) == 3
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_test_validation_split_is_refused(tmp_path):
+    code, _, err = _finish(_search(tmp_path, "--validation_split=test"))
+    assert code == 2, err[-2000:]
+    assert "error:" in err and "test split" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory):
+    """A finished 2-trial search; returns (tmp_path, project_dir, stdout)."""
+    tmp_path = tmp_path_factory.mktemp("search")
+    code, out, err = _finish(_search(tmp_path, "--max_trials=2"))
+    assert code == 0, err[-3000:]
+    return tmp_path, tmp_path / "runs" / "search", out
+
+
+def test_search_writes_results_plot_and_best_flags(finished_search):
+    _, project_dir, out = finished_search
+    rows = _rows(project_dir)
+    assert [r["trial_id"] for r in rows] == ["0", "1"]
+    assert all(r["status"] == "COMPLETED" and 0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+    assert {"head_units", "learning_rate", "dropout", "batch_size", "num_layers"} <= rows[0].keys()
+    assert (project_dir / results.PLOT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "2 trial(s), 2 completed" in out and "python -m mri_tfdata.train --flagfile=" in out
+
+    best = max(rows, key=lambda r: float(r["val_accuracy"]))
+    text = (project_dir / results.BEST_FLAGS).read_text()
+    lines = set(text.splitlines())
+    assert text.startswith("# ")
+    assert f"--head_units={best['head_units']}" in lines
+    assert f"--batch_size={best['batch_size']}" in lines
+    assert f"--dropout={float(best['dropout'])}" in lines
+    assert any(line.startswith("--learning_rate=") and
+               float(line.split("=")[1]) == pytest.approx(float(best["learning_rate"]), rel=1e-5)
+               for line in lines)
+    # The search's data and model flags, its splits, and never the test split for validation.
+    assert {"--source=synthetic", "--image_size=32", "--weights=none", "--epochs=2",
+            "--train_split=train[:85%]", "--validation_split=train[85%:]"} <= lines
+    # Features were extracted once and cached (train and validation split).
+    assert len(list((finished_search[0] / "features").glob("*.npz"))) == 2
+
+
+def test_best_flags_train_the_best_model(finished_search):
+    tmp_path, project_dir, _ = finished_search
+    best_flags = project_dir / results.BEST_FLAGS
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "mri_tfdata.train", f"--flagfile={best_flags}"],
+                          env=env, cwd=tmp_path, text=True, capture_output=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    workdir = project_dir / "best_model"
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1
+    history = json.loads((workdir / "history.json").read_text())
+    assert len(history["loss"]) == 2  # --epochs of the search
+    used = set((workdir / "flags.txt").read_text().splitlines())
+    flagged = {line for line in best_flags.read_text().splitlines() if not line.startswith("#")}
+    assert {line for line in flagged if line.split("=")[0] in
+            ("--head_units", "--dropout", "--learning_rate", "--batch_size")} <= used
+
+
+def test_killed_search_resumes_without_repeating_finished_trials(tmp_path):
+    proc = _search(tmp_path, "--max_trials=3", "--epochs=4", project="killed")
+    project_dir = tmp_path / "runs" / "killed"
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        # Kill as soon as one trial is recorded as completed (and while the search still runs).
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = [p for p in project_dir.glob("trial_*/trial.json")
+                    if json.loads(p.read_text() or "{}").get("status") == "COMPLETED"]
+            if done:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the search ended before it could be killed: " + proc.stderr.read()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    finished_before = {p.parent.name for p in project_dir.glob("trial_*/trial.json")
+                       if json.loads(p.read_text()).get("status") == "COMPLETED"}
+    assert finished_before
+    checkpoints_before = {k: v for k, v in _trial_files(project_dir).items() if k in finished_before}
+    code, out, err = _finish(_search(tmp_path, "--max_trials=3", "--epochs=4", project="killed"))
+    assert code == 0, err[-3000:]
+    assert "Reloading Tuner" in out + err
+    rows = _rows(project_dir)
+    assert [r["trial_id"] for r in rows] == ["0", "1", "2"]
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    after = _trial_files(project_dir)
+    # Finished trials were not run again: their checkpoints are untouched.
+    assert {k: after[k] for k in checkpoints_before} == checkpoints_before
+
+
+def test_resuming_with_other_settings_is_refused(finished_search):
+    tmp_path, _, _ = finished_search
+    code, _, err = _finish(_search(tmp_path, "--max_trials=2", "--image_size=48"))
+    assert code == 1, err[-2000:]
+    assert "other settings (data, model)" in err and "--project_name" in err

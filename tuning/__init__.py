@@ -1,0 +1,1 @@
+"""KerasTuner search over the classifier head, trained on cached backbone features."""

@@ -1,0 +1,114 @@
+"""The search space: a head (layers, units, dropout, learning rate, batch size) built by model.py."""
+
+import keras
+import keras_tuner
+import numpy as np
+
+from mri_tfdata import features, kaggle_layout, model
+
+MAX_LAYERS = 3
+# Defaults are train.py's defaults, so a trial at the defaults is the default head.
+DEFAULT_UNITS = (512, 128, 64)
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_BATCH_SIZE = 32
+
+
+def head_units(values: dict) -> tuple[int, ...]:
+    """The hidden layer sizes a trial used: units_0 .. units_{num_layers-1} of its values.
+
+    Units of deeper layers stay in the values of shallower trials (KerasTuner keeps every
+    hyperparameter it has seen) but play no part in them.
+    """
+    return tuple(int(values[f"units_{i}"]) for i in range(int(values["num_layers"])))
+
+
+def build_model(hp: keras_tuner.HyperParameters, *, num_classes: int = len(kaggle_layout.CLASS_NAMES),
+                activation: str = "relu", standardize: bool = True,
+                adapt_features: np.ndarray | None = None) -> keras.Model:
+    """Builds and compiles one trial's head from the hyperparameters, with the ordinary model code.
+
+    Args:
+      hp: the trial's hyperparameters; unseen ones are registered with train.py's defaults.
+      num_classes: number of output classes.
+      activation: activation of the hidden layers (not tuned; --head_activation).
+      standardize: start the head with the Normalization of the 2,048 features, as training does.
+      adapt_features: training features [N, 2048] to fit the Normalization to; None leaves it at
+        mean 0, variance 1 (a smoke build, or the chief of a distributed search, which never fits).
+
+    Returns:
+      The compiled head: features [2048] -> float32 probabilities.
+    """
+    num_layers = hp.Int("num_layers", 1, MAX_LAYERS, default=2)
+    units = tuple(
+        # Powers of two from 32 to 1,024 (log sampling, step = factor 2).
+        hp.Int(f"units_{i}", 32, 1024, step=2, sampling="log", default=DEFAULT_UNITS[i])
+        for i in range(num_layers))
+    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.0)
+    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log",
+                             default=DEFAULT_LEARNING_RATE)
+    head = model.build_head(hidden_units=units, activation=activation, dropout=dropout,
+                            standardize=standardize, num_classes=num_classes)
+    if adapt_features is not None:
+        model.adapt_standardization(head, adapt_features)
+    model.compile_model(head, learning_rate=learning_rate)
+    return head
+
+
+class HeadHyperModel(keras_tuner.HyperModel):
+    """Builds trial heads and fits them on cached features, the batch size being a hyperparameter.
+
+    Args:
+      train: training-split features (None on the chief of a distributed search, which only
+        runs the oracle and never fits).
+      validation: validation-split features, the objective's data.
+      num_classes: number of output classes.
+      activation: activation of the hidden layers.
+      standardize: standardise the features inside the head.
+      precision_policy: the Keras dtype policy of the run (precision.apply_precision's result).
+      batch_sizes: the global batch sizes to choose from; one value = not tuned.
+      seed: the shuffle seed of the training features.
+    """
+
+    def __init__(self, *, train: features.FeatureSet | None, validation: features.FeatureSet | None,
+                 num_classes: int, activation: str, standardize: bool, precision_policy: str,
+                 batch_sizes: tuple[int, ...], seed: int):
+        super().__init__(name="head")
+        self._train, self._validation = train, validation
+        self._num_classes, self._activation, self._standardize = num_classes, activation, standardize
+        self._policy = precision_policy
+        self._batch_sizes = tuple(batch_sizes)
+        self._seed = seed
+
+    def declare_hyperparameters(self, hp):
+        # Declared up front (it is only read in fit), so the chief's oracle, which never fits,
+        # knows the whole space.
+        self._batch_size(hp)
+
+    def _batch_size(self, hp) -> int:
+        default = DEFAULT_BATCH_SIZE if DEFAULT_BATCH_SIZE in self._batch_sizes else self._batch_sizes[0]
+        return hp.Choice("batch_size", list(self._batch_sizes), ordered=True, default=default)
+
+    def build(self, hp):
+        # KerasTuner calls keras.backend.clear_session() before every build, which also resets
+        # the global dtype policy; set it again so trial heads compute as the trained head will.
+        keras.mixed_precision.set_global_policy(self._policy)
+        return build_model(hp, num_classes=self._num_classes, activation=self._activation,
+                           standardize=self._standardize,
+                           adapt_features=None if self._train is None else self._train.features)
+
+    def fit(self, hp, model, *args, **kwargs):
+        """Fits the head on the cached training features, validating on the validation features.
+
+        `kwargs` are KerasTuner's (epochs, initial_epoch for Hyperband, callbacks, verbose).
+        """
+        # The oracle's one summary per trial is the search's progress report; per-epoch lines of
+        # every trial's fit would drown it.
+        kwargs["verbose"] = 0
+        batch_size = self._batch_size(hp)
+        train_ds = features.make_feature_dataset(self._train.features, self._train.labels,
+                                                 batch_size=batch_size, training=True,
+                                                 seed=self._seed)
+        val_ds = features.make_feature_dataset(self._validation.features, self._validation.labels,
+                                               batch_size=batch_size, training=False)
+        # shuffle=False: the dataset reshuffles itself every epoch; Keras's flag is for arrays.
+        return model.fit(train_ds, *args, validation_data=val_ds, shuffle=False, **kwargs)

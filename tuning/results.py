@@ -1,0 +1,123 @@
+"""What a search leaves behind: the trial table (CSV), a summary, the objective plot and best.flags."""
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no display on servers and CI.
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tuning.hypermodel import head_units  # noqa: E402
+
+RESULTS_CSV = "results.csv"
+PLOT_PNG = "objective.png"
+BEST_FLAGS = "best.flags"
+
+
+def trial_rows(oracle, objective: str) -> list[dict]:
+    """One row per trial of `oracle`, in trial order.
+
+    Args:
+      oracle: the tuner's oracle (holds every trial, also those of earlier, resumed runs).
+      objective: the objective's name, the column of the trial scores.
+
+    Returns:
+      Dicts with trial_id, status, the objective, best_step, head_units and every hyperparameter.
+    """
+    rows = []
+    for trial_id, trial in sorted(oracle.trials.items(), key=lambda item: int(item[0])):
+        values = dict(trial.hyperparameters.values)
+        row = {"trial_id": trial_id, "status": trial.status, objective: trial.score,
+               "best_step": trial.best_step}
+        row["head_units"] = ",".join(map(str, head_units(values))) if "num_layers" in values else ""
+        row.update(sorted(values.items()))
+        rows.append(row)
+    return rows
+
+
+def best_row(rows: list[dict], objective: str) -> dict | None:
+    """The completed trial with the highest objective (the first one on ties), or None."""
+    scored = [r for r in rows if r["status"] == "COMPLETED" and _finite(r[objective])]
+    return max(scored, key=lambda r: r[objective]) if scored else None
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # A reader (or a killed writer) never sees a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """Writes the rows as CSV; columns are the union of all rows' keys, fixed ones first."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(path, buffer.getvalue())
+    return path
+
+
+def summary(rows: list[dict], objective: str, *, top: int = 5) -> str:
+    """A plain-text table of the `top` best completed trials, best first."""
+    done = sorted((r for r in rows if r["status"] == "COMPLETED" and _finite(r[objective])),
+                  key=lambda r: -r[objective])
+    lines = [f"{len(rows)} trial(s), {len(done)} completed. Best {min(top, len(done))} by {objective}:",
+             f"{'trial':>6} {objective:>13} {'head_units':>15} {'dropout':>8} {'learning_rate':>14} "
+             f"{'batch':>6}"]
+    for r in done[:top]:
+        lines.append(f"{r['trial_id']:>6} {r[objective]:>13.4f} {r['head_units']:>15} "
+                     f"{r.get('dropout', 0):>8.2f} {r.get('learning_rate', float('nan')):>14.3g} "
+                     f"{r.get('batch_size', ''):>6}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], objective: str, path: Path) -> Path:
+    """Plots the objective against trial number (with the running best) and against learning rate."""
+    done = [r for r in rows if r["status"] == "COMPLETED" and _finite(r[objective])]
+    ids = [int(r["trial_id"]) for r in done]
+    scores = [r[objective] for r in done]
+    fig, (by_trial, by_lr) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    by_trial.scatter(ids, scores, s=18, label="trial")
+    best, running = -math.inf, []
+    for score in scores:
+        best = max(best, score)
+        running.append(best)
+    by_trial.step(ids, running, where="post", color="tab:orange", label="best so far")
+    by_trial.set_xlabel("trial")
+    by_trial.set_ylabel(objective)
+    by_trial.legend(loc="lower right")
+    by_lr.scatter([r["learning_rate"] for r in done], scores, s=18)
+    by_lr.set_xscale("log")
+    by_lr.set_xlabel("learning rate")
+    for ax in (by_trial, by_lr):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{objective} of {len(done)} completed trial(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_best_flags(flag_lines: dict[str, str], path: Path, *, header: str) -> Path:
+    """Writes a flagfile: `header` as comment lines, then one serialised flag per line, sorted.
+
+    Args:
+      flag_lines: flag name -> serialised flag ("--name=value"), as train.py takes them.
+      path: the file to write.
+      header: text for the comment at the top (absl skips lines starting with #).
+    """
+    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    # Unset flags (e.g. --tpu) serialise to "", which absl would not read back.
+    body = "".join(f"{flag_lines[n]}\n" for n in sorted(flag_lines) if flag_lines[n])
+    _atomic_write(path, comment + body)
+    return path

@@ -1,0 +1,252 @@
+"""Searches head sizes and learning rates with KerasTuner: `python -m tuning.search --flagfile=configs/tune.flags`.
+
+Trials train the head on backbone features computed once and cached (mri_tfdata.features), so a
+trial costs seconds on a CPU. The objective is val_accuracy on a validation split carved from the
+training split; the test split is never read. Outputs in --directory/--project_name: results.csv,
+objective.png, best.flags (`python -m mri_tfdata.train --flagfile=.../best.flags` trains the best
+head), and KerasTuner's own trial files. Rerunning the same command resumes the search: finished
+trials are kept, an interrupted one starts again. For distributed tuning (KERASTUNER_TUNER_ID,
+KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see the README.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner
+from absl import flags, logging
+
+from mri_tfdata import cli, distribute, features, flags_common, kaggle_layout, model, precision
+from mri_tfdata.cli import require
+from mri_tfdata.errors import UserError
+from tuning import results
+from tuning.hypermodel import HeadHyperModel, head_units
+
+flags_common.define_data_flags()
+flags_common.define_model_flags()
+flags.DEFINE_enum("tuner", "bayesian", ("random", "bayesian", "hyperband"), "KerasTuner algorithm.")
+flags.DEFINE_integer("max_trials", 20, "Trials in all (random, bayesian); a resumed search runs "
+                     "only the missing ones. Hyperband's budget is set by --epochs instead.")
+flags.DEFINE_integer("executions_per_trial", 1, "Fits per trial, averaged (less noisy, slower).")
+flags.DEFINE_integer("epochs", 10, "Epochs of head training per trial (hyperband: the most any "
+                     "trial gets).")
+flags.DEFINE_list("batch_sizes", ["16", "32", "64", "128"],
+                  "Global batch sizes the search chooses from; one value = not tuned.")
+flags.DEFINE_string("train_split", "train[:85%]", "Split the trial heads are trained on.")
+flags.DEFINE_string("validation_split", "train[85%:]",
+                    "Split of the objective (val_accuracy); carved from train, never the test split.")
+flags.DEFINE_string("feature_cache", "auto",
+                    "Backbone-feature cache: auto (~/.cache/mri_tfdata/features), off (extract in "
+                    "memory each run) or a directory.")
+flags.DEFINE_string("directory", "runs/tune", "Parent directory of search projects.")
+flags.DEFINE_string("project_name", "head_search", "The search's folder in --directory.")
+flags.DEFINE_bool("overwrite", False, "Delete this project's trials and start afresh instead of "
+                  "resuming.")
+
+FLAGS = flags.FLAGS
+OBJECTIVE = "val_accuracy"
+# The settings a resumed search must share with the search it resumes (search.json).
+SETTINGS_FILE = "search.json"
+
+
+def _split_names(split: str) -> list[str]:
+    """Split names of a TFDS split string: 'train[:85%]+validation' -> ['train', 'validation']."""
+    return [part.split("[")[0].strip() for part in split.split("+")]
+
+
+def _validate_flags(model_spec) -> tuple[int, ...]:
+    """Checks the search flags; returns the batch sizes to choose from."""
+    for name in ("train_split", "validation_split"):
+        value = getattr(FLAGS, name)
+        require(bool(value.strip()), f"--{name} must name a split, e.g. train[:85%] / train[85%:].")
+        require("test" not in _split_names(value),
+                f"--{name}={value} reads the test split. The search must never see it: carve the "
+                "validation split from train (--train_split=train[:85%] --validation_split="
+                "train[85%:]) and keep test for the final evaluation of the best model.")
+    require(FLAGS.validation_split != FLAGS.train_split,
+            "--validation_split equals --train_split; carve disjoint parts of train, e.g. "
+            "train[:85%] and train[85%:].")
+    require(not model_spec.augment, "--augment is on, but trials train heads on cached features, "
+            "which are only valid without augmentation; pass --noaugment.")
+    require(FLAGS.max_trials >= 1, f"--max_trials={FLAGS.max_trials} must be at least 1.")
+    require(FLAGS.executions_per_trial >= 1, "--executions_per_trial must be at least 1.")
+    require(FLAGS.epochs >= 1, f"--epochs={FLAGS.epochs} must be at least 1.")
+    require(bool(FLAGS.directory) and bool(FLAGS.project_name),
+            "--directory and --project_name must not be empty.")
+    try:
+        batch_sizes = tuple(sorted({int(b) for b in FLAGS.batch_sizes}))
+    except ValueError:
+        batch_sizes = ()
+    require(bool(batch_sizes) and batch_sizes[0] >= 1,
+            f"--batch_sizes={','.join(FLAGS.batch_sizes)} must be positive integers, e.g. 16,32,64.")
+    if FLAGS.tuner == "hyperband" and FLAGS["max_trials"].present:
+        logging.warning("--max_trials is ignored by --tuner=hyperband: its number of trials follows "
+                        "from --epochs (max_epochs) and the reduction factor 3.")
+    return batch_sizes
+
+
+def _distributed_role() -> str:
+    """'single', 'chief' (runs only the oracle) or 'worker', from KerasTuner's environment."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "single"
+    missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if v not in os.environ]
+    if missing:
+        raise UserError(f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} not: a distributed "
+                        "search needs all three on every process, e.g. KERASTUNER_TUNER_ID=chief "
+                        "(or tuner0, tuner1, ...), KERASTUNER_ORACLE_IP=10.0.0.1, "
+                        "KERASTUNER_ORACLE_PORT=8000. Unset KERASTUNER_ORACLE_IP for a local search.")
+    # KerasTuner's own rule (keras_tuner distribute utils): an ID containing "chief" is the oracle.
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def _check_settings(project_dir: Path, settings: dict) -> None:
+    """Refuses to resume a search that was made with other data or model settings."""
+    path = project_dir / SETTINGS_FILE
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    changed = sorted(k for k in settings.keys() | recorded.keys()
+                     if settings.get(k) != recorded.get(k))
+    if changed:
+        raise UserError(
+            f"{project_dir} holds a search made with other settings ({', '.join(changed)}); its "
+            "trials are not comparable with this one's. Pass another --project_name, or "
+            "--overwrite to delete that search and start afresh.")
+
+
+def _record_settings(project_dir: Path, settings: dict) -> None:
+    project_dir.mkdir(parents=True, exist_ok=True)
+    tmp = project_dir / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, project_dir / SETTINGS_FILE)  # Atomic: workers may write the same at once.
+
+
+def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
+    """Builds training's backbone and returns (train, validation) FeatureSets, cached on disk."""
+    # The seed first, as training does: with --weights=none the backbone's random weights (and so
+    # the cache key and the features) are then those `train --flagfile=best.flags` builds.
+    keras.utils.set_random_seed(FLAGS.seed)
+    with strategy.scope():
+        backbone = model.build_backbone(image_size=model_spec.image_size, weights=model_spec.weights)
+    data.prepare()
+    cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
+    sets = []
+    for split in (FLAGS.train_split, FLAGS.validation_split):
+        sets.append(features.load_or_extract(
+            data.open(split), backbone=backbone, image_size=model_spec.image_size,
+            batch_size=FLAGS.batch_size, cache_dir=cache_dir, strategy=strategy))
+    train, validation = sets
+    if len(train.labels) < batch_sizes[-1]:
+        raise UserError(f"The training split {FLAGS.train_split!r} has {len(train.labels)} examples, "
+                        f"fewer than the largest batch size {batch_sizes[-1]}; lower --batch_sizes.")
+    logging.info("Search data: %d training and %d validation feature vectors.",
+                 len(train.labels), len(validation.labels))
+    return train, validation
+
+
+def _make_tuner(hypermodel, *, strategy, overwrite: bool):
+    common = dict(objective=keras_tuner.Objective(OBJECTIVE, "max"), seed=FLAGS.seed,
+                  executions_per_trial=FLAGS.executions_per_trial, directory=FLAGS.directory,
+                  project_name=FLAGS.project_name, overwrite=overwrite,
+                  distribution_strategy=strategy)
+    if FLAGS.tuner == "hyperband":
+        return keras_tuner.Hyperband(hypermodel, max_epochs=FLAGS.epochs, factor=3, **common)
+    tuner_class = {"random": keras_tuner.RandomSearch,
+                   "bayesian": keras_tuner.BayesianOptimization}[FLAGS.tuner]
+    return tuner_class(hypermodel, max_trials=FLAGS.max_trials, **common)
+
+
+def _best_flag_lines(best: dict, *, project_dir: Path) -> dict[str, str]:
+    """train.py's flags for the best trial: the search's data/model flags plus the best values."""
+    lines = {flag.name: flag.serialize() for flag in FLAGS.get_flags_for_module(flags_common)}
+    values = {
+        "head_units": ",".join(map(str, head_units(best))),
+        "dropout": float(best["dropout"]),
+        "learning_rate": float(best["learning_rate"]),
+        "batch_size": int(best["batch_size"]),
+        # Hyperband trains a trial for tuner/epochs in all (continuing an earlier trial's weights).
+        "epochs": int(best.get("tuner/epochs", FLAGS.epochs)),
+        "train_split": FLAGS.train_split,
+        "validation_split": FLAGS.validation_split,
+        "test_split": "test",
+        "feature_cache": FLAGS.feature_cache,
+        "workdir": str((project_dir / "best_model").resolve()),
+    }
+    lines.update({name: f"--{name}={value}" for name, value in values.items()})
+    return lines
+
+
+def _write_outputs(tuner, project_dir: Path) -> None:
+    rows = results.trial_rows(tuner.oracle, OBJECTIVE)
+    results.write_csv(rows, project_dir / results.RESULTS_CSV)
+    results.plot(rows, OBJECTIVE, project_dir / results.PLOT_PNG)
+    print(results.summary(rows, OBJECTIVE), flush=True)
+    best = results.best_row(rows, OBJECTIVE)
+    if best is None:
+        raise UserError(f"No trial of {project_dir} completed, so there is no best model; see the "
+                        "trial messages in its trial_*/trial.json files.")
+    path = project_dir / results.BEST_FLAGS
+    results.write_best_flags(_best_flag_lines(best, project_dir=project_dir), path, header=(
+        f"The best of {len(rows)} trials of the search in {project_dir}: trial {best['trial_id']}, "
+        f"{OBJECTIVE} {best[OBJECTIVE]:.4f}.\n"
+        f"Command: python -m mri_tfdata.train --flagfile={path}"))
+    logging.info("Wrote %s, %s and %s in %s.", results.RESULTS_CSV, results.PLOT_PNG,
+                 results.BEST_FLAGS, project_dir)
+    print(f"Train the best head: python -m mri_tfdata.train --flagfile={path}", flush=True)
+
+
+def main(argv):
+    require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    start = time.perf_counter()
+    data = flags_common.data_spec_from_flags()
+    model_spec = flags_common.model_spec_from_flags()
+    batch_sizes = _validate_flags(model_spec)
+    role = _distributed_role()
+    # As in training: the strategy first, then the precision policy, before any layer is built.
+    strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    policy = precision.apply_precision(FLAGS.precision)
+    replicas = strategy.num_replicas_in_sync
+    require(all(b % replicas == 0 for b in batch_sizes),
+            f"--batch_sizes={','.join(map(str, batch_sizes))} must all be multiples of the "
+            f"{replicas} replicas.")
+    logging.info("Strategy: %s; search role: %s.", distribute.describe_strategy(strategy), role)
+
+    project_dir = Path(FLAGS.directory) / FLAGS.project_name
+    settings = {"data": dataclasses.asdict(data), "precision": policy, "tuner": FLAGS.tuner,
+                "epochs": FLAGS.epochs, "batch_sizes": list(batch_sizes),
+                "train_split": FLAGS.train_split, "validation_split": FLAGS.validation_split,
+                "seed": FLAGS.seed, "executions_per_trial": FLAGS.executions_per_trial,
+                # The head sizes, dropout and batch size are what the search varies.
+                "model": {k: v for k, v in dataclasses.asdict(model_spec).items()
+                          if k not in ("head_units", "dropout")}}
+    # Only the chief (or a lone search) may delete a project; a worker never does.
+    overwrite = FLAGS.overwrite and role != "worker"
+    if not overwrite:
+        _check_settings(project_dir, settings)
+
+    # The chief only runs the oracle: it never fits, so it needs no data and no features.
+    train, validation = (None, None) if role == "chief" else _load_features(
+        data, model_spec, strategy=strategy, batch_sizes=batch_sizes)
+    hypermodel = HeadHyperModel(
+        train=train, validation=validation, num_classes=len(kaggle_layout.CLASS_NAMES),
+        activation=model_spec.head_activation, standardize=model_spec.standardize_features,
+        precision_policy=policy, batch_sizes=batch_sizes, seed=FLAGS.seed)
+    tuner = _make_tuner(hypermodel, strategy=strategy, overwrite=overwrite)
+    _record_settings(project_dir, settings)
+    if role == "chief":
+        logging.info("Chief: serving the oracle on %s:%s until the workers have run every trial.",
+                     os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
+    tuner.search(epochs=FLAGS.epochs, verbose=1)
+    if role == "worker":
+        logging.info("Worker %s: no trials left; the chief writes the results.",
+                     os.environ["KERASTUNER_TUNER_ID"])
+        return
+    _write_outputs(tuner, project_dir)
+    logging.info("Search finished in %.0f s.", time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    cli.run(main)
