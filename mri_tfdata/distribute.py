@@ -50,7 +50,7 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     both calls mean and what MirroredStrategy does.
     """
 
-    def reduce(self, reduce_op, value, axis):
+    def reduce(self, reduce_op, value, axis=None):
         parent = super()
 
         def reduce_one(v):

@@ -2,7 +2,6 @@
 
 import dataclasses
 import hashlib
-import io
 import pathlib
 import types
 from typing import Optional, Union
@@ -138,24 +137,38 @@ def _select(files_by_split: dict, split: str) -> list:
 def _check_file(path: pathlib.Path) -> Optional[bytes]:
     """Validates one image file cheaply; returns replacement bytes if TF cannot decode it as is.
 
+    Reads the header (one lazy PIL open, which decodes no pixel) and the last kilobyte only: a
+    full decode of every file at every start-up would cost as much as the first epoch.
+
     Raises:
       kaggle_layout.CorruptImageError: The file is empty, not an image, truncated or too large.
     """
-    data = path.read_bytes()
-    if not data:
+    size = path.stat().st_size
+    if size == 0:
         raise kaggle_layout.CorruptImageError("empty file (0 bytes)")
-    kaggle_layout.check_image_header(data)
-    with Image.open(io.BytesIO(data)) as img:
-        image_format, mode = img.format, img.mode
+    with open(path, "rb") as file:
+        try:
+            with Image.open(file) as img:
+                image_format, mode, (width, height) = img.format, img.mode, img.size
+        except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+            raise kaggle_layout.CorruptImageError(f"not a readable image ({e})") from e
+        if width * height > kaggle_layout.DEFAULT_MAX_PIXELS:
+            raise kaggle_layout.CorruptImageError(
+                f"declares {width}x{height} pixels, more than the "
+                f"{kaggle_layout.DEFAULT_MAX_PIXELS} accepted (a decompression bomb?)")
+        file.seek(0)
+        head = file.read(26)
+        file.seek(max(0, size - _TAIL_BYTES))
+        tail = file.read()
     marker = _END_MARKERS.get(image_format)
-    if marker is not None and marker not in data[-_TAIL_BYTES:]:
+    if marker is not None and marker not in tail:
         raise kaggle_layout.CorruptImageError(f"truncated {image_format} (no end marker)")
     # tf.io.decode_image(channels=3) gives the builder's pixels for 8-bit RGB/grey JPEG and for
-    # 8-bit RGB/grey PNG; anything else (CMYK, 16-bit, alpha, palette, GIF/BMP...) goes through the
-    # builder's own conversion, once, here.
+    # 8-bit RGB/grey PNG (bit depth: byte 24 of the header); anything else (CMYK, 16-bit, alpha,
+    # palette, GIF/BMP...) goes through the builder's own conversion, once, here.
     if image_format == "JPEG" and mode in ("RGB", "L"):
         return None
-    if image_format == "PNG" and mode in ("RGB", "L") and len(data) > 25 and data[24] == 8:
+    if image_format == "PNG" and mode in ("RGB", "L") and len(head) > 24 and head[24] == 8:
         return None
     return kaggle_layout.read_rgb_image(path).data
 

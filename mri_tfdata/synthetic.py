@@ -40,7 +40,7 @@ def _lesion(
 ) -> np.ndarray:
     """The intensity a class adds to the brain (zero for notumor), in head coordinates hx, hy."""
     # Lesion contrast varies from subtle to obvious so that the task is learnable but not trivial.
-    contrast = rng.uniform(0.18, 0.45)
+    contrast = rng.uniform(0.3, 0.6)
     if class_name == "glioma":
         # An irregular, heterogeneous mass anywhere inside the brain: a cluster of soft blobs.
         r, theta = rng.uniform(0.15, 0.5), rng.uniform(0, 2 * np.pi)
@@ -62,13 +62,13 @@ def _lesion(
         return mass * contrast * texture
     if class_name == "meningioma":
         # A bright, homogeneous, well-defined round mass pressed against the inner skull.
-        theta, size = rng.uniform(0, 2 * np.pi), rng.uniform(0.08, 0.16)
+        theta, size = rng.uniform(0, 2 * np.pi), rng.uniform(0.12, 0.22)
         r = 0.86 - 0.6 * size
         return _blob(hx, hy, r * np.cos(theta), r * np.sin(theta), size, edge) * contrast
     if class_name == "pituitary":
         # A small bright blob at the bottom centre of the brain (the sella turcica).
         cx, cy = rng.normal(0, 0.03), rng.uniform(0.50, 0.62)
-        return _blob(hx, hy, cx, cy, rng.uniform(0.06, 0.10), 0.015) * contrast
+        return _blob(hx, hy, cx, cy, rng.uniform(0.08, 0.13), 0.015) * contrast
     return np.zeros_like(hx)
 
 

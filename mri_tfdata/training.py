@@ -147,16 +147,38 @@ def _check_finite(run: workdir.RunDir, learning_rate: float) -> None:
             "--standardize_features on with --weights=none.")
 
 
-def _fit(classifier, run, phase, *, train_ds, val_ds, initial_epoch, epochs, config):
+def fit_phase(net: keras.Model, run: workdir.RunDir, phase: str, *, train_ds, val_ds,
+              initial_epoch: int, epochs: int, learning_rate: float,
+              max_steps_per_epoch: int = 0) -> None:
+    """Fits a compiled model for one phase, resumably, and fails clearly on a NaN loss.
+
+    The end-to-end path fits the classifier on images; a feature-cache fast path can fit the head
+    alone on cached features through the same function (same callbacks, history and backups).
+
+    Args:
+      net: the compiled model to fit.
+      run: the workdir (history files, backup/<phase>/, logs/).
+      phase: HEAD_PHASE or FINE_TUNE_PHASE; names the backup and the history rows.
+      train_ds: training batches (a tf.data or distributed dataset).
+      val_ds: validation batches, or None.
+      initial_epoch: epochs before this phase (the head phase's epochs, for fine-tuning).
+      epochs: the epoch number to stop at (absolute, as in keras fit).
+      learning_rate: the phase's learning rate, named in the NaN message.
+      max_steps_per_epoch: > 0 caps the batches of every epoch (smoke runs).
+
+    Raises:
+      UserError: the loss became NaN or infinite.
+    """
     done = _backed_up_epochs(run, phase)
     if done:
         logging.info("Resuming phase %s from its backup: %d epoch(s) already finished.", phase, done)
     # BackupAndRestore sets this private attribute when it restores; it would otherwise carry a
     # restored epoch of the head phase into the fine-tuning fit.
-    classifier._initial_epoch = None
-    with _limit_steps(config.max_steps_per_epoch):
-        classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
-                       callbacks=make_callbacks(run, phase), shuffle=False, verbose=2)
+    net._initial_epoch = None
+    with _limit_steps(max_steps_per_epoch):
+        net.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
+                callbacks=make_callbacks(run, phase), shuffle=False, verbose=2)
+    _check_finite(run, learning_rate)
 
 
 def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir_path,
@@ -244,9 +266,9 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     if not run.phase_done(HEAD_PHASE):
         with strategy.scope():
             model.compile_model(classifier, learning_rate=config.learning_rate)
-        _fit(classifier, run, HEAD_PHASE, train_ds=train_ds, val_ds=val_ds, initial_epoch=0,
-             epochs=config.epochs, config=config)
-        _check_finite(run, config.learning_rate)
+        fit_phase(classifier, run, HEAD_PHASE, train_ds=train_ds, val_ds=val_ds, initial_epoch=0,
+                  epochs=config.epochs, learning_rate=config.learning_rate,
+                  max_steps_per_epoch=config.max_steps_per_epoch)
         # The fine-tuning phase starts from these weights, also after a restart.
         (run.path / "checkpoints").mkdir(exist_ok=True)
         classifier.save_weights(run.path / "checkpoints" / "head.weights.h5")
@@ -259,10 +281,10 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
         with strategy.scope():
             model.unfreeze_top_blocks(classifier, config.fine_tune_blocks)
             model.compile_model(classifier, learning_rate=config.fine_tune_learning_rate)
-        _fit(classifier, run, FINE_TUNE_PHASE, train_ds=train_ds, val_ds=val_ds,
-             initial_epoch=config.epochs, epochs=config.epochs + config.fine_tune_epochs,
-             config=config)
-        _check_finite(run, config.fine_tune_learning_rate)
+        fit_phase(classifier, run, FINE_TUNE_PHASE, train_ds=train_ds, val_ds=val_ds,
+                  initial_epoch=config.epochs, epochs=config.epochs + config.fine_tune_epochs,
+                  learning_rate=config.fine_tune_learning_rate,
+                  max_steps_per_epoch=config.max_steps_per_epoch)
         run.mark_phase_done(FINE_TUNE_PHASE)
 
     return finish(classifier, run, data=data, config=config, image_size=model_spec.image_size,

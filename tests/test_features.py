@@ -1,5 +1,10 @@
 """Tests of the frozen-feature fast path: cache keys, cache files, extraction and equivalence."""
 
+import os
+import subprocess
+import sys
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,6 +31,15 @@ def images_of(source):
                                                training=False))
     return (np.concatenate([b[0].numpy() for b in batches]),
             np.concatenate([b[1].numpy() for b in batches]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float32_policy():
+    """Whatever policy an earlier test left set, these tolerances are for float32."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy(previous)
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +174,6 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
 
 
 def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbone, tmp_path):
-    import keras
-
     train = features.load_or_extract(tiny_source(num_examples=8), backbone=backbone,
                                      image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
     head = model.build_head(standardize=True)
@@ -181,3 +193,33 @@ def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbo
     loaded = keras.models.load_model(path, safe_mode=True)
     loaded.run_eagerly = True
     np.testing.assert_allclose(loaded.predict(images, verbose=0), in_memory, rtol=1e-5, atol=1e-6)
+
+
+MIRRORED_EXTRACTION = """
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import test_features as t
+from mri_tfdata import features, input_pipeline, model
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    backbone = model.build_backbone(image_size=t.IMAGE_SIZE, weights="none")
+source = t.tiny_source()
+# Batches of 4 over 2 replicas; the last batch (3 examples) splits unevenly.
+dataset = input_pipeline.make_dataset(source, image_size=t.IMAGE_SIZE, batch_size=4, training=False)
+got, labels = features.extract_features(backbone, dataset, strategy=strategy)
+images, want_labels = t.images_of(source)
+np.testing.assert_allclose(got, backbone(images, training=False).numpy(), rtol=1e-4, atol=1e-4)
+np.testing.assert_array_equal(labels, want_labels)
+print("OK", strategy.num_replicas_in_sync)
+"""
+
+
+def test_extraction_under_mirrored_strategy_keeps_every_example_in_order():
+    """Two replicas in a subprocess: logical devices must be set before TensorFlow starts."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", MIRRORED_EXTRACTION], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK 2")

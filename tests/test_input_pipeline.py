@@ -99,7 +99,7 @@ def cache_entries(root, *, partial=False):
                   if (".partial-" in p.name) == partial)
 
 
-def test_file_cache_is_read_back_and_rebuilt_when_the_size_changes(tmp_path):
+def test_file_cache_is_read_back_and_never_served_for_another_size(tmp_path):
     tree = image_trees.write_tree(tmp_path / "data", train_per_class=3, test_per_class=1)
     source = sources.load_folder_source(tree, split="train")
     cache = tmp_path / "cache"

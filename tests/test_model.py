@@ -182,3 +182,21 @@ def test_weights_from_a_file_none_and_bad_paths(tmp_path, images):
     junk.write_text("not weights")
     with pytest.raises(UserError, match="Cannot load ResNet50 weights"):
         model.build_backbone(image_size=SIZE, weights=str(junk))
+
+
+def test_one_step_on_cached_features_equals_one_step_end_to_end(images, labels):
+    # The frozen-feature fast path trains the head alone; with the backbone frozen that must be
+    # the same computation as training the full model.
+    classifier = _classifier(standardize=True)
+    backbone, head = classifier.get_layer("backbone"), classifier.get_layer("head")
+    features = np.array(backbone(images))
+    model.adapt_standardization(head, features)
+    initial = head.get_weights()
+    _fit_one_step(classifier, images, labels)
+    end_to_end = head.get_weights()
+    head.set_weights(initial)
+    model.compile_model(head, learning_rate=1e-2)
+    head.fit(features, labels, batch_size=8, epochs=1, verbose=0)
+    assert sum(not np.array_equal(a, start) for a, start in zip(end_to_end, initial)) == 6
+    for a, b in zip(end_to_end, head.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """Tests for mri_tfdata.precision: policy resolution, hardware detection and loss scaling."""
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -69,3 +70,6 @@ def test_compile_adds_loss_scaling_only_for_float16(policy, loss_scaled):
     assert isinstance(head.optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled
     assert head.get_layer("dense_0").compute_dtype == policy.split("_")[1]
     assert head.output.dtype == "float32"
+    features = np.random.default_rng(0).normal(size=(8, model.FEATURE_DIM)).astype("float32")
+    history = head.fit(features, np.arange(8) % 4, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

@@ -3,6 +3,7 @@
 import keras
 import keras_tuner
 import numpy as np
+from absl import logging
 
 from mri_tfdata import features, kaggle_layout, model
 
@@ -105,6 +106,10 @@ class HeadHyperModel(keras_tuner.HyperModel):
         # every trial's fit would drown it.
         kwargs["verbose"] = 0
         batch_size = self._batch_size(hp)
+        # The one per-trial line a worker of a distributed search prints (the chief shows tables).
+        logging.info("Fitting head %s: dropout %.2f, learning rate %.3g, batch %d.",
+                     ",".join(map(str, head_units(hp.values))), hp.get("dropout"),
+                     hp.get("learning_rate"), batch_size)
         train_ds = features.make_feature_dataset(self._train.features, self._train.labels,
                                                  batch_size=batch_size, training=True,
                                                  seed=self._seed)

@@ -172,7 +172,6 @@ def _best_flag_lines(best: dict, *, project_dir: Path) -> dict[str, str]:
         "train_split": FLAGS.train_split,
         "validation_split": FLAGS.validation_split,
         "test_split": "test",
-        "feature_cache": FLAGS.feature_cache,
         "workdir": str((project_dir / "best_model").resolve()),
     }
     lines.update({name: f"--{name}={value}" for name, value in values.items()})
