@@ -10,13 +10,14 @@ head weights:
   .flow_from_directory` at 256 px, batch 32, feeding the full model (frozen ResNet50 + the same
   512-128 head on the pooled features) every epoch, Adam 1e-4, 10 epochs, validating each epoch
   on the test split;
-- ours: the default path for the same job: features of each split extracted once into an empty
-  cache (`features.load_or_extract`, tf.data input), the head trained on them with the same
-  optimizer, loss, batch and epochs, validating each epoch on the cached test features; then the
-  classifier assembled. The timing includes the extraction.
+- ours: the default path for the same job: each split's features extracted once into an empty
+  cache (`features.load_or_extract`, tf.data input), the head fit on them with the same optimizer,
+  loss, batch and epochs, validating each epoch on the cached test features; then the classifier
+  assembled. Its time is extraction plus head training.
 Both accuracies are the last epoch's validation (= test split) accuracy. The last line printed
 is one JSON object: {"ref_s", "ours_s", "speedup", "ref_acc", "ours_acc", "peak_rss_mb"}.
-On 2 shared CPU cores, --subset=100 takes about 5 minutes.
+Cost: (2 x epochs + 2) x N ResNet50 passes, ~18 images/s at 256 px on 2 idle cores, so
+--subset=100 takes about 2 minutes there; several times longer on shared cores.
 """
 
 import hashlib

@@ -2,13 +2,13 @@
 
 import json
 import pathlib
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
+
+import kaggle_trees
 
 SIZE = 32
 
@@ -36,14 +36,6 @@ def _run(module, *args):
                           timeout=300)
     # Error paragraphs are wrapped; join the lines so that messages can be matched whole.
     return proc.returncode, proc.stdout, " ".join(proc.stderr.split())
-
-
-def _png_header(width, height) -> bytes:
-    """A PNG whose header declares width x height pixels (a decompression bomb's signature)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)) + b"\x00" * 64)
 
 
 def _expected(classifier, files):
@@ -94,7 +86,8 @@ def test_predict_good_corrupt_and_bomb_files(tiny, tmp_path):
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(good[0].read_bytes()[:200])
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_header(100_000, 100_000))
+    # A header declaring 9000 x 9000 pixels (over the 8192 x 8192 limit) and no pixel data.
+    bomb.write_bytes(kaggle_trees.raw_png(9000, 9000, bit_depth=8, color_type=2))
     missing = tmp_path / "missing.jpg"
     files = [good[0], garbage, truncated, bomb, missing, good[1]]
 
@@ -105,7 +98,7 @@ def test_predict_good_corrupt_and_bomb_files(tiny, tmp_path):
     assert [pathlib.Path(line["file"]) for line in lines] == files
     for line in lines[1:5]:
         assert "error" in line and "class" not in line
-    assert "100000x100000" in lines[3]["error"]  # Refused from the header, before decoding.
+    assert "9000x9000" in lines[3]["error"]  # Refused from the header, before decoding.
 
     expected = _expected(classifier, [good[0], good[1]])
     for line, probabilities in zip([lines[0], lines[5]], expected):
