@@ -1,4 +1,4 @@
-"""Which dataset a run reads (a TFDS build, a Kaggle-layout folder or the embedded synthetic set)."""
+"""Which dataset a run reads: a TFDS build, a Kaggle-layout folder or the embedded synthetic set."""
 
 import dataclasses
 import pathlib
@@ -21,7 +21,7 @@ class DataSpec:
     Attributes:
       source: "tfds" (a built brain_tumor_mri), "folder" (Kaggle layout under `data_dir`) or
         "synthetic" (generated once into `data_dir`, then read as a Kaggle-layout folder).
-      data_dir: the Kaggle-layout root ("folder"), or the cache root of generated data ("synthetic").
+      data_dir: the Kaggle-layout root ("folder"), or where generated data is kept ("synthetic").
       tfds_data_dir: TFDS data_dir ("tfds"); None means the TFDS default (~/tensorflow_datasets).
       tfds_config: the builder config, "default" or "dedup" ("tfds").
       synthetic_train_per_class: generated Training images per class ("synthetic").
@@ -49,7 +49,7 @@ class DataSpec:
                        f"-{self.synthetic_image_size}px")
 
     def prepare(self) -> None:
-        """Generates the synthetic dataset if needed (reusing a complete tree); a no-op otherwise."""
+        """Generates the synthetic dataset unless a complete tree exists; a no-op for others."""
         root = self.synthetic_root()
         if self.source == "synthetic" and root not in _prepared:
             logging.info("Synthetic dataset: %s (generated once, then reused)", root)

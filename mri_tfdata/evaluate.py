@@ -1,4 +1,4 @@
-"""Evaluates a saved model on a split: `python -m mri_tfdata.evaluate --model=PATH --split=test --out=DIR`.
+"""Evaluates a saved model: `python -m mri_tfdata.evaluate --model=PATH --split=test --out=DIR`.
 
 Writes metrics.json (accuracy, loss, per-class precision/recall/F1, confusion matrix) and
 confusion_matrix.png into --out, as training does for its test split. The data flags are the
@@ -16,8 +16,10 @@ from mri_tfdata.errors import UserError
 flags_common.define_data_flags()
 flags.DEFINE_string("model", None, "The saved model: a model.keras file written by training.")
 flags.DEFINE_string("split", "test", "The split to evaluate (TFDS split syntax).")
-flags.DEFINE_string("out", None, "Directory for metrics.json and confusion_matrix.png (created if missing).")
-flags.DEFINE_bool("overwrite", False, "Replace metrics.json and confusion_matrix.png already in --out.")
+flags.DEFINE_string("out", None,
+                    "Directory for metrics.json and confusion_matrix.png (created if missing).")
+flags.DEFINE_bool("overwrite", False,
+                  "Replace metrics.json and confusion_matrix.png already in --out.")
 
 FLAGS = flags.FLAGS
 
@@ -48,8 +50,9 @@ def main(argv):
                         f"{len(source.class_names)}; evaluate it on the data it was trained for.")
     logging.info("Evaluating %s on %s split %r (%d images at %d px).", FLAGS.model,
                  data.describe(), FLAGS.split, source.num_examples, image_size)
-    dataset = input_pipeline.make_dataset(source, image_size=image_size, batch_size=FLAGS.batch_size,
-                                          training=False, cache="none")
+    dataset = input_pipeline.make_dataset(source, image_size=image_size,
+                                          batch_size=FLAGS.batch_size, training=False,
+                                          cache="none")
     labels, probabilities = reports.collect_predictions(classifier, dataset)
     out.mkdir(parents=True, exist_ok=True)
     metrics = reports.write_evaluation(

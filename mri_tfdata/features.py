@@ -366,5 +366,6 @@ def fit_head(head: keras.Model, *, train: FeatureSet, validation: FeatureSet | N
     if validation is not None:
         val_ds = make_feature_dataset(validation.features, validation.labels,
                                       batch_size=batch_size, training=False)
+    # shuffle=False: the dataset reshuffles itself every epoch; Keras's flag is for arrays.
     return head.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks),
-                    verbose=verbose)
+                    shuffle=False, verbose=verbose)

@@ -14,43 +14,54 @@ _ACTIVATIONS = ("relu", "gelu", "swish", "elu", "selu", "tanh")
 
 def define_data_flags() -> None:
     """Defines where the images come from and how they are read (call once, at import)."""
-    flags.DEFINE_enum("source", "synthetic", SOURCES,
-                      "tfds: a built brain_tumor_mri TFDS dataset; folder: a Kaggle-layout folder "
-                      "(--data_dir); synthetic: the embedded generated dataset (no download).")
-    flags.DEFINE_string("data_dir", None,
-                        "source=folder: the Kaggle-layout root (Training/, Testing/). "
-                        "source=synthetic: where the generated set is cached "
-                        "(default ~/.cache/mri_tfdata/synthetic).")
-    flags.DEFINE_string("tfds_data_dir", None,
-                        "source=tfds: the TFDS data_dir the dataset was built into "
-                        "(default ~/tensorflow_datasets).")
-    flags.DEFINE_enum("tfds_config", "default", ("default", "dedup"),
-                      "source=tfds: builder config; dedup drops the test images that leak from train.")
-    flags.DEFINE_integer("synthetic_train_per_class", 40, "source=synthetic: Training images per class.")
-    flags.DEFINE_integer("synthetic_test_per_class", 10, "source=synthetic: Testing images per class.")
-    flags.DEFINE_integer("image_size", 224, "Side of the square model input in pixels (images are resized).")
+    flags.DEFINE_enum(
+        "source", "synthetic", SOURCES,
+        "tfds: a built brain_tumor_mri TFDS dataset; folder: a Kaggle-layout folder (--data_dir); "
+        "synthetic: the embedded generated dataset (no download).")
+    flags.DEFINE_string(
+        "data_dir", None,
+        "source=folder: the Kaggle-layout root (Training/, Testing/). source=synthetic: where the "
+        "generated set is cached (default ~/.cache/mri_tfdata/synthetic).")
+    flags.DEFINE_string(
+        "tfds_data_dir", None,
+        "source=tfds: the TFDS data_dir the dataset was built into "
+        "(default ~/tensorflow_datasets).")
+    flags.DEFINE_enum(
+        "tfds_config", "default", ("default", "dedup"),
+        "source=tfds: builder config; dedup drops the test images that leak from train.")
+    flags.DEFINE_integer("synthetic_train_per_class", 40,
+                         "source=synthetic: Training images per class.")
+    flags.DEFINE_integer("synthetic_test_per_class", 10,
+                         "source=synthetic: Testing images per class.")
+    flags.DEFINE_integer("image_size", 224,
+                         "Side of the square model input in pixels (images are resized).")
     flags.DEFINE_integer("batch_size", 32, "GLOBAL batch size, split evenly across the replicas.")
-    flags.DEFINE_string("cache", "memory",
-                        "Cache of decoded, resized uint8 images: none, memory, or a directory for a "
-                        "file cache.")
+    flags.DEFINE_string(
+        "cache", "memory",
+        "Cache of decoded, resized uint8 images: none, memory, or a directory for a file cache.")
     flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (training split).")
     flags.DEFINE_integer("seed", 0, "Seed for shuffling, weight initialisation and dropout.")
 
 
 def define_model_flags() -> None:
     """Defines the model's shape and the hardware it runs on (call once, at import)."""
-    flags.DEFINE_string("weights", "imagenet",
-                        "Backbone weights: imagenet (Keras download/cache), none (random), or the path "
-                        "of a ResNet50 no-top .h5 file.")
-    flags.DEFINE_list("head_units", ["512", "128"], "Hidden Dense layer sizes of the head, e.g. 512,128.")
-    flags.DEFINE_enum("head_activation", "relu", _ACTIVATIONS, "Activation of the head's hidden layers.")
+    flags.DEFINE_string(
+        "weights", "imagenet",
+        "Backbone weights: imagenet (Keras download/cache), none (random), or the path of a "
+        "ResNet50 no-top .h5 file.")
+    flags.DEFINE_list("head_units", ["512", "128"],
+                      "Hidden Dense layer sizes of the head, e.g. 512,128.")
+    flags.DEFINE_enum("head_activation", "relu", _ACTIVATIONS,
+                      "Activation of the head's hidden layers.")
     flags.DEFINE_float("dropout", 0.0, "Dropout after each hidden head layer, in [0, 1).")
-    flags.DEFINE_bool("standardize_features", True,
-                      "Standardise the 2,048 pooled features (fitted on training images) before the "
-                      "head; needed for usable accuracy with --weights=none.")
+    flags.DEFINE_bool(
+        "standardize_features", True,
+        "Standardise the 2,048 pooled features (fitted on training images) before the head; "
+        "needed for usable accuracy with --weights=none.")
     flags.DEFINE_bool("augment", False, "Random flip/rotation/zoom/contrast during training.")
-    flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
-                      "tf.distribute strategy; auto: mirrored on >1 GPU, one GPU, else the default.")
+    flags.DEFINE_enum(
+        "strategy", "auto", distribute.STRATEGIES,
+        "tf.distribute strategy; auto: mirrored on >1 GPU, one GPU, else the default.")
     flags.DEFINE_string("tpu", None, "strategy=tpu: the TPU name or address (local on a TPU VM).")
     flags.DEFINE_enum("precision", "auto", precision.PRECISIONS,
                       "Keras mixed-precision policy; auto picks what the hardware runs natively.")

@@ -1,4 +1,4 @@
-"""Evaluation reports: metrics.json, history files and the loss, accuracy and confusion-matrix plots."""
+"""Evaluation reports: metrics.json, history files, loss/accuracy and confusion-matrix plots."""
 
 import csv
 import json
@@ -13,8 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Keras clips probabilities to [eps, 1 - eps] before the log in its cross-entropy; doing the same
-# makes the loss in metrics.json equal the one model.evaluate reports.
+# Keras clips probabilities to [eps, 1 - eps] before the log when it computes the cross-entropy of
+# probabilities; metrics.json does the same. (model.evaluate can report more for wildly confident
+# mistakes: it takes the loss from the softmax's logits, which are not clipped.)
 _EPSILON = 1e-7
 
 
@@ -203,7 +204,8 @@ def plot_confusion_matrix(matrix, class_names, path) -> pathlib.Path:
     return path
 
 
-def write_evaluation(out_dir, *, labels, probabilities, class_names, extra: dict | None = None) -> dict:
+def write_evaluation(out_dir, *, labels, probabilities, class_names,
+                     extra: dict | None = None) -> dict:
     """Writes metrics.json and confusion_matrix.png for one evaluated split.
 
     Args:
@@ -220,5 +222,6 @@ def write_evaluation(out_dir, *, labels, probabilities, class_names, extra: dict
     metrics = dict(extra or {})
     metrics.update(classification_metrics(labels, probabilities, class_names))
     write_json(metrics, out_dir / "metrics.json")
-    plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
+    plot_confusion_matrix(metrics["confusion_matrix"], class_names,
+                          out_dir / "confusion_matrix.png")
     return metrics

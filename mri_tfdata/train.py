@@ -1,4 +1,4 @@
-"""Trains the brain-tumour MRI classifier: `python -m mri_tfdata.train --flagfile=configs/demo.flags`.
+"""Trains the classifier: `python -m mri_tfdata.train --flagfile=configs/demo.flags`.
 
 Outputs in --workdir: model.keras, export/ (SavedModel taking raw uint8 images), history.json/.csv,
 metrics.json, loss.png, accuracy.png, confusion_matrix.png, logs/ (TensorBoard), flags.txt.
@@ -17,7 +17,8 @@ flags.DEFINE_string("train_split", "train[:90%]", "Split trained on (TFDS split 
 flags.DEFINE_string("validation_split", "train[90%:]",
                     "Split validated on after each epoch; empty for none. The reference recipe "
                     "validated on 'test'; carving it from train keeps the test split unseen.")
-flags.DEFINE_string("test_split", "test", "Split of the final evaluation (metrics.json); empty for none.")
+flags.DEFINE_string("test_split", "test",
+                    "Split of the final evaluation (metrics.json); empty for none.")
 flags.DEFINE_integer("epochs", 10, "Epochs of head training on the frozen backbone.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of the head phase.")
 flags.DEFINE_integer("fine_tune_blocks", 0,
@@ -41,7 +42,8 @@ def _train_config() -> training.TrainConfig:
     require(FLAGS.learning_rate > 0, f"--learning_rate={FLAGS.learning_rate} must be positive.")
     require(FLAGS.fine_tune_learning_rate > 0, "--fine_tune_learning_rate must be positive.")
     require(0 <= FLAGS.fine_tune_blocks <= 16,
-            f"--fine_tune_blocks={FLAGS.fine_tune_blocks} must be between 0 and 16 (ResNet50's blocks).")
+            f"--fine_tune_blocks={FLAGS.fine_tune_blocks} must be between 0 and 16 (ResNet50's "
+            "blocks).")
     require(FLAGS.fine_tune_epochs >= 0, "--fine_tune_epochs must be 0 or more.")
     require(bool(FLAGS.fine_tune_blocks) == bool(FLAGS.fine_tune_epochs),
             "--fine_tune_blocks and --fine_tune_epochs go together: set both above 0 to fine-tune, "

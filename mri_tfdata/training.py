@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import pathlib
 import shutil
 import time
 
@@ -63,8 +64,7 @@ class TrainResult:
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True unless this process is a non-chief worker of a multi-worker cluster."""
-    resolver = getattr(strategy.extended, "_cluster_resolver", None) or getattr(
-        strategy, "cluster_resolver", None)
+    resolver = strategy.cluster_resolver
     if resolver is None or not resolver.task_type:
         return True
     if resolver.task_type == "chief":
@@ -171,7 +171,8 @@ def fit_phase(net: keras.Model, run: workdir.RunDir, phase: str, *, train_ds, va
     """
     done = _backed_up_epochs(run, phase)
     if done:
-        logging.info("Resuming phase %s from its backup: %d epoch(s) already finished.", phase, done)
+        logging.info("Resuming phase %s from its backup: %d epoch(s) already finished.",
+                     phase, done)
     # BackupAndRestore sets this private attribute when it restores; it would otherwise carry a
     # restored epoch of the head phase into the fine-tuning fit.
     net._initial_epoch = None
@@ -179,6 +180,50 @@ def fit_phase(net: keras.Model, run: workdir.RunDir, phase: str, *, train_ds, va
         net.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
                 callbacks=make_callbacks(run, phase), shuffle=False, verbose=2)
     _check_finite(run, learning_rate)
+
+
+def _checkpoint(run: workdir.RunDir, phase: str):
+    return run.path / "checkpoints" / f"{phase}.weights.h5"
+
+
+def _end_phase(classifier: keras.Model, run: workdir.RunDir, phase: str) -> None:
+    """Keeps the phase's final weights and records it as done, so a restart never redoes it."""
+    _checkpoint(run, phase).parent.mkdir(exist_ok=True)
+    classifier.save_weights(_checkpoint(run, phase))
+    run.mark_phase_done(phase)
+
+
+def train_head(classifier: keras.Model, run: workdir.RunDir, *, train_source, train_ds, val_ds,
+               model_spec: ModelSpec, config: TrainConfig,
+               strategy: tf.distribute.Strategy) -> None:
+    """The end-to-end head phase: images through the frozen backbone into the head, every epoch.
+
+    Args:
+      classifier: from model.build_classifier, built in `strategy`'s scope.
+      run: the workdir.
+      train_source: the training split (standardisation statistics are fitted on its images).
+      train_ds: training batches (distributed dataset).
+      val_ds: validation batches, or None.
+      model_spec: the classifier's shape.
+      config: epochs, learning rate, batch size, pipeline settings.
+      strategy: the tf.distribute strategy.
+
+    Raises:
+      UserError: the loss became NaN.
+    """
+    backbone, head = classifier.get_layer("backbone"), classifier.get_layer("head")
+    # Standardisation statistics come from (up to) 1,024 training images; a run resumed from a
+    # backup gets them back with the restored weights instead.
+    if model_spec.standardize_features and not _backed_up_epochs(run, HEAD_PHASE):
+        sample = input_pipeline.make_dataset(train_source, image_size=model_spec.image_size,
+                                             batch_size=config.batch_size, training=False)
+        sample = sample.take(max(1, 1024 // config.batch_size)).map(lambda x, y: x)
+        model.adapt_standardization(head, backbone.predict(sample, verbose=0))
+    with strategy.scope():
+        model.compile_model(classifier, learning_rate=config.learning_rate)
+    fit_phase(classifier, run, HEAD_PHASE, train_ds=train_ds, val_ds=val_ds, initial_epoch=0,
+              epochs=config.epochs, learning_rate=config.learning_rate,
+              max_steps_per_epoch=config.max_steps_per_epoch)
 
 
 def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir_path,
@@ -212,7 +257,10 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     if config.batch_size % replicas:
         raise UserError(f"--batch_size={config.batch_size} is not divisible by the "
                         f"{replicas} replicas; use a multiple of {replicas}.")
-    out = workdir_path if is_chief(strategy) else f"{workdir_path}/worker-{strategy.cluster_resolver.task_id}"
+    # Only the chief writes the workdir; other workers keep their (identical) state in a scratch
+    # folder inside it, as Keras recommends for multi-worker saving.
+    out = (pathlib.Path(workdir_path) if is_chief(strategy) else
+           pathlib.Path(workdir_path) / f"worker-{strategy.cluster_resolver.task_id}")
     settings = {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model_spec),
                 "train": dataclasses.asdict(config), "precision": precision_policy,
                 "replicas": replicas}
@@ -227,8 +275,9 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     class_names = tuple(train_source.class_names)
     steps = train_source.num_examples // config.batch_size
     if steps == 0:
-        raise UserError(f"The training split {config.train_split!r} has {train_source.num_examples} "
-                        f"examples, fewer than one batch of {config.batch_size}; lower --batch_size.")
+        raise UserError(f"The training split {config.train_split!r} has "
+                        f"{train_source.num_examples} examples, fewer than one batch of "
+                        f"{config.batch_size}; lower --batch_size.")
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
     logging.info("Data: %s; train %r: %d examples; validation %r: %s; test %r.", data.describe(),
@@ -247,37 +296,26 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
                                           **pipeline) if val_source else None)
 
     with strategy.scope():
-        backbone = model.build_backbone(image_size=model_spec.image_size, weights=model_spec.weights)
+        backbone = model.build_backbone(image_size=model_spec.image_size,
+                                        weights=model_spec.weights)
         head = model.build_head(hidden_units=model_spec.head_units,
                                 activation=model_spec.head_activation, dropout=model_spec.dropout,
                                 standardize=model_spec.standardize_features,
                                 num_classes=len(class_names))
         classifier = model.build_classifier(backbone, head, augment=model_spec.augment)
-    # Standardisation statistics come from (up to) 1,024 training images; a resumed run gets them
-    # back with the weights from its backup or head checkpoint instead.
-    if (model_spec.standardize_features and not run.phase_done(HEAD_PHASE)
-            and not _backed_up_epochs(run, HEAD_PHASE)):
-        sample = input_pipeline.make_dataset(train_source, batch_size=config.batch_size,
-                                             training=False, **pipeline)
-        sample = sample.take(max(1, 1024 // config.batch_size)).map(lambda x, y: x)
-        model.adapt_standardization(head, backbone.predict(sample, verbose=0))
+    # A restart after a finished phase continues from that phase's weights.
+    finished = [p for p in (HEAD_PHASE, FINE_TUNE_PHASE) if run.phase_done(p)]
+    if finished:
+        classifier.load_weights(_checkpoint(run, finished[-1]))
 
-    # Phase 1: the head on the frozen backbone. (A feature-cache fast path replaces this fit.)
+    # Phase 1: the head on the frozen backbone. (A feature-cache fast path goes here instead.)
     if not run.phase_done(HEAD_PHASE):
-        with strategy.scope():
-            model.compile_model(classifier, learning_rate=config.learning_rate)
-        fit_phase(classifier, run, HEAD_PHASE, train_ds=train_ds, val_ds=val_ds, initial_epoch=0,
-                  epochs=config.epochs, learning_rate=config.learning_rate,
-                  max_steps_per_epoch=config.max_steps_per_epoch)
-        # The fine-tuning phase starts from these weights, also after a restart.
-        (run.path / "checkpoints").mkdir(exist_ok=True)
-        classifier.save_weights(run.path / "checkpoints" / "head.weights.h5")
-        run.mark_phase_done(HEAD_PHASE)
-    else:
-        classifier.load_weights(run.path / "checkpoints" / "head.weights.h5")
+        train_head(classifier, run, train_source=train_source, train_ds=train_ds, val_ds=val_ds,
+                   model_spec=model_spec, config=config, strategy=strategy)
+        _end_phase(classifier, run, HEAD_PHASE)
 
     # Phase 2: fine-tune the top blocks at a lower learning rate.
-    if config.fine_tune_blocks and config.fine_tune_epochs:
+    if config.fine_tune_blocks and not run.phase_done(FINE_TUNE_PHASE):
         with strategy.scope():
             model.unfreeze_top_blocks(classifier, config.fine_tune_blocks)
             model.compile_model(classifier, learning_rate=config.fine_tune_learning_rate)
@@ -285,7 +323,7 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
                   initial_epoch=config.epochs, epochs=config.epochs + config.fine_tune_epochs,
                   learning_rate=config.fine_tune_learning_rate,
                   max_steps_per_epoch=config.max_steps_per_epoch)
-        run.mark_phase_done(FINE_TUNE_PHASE)
+        _end_phase(classifier, run, FINE_TUNE_PHASE)
 
     return finish(classifier, run, data=data, config=config, image_size=model_spec.image_size,
                   class_names=class_names, start=start)
@@ -308,7 +346,7 @@ def finish(classifier, run: workdir.RunDir, *, data: DataSpec, config: TrainConf
       The TrainResult.
     """
     classifier.save(run.path / "model.keras")
-    # The serving artifact: signature "serve" takes uint8 [batch, H, W, 3] and returns probabilities.
+    # The serving artifact: signature "serve" maps uint8 [batch, H, W, 3] to probabilities.
     classifier.export(str(run.path / "export"), format="tf_saved_model", verbose=False)
     history = json.loads((run.path / "history.json").read_text())
     reports.plot_history(history, run.path)

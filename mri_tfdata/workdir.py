@@ -1,4 +1,4 @@
-"""A training run's output directory: start fresh, resume an unfinished run, or refuse to clobber one.
+"""A training run's output directory: start afresh, resume an unfinished run, or refuse to clobber.
 
 Re-running the same command into a workdir whose run was interrupted resumes it (Keras
 BackupAndRestore state under backup/). A finished run is never overwritten unless asked for with
@@ -112,7 +112,8 @@ def prepare(path, *, settings: dict, overwrite: bool = False) -> RunDir:
             raise UserError(
                 f"--workdir={path} holds an unfinished run with other settings (changed: "
                 f"{', '.join(changed)}). Rerun with the same flags to resume it (see "
-                f"{path / 'flags.txt'}), pass another --workdir, or add --overwrite to start afresh.")
+                f"{path / 'flags.txt'}), pass another --workdir, or add --overwrite to start "
+                "afresh.")
         if overwrite:
             for name in OUTPUTS:
                 target = path / name

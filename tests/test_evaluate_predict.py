@@ -1,4 +1,4 @@
-"""Smoke tests of `python -m mri_tfdata.evaluate` and `python -m mri_tfdata.predict` on a tiny model."""
+"""Smoke tests of the evaluate and predict entry points on a tiny untrained model."""
 
 import json
 import pathlib

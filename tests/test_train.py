@@ -1,6 +1,7 @@
 """Tests for mri_tfdata.train / training: flag errors, a killed-and-resumed smoke run, NaN stop."""
 
 import json
+import pathlib
 import os
 import signal
 import subprocess
@@ -122,3 +123,14 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
                            initial_epoch=0, epochs=5, learning_rate=1e30)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history["epoch"]) < 5  # Stopped early instead of training on NaN weights.
+
+
+def test_config_flagfiles_parse(tmp_path):
+    root = pathlib.Path(__file__).parent.parent / "configs"
+    configs = [root / name for name in ("demo.flags", "reference.flags", "kaggle.flags")]
+    for path in configs:
+        assert path.read_text().startswith("# "), f"{path.name} must open with its command comment"
+    # Every flag of every file is known (an unknown one would be the error instead of --epochs).
+    code, _, err = _run_train(*[f"--flagfile={p}" for p in configs], f"--workdir={tmp_path}",
+                              "--epochs=0")
+    assert code == 2 and "--epochs=0 must be at least 1" in err, err[-2000:]

@@ -13,9 +13,10 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mri_tfdata import features
-from tuning import hypermodel, results
+from tuning import hypermodel, results, tuners
 
 TIMEOUT_S = 240
 # Tiny synthetic data at 32 px: feature extraction takes a second, a trial a few.
@@ -58,6 +59,13 @@ def _trial_files(project_dir: Path) -> dict[str, float]:
             for p in project_dir.glob("trial_*/checkpoint.weights.h5")}
 
 
+def _separable_features(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int32) % 4
+    vectors = (rng.normal(size=(n, 2048)) + labels[:, None]).astype(np.float32)
+    return features.FeatureSet(vectors, labels, key=None, path=None, from_cache=False)
+
+
 def test_build_model_with_default_hyperparameters_is_the_default_head():
     hp = keras_tuner.HyperParameters()
     head = hypermodel.build_model(hp)
@@ -73,11 +81,8 @@ def test_build_model_with_default_hyperparameters_is_the_default_head():
 
 
 def test_trial_heads_keep_the_precision_policy_and_fit_on_features():
-    rng = np.random.default_rng(0)
-    labels = np.arange(24, dtype=np.int32) % 4
-    # Features that separate the classes, so a few epochs learn something.
-    vectors = (rng.normal(size=(24, 2048)) + labels[:, None]).astype(np.float32)
-    feature_set = features.FeatureSet(vectors, labels, key=None, path=None, from_cache=False)
+    feature_set = _separable_features()
+    vectors = feature_set.features
     model = hypermodel.HeadHyperModel(
         train=feature_set, validation=feature_set, num_classes=4, activation="relu",
         standardize=True, precision_policy="mixed_bfloat16", batch_sizes=(8,), seed=0)
@@ -98,6 +103,24 @@ def test_trial_heads_keep_the_precision_policy_and_fit_on_features():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.parametrize("name", tuners.TUNERS)
+def test_each_tuner_runs_trials_on_features(tmp_path, name):
+    feature_set = _separable_features()
+    model = hypermodel.HeadHyperModel(
+        train=feature_set, validation=feature_set, num_classes=4, activation="relu",
+        standardize=True, precision_policy="float32", batch_sizes=(8, 16), seed=0)
+    tuner = tuners.make_tuner(name, model, max_trials=2, epochs=3, executions_per_trial=1,
+                              directory=str(tmp_path), project_name=name, overwrite=False,
+                              strategy=tf.distribute.get_strategy(), seed=0)
+    tuner.search(epochs=3, verbose=0)
+    rows = results.trial_rows(tuner.oracle, tuners.OBJECTIVE)
+    assert len(rows) >= 2 and all(r["status"] == "COMPLETED" for r in rows)
+    best = results.best_row(rows, tuners.OBJECTIVE)
+    assert best[tuners.OBJECTIVE] == max(r[tuners.OBJECTIVE] for r in rows)
+    if name == "hyperband":  # Later rounds continue the best trials of earlier ones.
+        assert any(r.get("tuner/initial_epoch", 0) > 0 for r in rows)
+
+
 def test_a_test_validation_split_is_refused(tmp_path):
     code, _, err = _finish(_search(tmp_path, "--validation_split=test"))
     assert code == 2, err[-2000:]
@@ -105,19 +128,51 @@ def test_a_test_validation_split_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_search(tmp_path_factory):
-    """A finished 2-trial search; returns (tmp_path, project_dir, stdout)."""
+def resumed_search(tmp_path_factory):
+    """A 2-trial search SIGKILLed once its first trial finished, then rerun with the same command.
+
+    Returns (tmp_path, project_dir, output of the rerun, {trial: checkpoint mtime} at the kill).
+    """
     tmp_path = tmp_path_factory.mktemp("search")
+    project_dir = tmp_path / "runs" / "search"
+    proc = _search(tmp_path, "--max_trials=2")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(json.loads(p.read_text() or "{}").get("status") == "COMPLETED"
+                   for p in project_dir.glob("trial_*/trial.json")):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the search ended before the kill: " + proc.stderr.read()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    finished = {p.parent.name for p in project_dir.glob("trial_*/trial.json")
+                if json.loads(p.read_text()).get("status") == "COMPLETED"}
+    assert finished == {"trial_0"}
+    checkpoints = {k: v for k, v in _trial_files(project_dir).items() if k in finished}
     code, out, err = _finish(_search(tmp_path, "--max_trials=2"))
     assert code == 0, err[-3000:]
-    return tmp_path, tmp_path / "runs" / "search", out
+    assert "Reloading Tuner" in out + err
+    return tmp_path, project_dir, out + err, checkpoints
 
 
-def test_search_writes_results_plot_and_best_flags(finished_search):
-    _, project_dir, out = finished_search
+def test_killed_search_resumes_without_repeating_finished_trials(resumed_search):
+    _, project_dir, _, checkpoints = resumed_search
     rows = _rows(project_dir)
     assert [r["trial_id"] for r in rows] == ["0", "1"]
-    assert all(r["status"] == "COMPLETED" and 0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    # The trial finished before the kill was not run again: its checkpoint is untouched.
+    assert {k: v for k, v in _trial_files(project_dir).items() if k in checkpoints} == checkpoints
+
+
+def test_search_writes_results_plot_and_best_flags(resumed_search):
+    tmp_path, project_dir, out, _ = resumed_search
+    rows = _rows(project_dir)
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
     assert {"head_units", "learning_rate", "dropout", "batch_size", "num_layers"} <= rows[0].keys()
     assert (project_dir / results.PLOT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "2 trial(s), 2 completed" in out and "python -m mri_tfdata.train --flagfile=" in out
@@ -132,15 +187,16 @@ def test_search_writes_results_plot_and_best_flags(finished_search):
     assert any(line.startswith("--learning_rate=") and
                float(line.split("=")[1]) == pytest.approx(float(best["learning_rate"]), rel=1e-5)
                for line in lines)
-    # The search's data and model flags, its splits, and never the test split for validation.
+    # The search's data and model flags and its splits; the test split is only train's final one.
     assert {"--source=synthetic", "--image_size=32", "--weights=none", "--epochs=2",
             "--train_split=train[:85%]", "--validation_split=train[85%:]"} <= lines
-    # Features were extracted once and cached (train and validation split).
-    assert len(list((finished_search[0] / "features").glob("*.npz"))) == 2
+    # Features were extracted once, cached (train and validation split) and reused by the rerun.
+    assert len(list((tmp_path / "features").glob("*.npz"))) == 2
+    assert "vectors from cache" in out
 
 
-def test_best_flags_train_the_best_model(finished_search):
-    tmp_path, project_dir, _ = finished_search
+def test_best_flags_train_the_best_model(resumed_search):
+    tmp_path, project_dir, _, _ = resumed_search
     best_flags = project_dir / results.BEST_FLAGS
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -158,42 +214,8 @@ def test_best_flags_train_the_best_model(finished_search):
             ("--head_units", "--dropout", "--learning_rate", "--batch_size")} <= used
 
 
-def test_killed_search_resumes_without_repeating_finished_trials(tmp_path):
-    proc = _search(tmp_path, "--max_trials=3", "--epochs=4", project="killed")
-    project_dir = tmp_path / "runs" / "killed"
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        # Kill as soon as one trial is recorded as completed (and while the search still runs).
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = [p for p in project_dir.glob("trial_*/trial.json")
-                    if json.loads(p.read_text() or "{}").get("status") == "COMPLETED"]
-            if done:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, "the search ended before it could be killed: " + proc.stderr.read()[-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    finished_before = {p.parent.name for p in project_dir.glob("trial_*/trial.json")
-                       if json.loads(p.read_text()).get("status") == "COMPLETED"}
-    assert finished_before
-    checkpoints_before = {k: v for k, v in _trial_files(project_dir).items() if k in finished_before}
-    code, out, err = _finish(_search(tmp_path, "--max_trials=3", "--epochs=4", project="killed"))
-    assert code == 0, err[-3000:]
-    assert "Reloading Tuner" in out + err
-    rows = _rows(project_dir)
-    assert [r["trial_id"] for r in rows] == ["0", "1", "2"]
-    assert all(r["status"] == "COMPLETED" for r in rows)
-    after = _trial_files(project_dir)
-    # Finished trials were not run again: their checkpoints are untouched.
-    assert {k: after[k] for k in checkpoints_before} == checkpoints_before
-
-
-def test_resuming_with_other_settings_is_refused(finished_search):
-    tmp_path, _, _ = finished_search
+def test_resuming_with_other_settings_is_refused(resumed_search):
+    tmp_path, _, _, _ = resumed_search
     code, _, err = _finish(_search(tmp_path, "--max_trials=2", "--image_size=48"))
     assert code == 1, err[-2000:]
     assert "other settings (data, model)" in err and "--project_name" in err

@@ -16,18 +16,17 @@ import time
 from pathlib import Path
 
 import keras
-import keras_tuner
 from absl import flags, logging
 
 from mri_tfdata import cli, distribute, features, flags_common, kaggle_layout, model, precision
 from mri_tfdata.cli import require
 from mri_tfdata.errors import UserError
-from tuning import results
+from tuning import results, tuners
 from tuning.hypermodel import HeadHyperModel, head_units
 
 flags_common.define_data_flags()
 flags_common.define_model_flags()
-flags.DEFINE_enum("tuner", "bayesian", ("random", "bayesian", "hyperband"), "KerasTuner algorithm.")
+flags.DEFINE_enum("tuner", "bayesian", tuners.TUNERS, "KerasTuner algorithm.")
 flags.DEFINE_integer("max_trials", 20, "Trials in all (random, bayesian); a resumed search runs "
                      "only the missing ones. Hyperband's budget is set by --epochs instead.")
 flags.DEFINE_integer("executions_per_trial", 1, "Fits per trial, averaged (less noisy, slower).")
@@ -47,7 +46,7 @@ flags.DEFINE_bool("overwrite", False, "Delete this project's trials and start af
                   "resuming.")
 
 FLAGS = flags.FLAGS
-OBJECTIVE = "val_accuracy"
+OBJECTIVE = tuners.OBJECTIVE
 # The settings a resumed search must share with the search it resumes (search.json).
 SETTINGS_FILE = "search.json"
 
@@ -84,7 +83,8 @@ def _validate_flags(model_spec) -> tuple[int, ...]:
             f"--batch_sizes={','.join(FLAGS.batch_sizes)} must be positive integers, e.g. 16,32,64.")
     if FLAGS.tuner == "hyperband" and FLAGS["max_trials"].present:
         logging.warning("--max_trials is ignored by --tuner=hyperband: its number of trials follows "
-                        "from --epochs (max_epochs) and the reduction factor 3.")
+                        "from --epochs (max_epochs) and the reduction factor %d.",
+                        tuners.HYPERBAND_FACTOR)
     return batch_sizes
 
 
@@ -145,18 +145,6 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
     logging.info("Search data: %d training and %d validation feature vectors.",
                  len(train.labels), len(validation.labels))
     return train, validation
-
-
-def _make_tuner(hypermodel, *, strategy, overwrite: bool):
-    common = dict(objective=keras_tuner.Objective(OBJECTIVE, "max"), seed=FLAGS.seed,
-                  executions_per_trial=FLAGS.executions_per_trial, directory=FLAGS.directory,
-                  project_name=FLAGS.project_name, overwrite=overwrite,
-                  distribution_strategy=strategy)
-    if FLAGS.tuner == "hyperband":
-        return keras_tuner.Hyperband(hypermodel, max_epochs=FLAGS.epochs, factor=3, **common)
-    tuner_class = {"random": keras_tuner.RandomSearch,
-                   "bayesian": keras_tuner.BayesianOptimization}[FLAGS.tuner]
-    return tuner_class(hypermodel, max_trials=FLAGS.max_trials, **common)
 
 
 def _best_flag_lines(best: dict, *, project_dir: Path) -> dict[str, str]:
@@ -233,7 +221,14 @@ def main(argv):
         train=train, validation=validation, num_classes=len(kaggle_layout.CLASS_NAMES),
         activation=model_spec.head_activation, standardize=model_spec.standardize_features,
         precision_policy=policy, batch_sizes=batch_sizes, seed=FLAGS.seed)
-    tuner = _make_tuner(hypermodel, strategy=strategy, overwrite=overwrite)
+    try:
+        tuner = tuners.make_tuner(
+            FLAGS.tuner, hypermodel, max_trials=FLAGS.max_trials, epochs=FLAGS.epochs,
+            executions_per_trial=FLAGS.executions_per_trial, directory=FLAGS.directory,
+            project_name=FLAGS.project_name, overwrite=overwrite, strategy=strategy, seed=FLAGS.seed)
+    except ImportError as e:  # BayesianOptimization's optional scipy/scikit-learn.
+        raise UserError(f"--tuner={FLAGS.tuner} cannot start: {e} Install them with "
+                        "pip install 'keras-tuner[bayesian]', or pass --tuner=random.") from None
     _record_settings(project_dir, settings)
     if role == "chief":
         logging.info("Chief: serving the oracle on %s:%s until the workers have run every trial.",

@@ -1,6 +1,6 @@
 """A 20-trial head search against 2 epochs of the reference recipe, and best head vs default head.
 
-    python benchmarks/tuning.py --data_dir=../shared/data/kaggle-brain-tumor-mri-224
+    python benchmarks/tuning_search.py --data_dir=../shared/data/kaggle-brain-tumor-mri-224
 
 1. The reference recipe's cost: its every epoch runs the frozen ResNet50 over 5,708 training and
    1,311 test (validation) images at 256 px in float32. The forward rate is measured here on
