@@ -168,6 +168,9 @@ def plot_history(history: dict, out_dir) -> list[pathlib.Path]:
                 ax.plot(epochs, values, marker="o", label=label)
         if fine_tune_start is not None:
             ax.axvline(fine_tune_start - 0.5, color="grey", linestyle="--", label="fine-tuning")
+        values = [v for k in (metric, f"val_{metric}") for v in history.get(k) or [] if v]
+        if metric == "loss" and values and min(values) > 0 and max(values) > 50 * min(values):
+            ax.set_yscale("log")  # Otherwise one wild validation loss flattens every other curve.
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_title(f"Training and validation {title.lower()}")

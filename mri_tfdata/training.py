@@ -56,7 +56,7 @@ class TrainConfig:
 class TrainResult:
     """What a run produced."""
 
-    workdir: object  # pathlib.Path
+    workdir: pathlib.Path
     history: dict  # column lists, as written to history.json
     metrics: dict | None  # metrics.json, or None without a test split
     resumed: bool  # True when the run continued an interrupted one

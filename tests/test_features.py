@@ -162,11 +162,11 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
     classifier.run_eagerly = True  # tracing ResNet50's train step would take most of the test
     classifier.train_on_batch(images, labels)
 
-    dataset = input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=8,
-                                          training=False)
-    feats, feat_labels = features.extract_features(backbone, dataset)
-    model.compile_model(head_fast, learning_rate=1e-2)
-    head_fast.train_on_batch(feats, feat_labels)
+    # The fast path's own code: extraction, then fit_head for one epoch of one batch of 8.
+    train = features.load_or_extract(source, backbone=backbone, image_size=IMAGE_SIZE,
+                                     batch_size=8, cache_dir=None)
+    features.fit_head(head_fast, train=train, validation=None, learning_rate=1e-2, epochs=1,
+                      batch_size=8, seed=0, verbose=0)
 
     for got, want, before in zip(head_fast.get_weights(), head_end_to_end.get_weights(), initial):
         assert not np.allclose(got, before)  # the step did move every weight
