@@ -84,6 +84,17 @@ def make_subset(data_dir: pathlib.Path, out: pathlib.Path, n: int) -> dict:
     return counts
 
 
+def build_head(head_weights, *, standardize: bool):
+    """A fresh 512-128 head holding `head_weights` (the same initial head for both runs)."""
+    head = model.build_head(hidden_units=(512, 128), standardize=standardize)
+    head.set_weights(head_weights)
+    if standardize:
+        # Keras's Normalization recomputes its mean and variance from the weights only here;
+        # after set_weights alone it would still standardise with the initial 0 and 1.
+        head.get_layer("standardize").finalize_state()
+    return head
+
+
 def run_reference(subset: pathlib.Path, resnet_weights, head_weights, *, image_size: int,
                   batch_size: int, learning_rate: float, epochs: int, seed: int,
                   standardize: bool) -> list[float]:
@@ -108,8 +119,7 @@ def run_reference(subset: pathlib.Path, resnet_weights, head_weights, *, image_s
                                          input_shape=shape)
     resnet.set_weights(resnet_weights)
     resnet.trainable = False
-    head = model.build_head(hidden_units=(512, 128), standardize=standardize)
-    head.set_weights(head_weights)
+    head = build_head(head_weights, standardize=standardize)
     images = keras.Input(shape)
     reference = keras.Model(images, head(resnet(images, training=False)))
     reference.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -135,8 +145,7 @@ def train_on_features(feature_sets: dict, backbone, head_weights, *, batch_size:
     Returns:
       The validation (= test split) accuracy of every epoch.
     """
-    head = model.build_head(hidden_units=(512, 128), standardize=standardize)
-    head.set_weights(head_weights)
+    head = build_head(head_weights, standardize=standardize)
     history = features.fit_head(head, train=feature_sets["train"], validation=feature_sets["test"],
                                 learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
                                 seed=seed, verbose=2)

@@ -39,7 +39,7 @@ flags.DEFINE_integer("image_size", 128, "Image side of the search.")
 flags.DEFINE_integer("max_trials", 20, "Trials of the search.")
 flags.DEFINE_enum("tuner", "bayesian", ("random", "bayesian", "hyperband"), "KerasTuner algorithm.")
 flags.DEFINE_integer("epochs", 10, "Epochs per trial.")
-flags.DEFINE_integer("seeds", 3, "Trainings of each head for the test-accuracy comparison.")
+flags.DEFINE_integer("seeds", 5, "Trainings of each head for the test-accuracy comparison.")
 flags.DEFINE_integer("reference_images", 96, "Images timed for the reference forward rate.")
 flags.DEFINE_string("out", None, "Working folder (default: a new temporary one).")
 
@@ -49,7 +49,7 @@ REFERENCE_IMAGES_PER_EPOCH = 5708 + 1311  # Training + Testing (the report valid
 
 
 def reference_rate(num_images: int) -> float:
-    """Images per second of the reference's frozen ResNet50 forward pass (256 px, float32, batch 32)."""
+    """Images/s of the reference's frozen ResNet50 forward pass (256 px, float32, batch 32)."""
     keras.mixed_precision.set_global_policy("float32")
     backbone = model.build_backbone(image_size=REFERENCE_SIZE, weights="none")
     batch = np.random.default_rng(0).integers(0, 256, (32, REFERENCE_SIZE, REFERENCE_SIZE, 3),
@@ -109,6 +109,8 @@ def main(argv):
           f"of {REFERENCE_IMAGES_PER_EPOCH} images >= {reference_s:.0f} s (estimated)", flush=True)
 
     search_s, log = run_search(work)
+    summary = re.search(r"^\d+ trial\(s\).*?(?=^Train the best head)", log, re.S | re.M)
+    print(summary.group(0) if summary else "(no summary in the search's output)", end="")
     extraction_s = sum(float(s) for s in re.findall(r"feature vectors in ([\d.]+) s", log))
     project = work / "runs" / "benchmark"
     with open(project / results.RESULTS_CSV, newline="") as f:
@@ -123,12 +125,12 @@ def main(argv):
     backbone = model.build_backbone(image_size=FLAGS.image_size, weights="none")
     load = dict(backbone=backbone, image_size=FLAGS.image_size, batch_size=32,
                 cache_dir=work / "features")
-    train = features.load_or_extract(sources.load_folder_source(FLAGS.data_dir, split="train[:85%]"),
-                                     **load)
-    test = features.load_or_extract(sources.load_folder_source(FLAGS.data_dir, split="test"), **load)
+    train, test = (features.load_or_extract(sources.load_folder_source(FLAGS.data_dir, split=split),
+                                            **load) for split in ("train[:85%]", "test"))
     require(train.from_cache, "the benchmark's backbone did not reproduce the search's features")
 
-    best = max((r for r in rows if r["status"] == "COMPLETED"), key=lambda r: float(r["val_accuracy"]))
+    best = max((r for r in rows if r["status"] == "COMPLETED"),
+               key=lambda r: float(r["val_accuracy"]))
     best_values = {k: float(v) if k in ("dropout", "learning_rate") else int(float(v))
                    for k, v in best.items() if k in ("num_layers", "dropout", "learning_rate")
                    or k.startswith("units_") and v}

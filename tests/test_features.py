@@ -170,7 +170,10 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
 
     for got, want, before in zip(head_fast.get_weights(), head_end_to_end.get_weights(), initial):
         assert not np.allclose(got, before)  # the step did move every weight
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        # Adam's first step moves each weight by about lr * g / (|g| + eps): up to 1e-2 here, and
+        # for near-zero gradients summation-order noise can shift that by ~1e-5. Anything but the
+        # same computation would differ by ~1e-2.
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbone, tmp_path):

@@ -1,4 +1,4 @@
-"""Distributed tuning on localhost: a chief that only runs the oracle and two workers running trials."""
+"""Distributed tuning on localhost: a chief running only the oracle, two workers running trials."""
 
 import csv
 import os
@@ -23,8 +23,9 @@ def _free_port() -> int:
 
 
 def test_chief_and_two_workers_finish_all_trials(tmp_path):
-    data = DataSpec(source="synthetic", data_dir=str(tmp_path / "data"), synthetic_train_per_class=10,
-                    synthetic_test_per_class=2, synthetic_image_size=32)
+    data = DataSpec(source="synthetic", data_dir=str(tmp_path / "data"),
+                    synthetic_train_per_class=10, synthetic_test_per_class=2,
+                    synthetic_image_size=32)
     # The data exists before the workers start (as a real dataset would); the feature cache,
     # which both workers fill at the same moment, is what this test shares between them.
     data.prepare()
@@ -42,11 +43,14 @@ def test_chief_and_two_workers_finish_all_trials(tmp_path):
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
                    "XDG_CACHE_HOME": str(tmp_path / "cache"), "KERASTUNER_TUNER_ID": tuner_id,
                    "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
-            processes[tuner_id] = subprocess.Popen(command, env=env, cwd=tmp_path, text=True,
-                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            # Logs go to files: a full pipe would block a process while the test waits for another.
+            with open(tmp_path / f"{tuner_id}.log", "w") as log:
+                processes[tuner_id] = subprocess.Popen(command, env=env, cwd=tmp_path, text=True,
+                                                       stdout=log, stderr=subprocess.STDOUT)
         logs = {}
         for tuner_id, proc in processes.items():
-            logs[tuner_id], _ = proc.communicate(timeout=TIMEOUT_S)
+            proc.wait(timeout=TIMEOUT_S)
+            logs[tuner_id] = (tmp_path / f"{tuner_id}.log").read_text()
             assert proc.returncode == 0, f"{tuner_id}:\n{logs[tuner_id][-3000:]}"
     except subprocess.TimeoutExpired:
         pytest.fail(f"the distributed search did not finish within {TIMEOUT_S} s")

@@ -1,4 +1,4 @@
-"""What a search leaves behind: the trial table (CSV), a summary, the objective plot and best.flags."""
+"""What a search leaves behind: the trial table (CSV), a summary, the plot and best.flags."""
 
 import csv
 import io
@@ -26,13 +26,12 @@ def trial_rows(oracle, objective: str) -> list[dict]:
       objective: the objective's name, the column of the trial scores.
 
     Returns:
-      Dicts with trial_id, status, the objective, best_step, head_units and every hyperparameter.
+      Dicts with trial_id, status, the objective, head_units and every hyperparameter.
     """
     rows = []
     for trial_id, trial in sorted(oracle.trials.items(), key=lambda item: int(item[0])):
         values = dict(trial.hyperparameters.values)
-        row = {"trial_id": trial_id, "status": trial.status, objective: trial.score,
-               "best_step": trial.best_step}
+        row = {"trial_id": trial_id, "status": trial.status, objective: trial.score}
         row["head_units"] = ",".join(map(str, head_units(values))) if "num_layers" in values else ""
         row.update(sorted(values.items()))
         rows.append(row)
@@ -71,9 +70,10 @@ def summary(rows: list[dict], objective: str, *, top: int = 5) -> str:
     """A plain-text table of the `top` best completed trials, best first."""
     done = sorted((r for r in rows if r["status"] == "COMPLETED" and _finite(r[objective])),
                   key=lambda r: -r[objective])
-    lines = [f"{len(rows)} trial(s), {len(done)} completed. Best {min(top, len(done))} by {objective}:",
-             f"{'trial':>6} {objective:>13} {'head_units':>15} {'dropout':>8} {'learning_rate':>14} "
-             f"{'batch':>6}"]
+    lines = [f"{len(rows)} trial(s), {len(done)} completed. "
+             f"Best {min(top, len(done))} by {objective}:",
+             f"{'trial':>6} {objective:>13} {'head_units':>15} {'dropout':>8} "
+             f"{'learning_rate':>14} {'batch':>6}"]
     for r in done[:top]:
         lines.append(f"{r['trial_id']:>6} {r[objective]:>13.4f} {r['head_units']:>15} "
                      f"{r.get('dropout', 0):>8.2f} {r.get('learning_rate', float('nan')):>14.3g} "
@@ -82,7 +82,7 @@ def summary(rows: list[dict], objective: str, *, top: int = 5) -> str:
 
 
 def plot(rows: list[dict], objective: str, path: Path) -> Path:
-    """Plots the objective against trial number (with the running best) and against learning rate."""
+    """Plots the objective against trial number (with the best so far) and learning rate."""
     done = [r for r in rows if r["status"] == "COMPLETED" and _finite(r[objective])]
     ids = [int(r["trial_id"]) for r in done]
     scores = [r[objective] for r in done]

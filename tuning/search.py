@@ -1,4 +1,4 @@
-"""Searches head sizes and learning rates with KerasTuner: `python -m tuning.search --flagfile=configs/tune.flags`.
+"""Searches the head with KerasTuner: `python -m tuning.search --flagfile=configs/tune.flags`.
 
 Trials train the head on backbone features computed once and cached (mri_tfdata.features), so a
 trial costs seconds on a CPU. The objective is val_accuracy on a validation split carved from the
@@ -36,7 +36,8 @@ flags.DEFINE_list("batch_sizes", ["16", "32", "64", "128"],
                   "Global batch sizes the search chooses from; one value = not tuned.")
 flags.DEFINE_string("train_split", "train[:85%]", "Split the trial heads are trained on.")
 flags.DEFINE_string("validation_split", "train[85%:]",
-                    "Split of the objective (val_accuracy); carved from train, never the test split.")
+                    "Split of the objective (val_accuracy); carved from train, never the test "
+                    "split.")
 flags.DEFINE_string("feature_cache", "auto",
                     "Backbone-feature cache: auto (~/.cache/mri_tfdata/features), off (extract in "
                     "memory each run) or a directory.")
@@ -80,10 +81,11 @@ def _validate_flags(model_spec) -> tuple[int, ...]:
     except ValueError:
         batch_sizes = ()
     require(bool(batch_sizes) and batch_sizes[0] >= 1,
-            f"--batch_sizes={','.join(FLAGS.batch_sizes)} must be positive integers, e.g. 16,32,64.")
+            f"--batch_sizes={','.join(FLAGS.batch_sizes)} must be positive integers, e.g. "
+            "16,32,64.")
     if FLAGS.tuner == "hyperband" and FLAGS["max_trials"].present:
-        logging.warning("--max_trials is ignored by --tuner=hyperband: its number of trials follows "
-                        "from --epochs (max_epochs) and the reduction factor %d.",
+        logging.warning("--max_trials is ignored by --tuner=hyperband: its number of trials "
+                        "follows from --epochs (max_epochs) and the reduction factor %d.",
                         tuners.HYPERBAND_FACTOR)
     return batch_sizes
 
@@ -94,10 +96,11 @@ def _distributed_role() -> str:
         return "single"
     missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if v not in os.environ]
     if missing:
-        raise UserError(f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} not: a distributed "
-                        "search needs all three on every process, e.g. KERASTUNER_TUNER_ID=chief "
-                        "(or tuner0, tuner1, ...), KERASTUNER_ORACLE_IP=10.0.0.1, "
-                        "KERASTUNER_ORACLE_PORT=8000. Unset KERASTUNER_ORACLE_IP for a local search.")
+        raise UserError(f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} not: a "
+                        "distributed search needs all three on every process, e.g. "
+                        "KERASTUNER_TUNER_ID=chief (or tuner0, tuner1, ...), "
+                        "KERASTUNER_ORACLE_IP=10.0.0.1, KERASTUNER_ORACLE_PORT=8000. Unset "
+                        "KERASTUNER_ORACLE_IP for a local search.")
     # KerasTuner's own rule (keras_tuner distribute utils): an ID containing "chief" is the oracle.
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
@@ -130,7 +133,8 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
     # the cache key and the features) are then those `train --flagfile=best.flags` builds.
     keras.utils.set_random_seed(FLAGS.seed)
     with strategy.scope():
-        backbone = model.build_backbone(image_size=model_spec.image_size, weights=model_spec.weights)
+        backbone = model.build_backbone(image_size=model_spec.image_size,
+                                        weights=model_spec.weights)
     data.prepare()
     cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
     sets = []
@@ -140,8 +144,9 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
             batch_size=FLAGS.batch_size, cache_dir=cache_dir, strategy=strategy))
     train, validation = sets
     if len(train.labels) < batch_sizes[-1]:
-        raise UserError(f"The training split {FLAGS.train_split!r} has {len(train.labels)} examples, "
-                        f"fewer than the largest batch size {batch_sizes[-1]}; lower --batch_sizes.")
+        raise UserError(f"The training split {FLAGS.train_split!r} has {len(train.labels)} "
+                        f"examples, fewer than the largest batch size {batch_sizes[-1]}; lower "
+                        "--batch_sizes.")
     logging.info("Search data: %d training and %d validation feature vectors.",
                  len(train.labels), len(validation.labels))
     return train, validation
@@ -225,7 +230,8 @@ def main(argv):
         tuner = tuners.make_tuner(
             FLAGS.tuner, hypermodel, max_trials=FLAGS.max_trials, epochs=FLAGS.epochs,
             executions_per_trial=FLAGS.executions_per_trial, directory=FLAGS.directory,
-            project_name=FLAGS.project_name, overwrite=overwrite, strategy=strategy, seed=FLAGS.seed)
+            project_name=FLAGS.project_name, overwrite=overwrite, strategy=strategy,
+            seed=FLAGS.seed)
     except ImportError as e:  # BayesianOptimization's optional scipy/scikit-learn.
         raise UserError(f"--tuner={FLAGS.tuner} cannot start: {e} Install them with "
                         "pip install 'keras-tuner[bayesian]', or pass --tuner=random.") from None

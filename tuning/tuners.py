@@ -34,7 +34,8 @@ def make_tuner(name: str, hypermodel: keras_tuner.HyperModel, *, max_trials: int
                   executions_per_trial=executions_per_trial, directory=directory,
                   project_name=project_name, overwrite=overwrite, distribution_strategy=strategy)
     if name == "hyperband":
-        return keras_tuner.Hyperband(hypermodel, max_epochs=epochs, factor=HYPERBAND_FACTOR, **common)
+        return keras_tuner.Hyperband(hypermodel, max_epochs=epochs, factor=HYPERBAND_FACTOR,
+                                     **common)
     if name == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
     if name == "bayesian":
