@@ -3,6 +3,7 @@
 import os
 
 import keras
+import numpy as np
 from absl import logging
 
 from mri_tfdata.errors import UserError
@@ -168,6 +169,14 @@ def adapt_standardization(head: keras.Model, features) -> bool:
     except ValueError:
         return False
     layer.adapt(features)
+    # A randomly initialised backbone has pooled features that are (almost) constant over the
+    # training images; dividing by their ~0 spread turns float noise on new images into inputs
+    # of 1e3-1e6 and the head's loss explodes. A floor of 1e-3 of the median variance keeps
+    # those dead features near zero without touching the informative ones.
+    variance = np.asarray(layer.adapt_variance.numpy())
+    floor = 1e-3 * float(np.median(variance))
+    layer.adapt_variance.assign(np.maximum(variance, floor))
+    layer.finalize_state()
     return True
 
 

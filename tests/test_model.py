@@ -136,6 +136,23 @@ def test_keras_file_roundtrip_in_safe_mode(tmp_path, images):
     np.testing.assert_allclose(np.ravel(mean), features.mean(axis=0), rtol=1e-4, atol=1e-6)
 
 
+def test_standardization_floors_the_spread_of_dead_features():
+    # Feature 0 is constant over training (a dead unit of a random backbone); a new image that
+    # moves it by 1e-3 must not become a huge input to the head.
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(64, model.FEATURE_DIM)).astype("float32")
+    train[:, 0] = 0.5
+    head = model.build_head(hidden_units=(8,), standardize=True)
+    assert model.adapt_standardization(head, train)
+    layer = head.get_layer("standardize")
+    probe = train[:1].copy()
+    probe[0, 0] += 1e-3
+    standardized = np.asarray(layer(probe))
+    assert abs(standardized[0, 0]) < 1.0
+    # The informative features are standardised as usual.
+    np.testing.assert_allclose(np.asarray(layer(train)).std(axis=0)[1:], 1.0, rtol=1e-2)
+
+
 def test_adapt_without_standardize_is_a_no_op():
     assert not model.adapt_standardization(model.build_head(), np.zeros((2, model.FEATURE_DIM)))
 
