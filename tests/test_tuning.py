@@ -199,10 +199,10 @@ def test_search_writes_results_plot_and_best_flags(resumed_search):
     assert text.startswith("# ")
     assert f"--head_units={best['head_units']}" in lines
     assert f"--batch_size={best['batch_size']}" in lines
-    assert f"--dropout={float(best['dropout'])}" in lines
-    assert any(line.startswith("--learning_rate=") and
-               float(line.split("=")[1]) == pytest.approx(float(best["learning_rate"]), rel=1e-5)
-               for line in lines)
+    for name in ("dropout", "learning_rate"):
+        assert any(line.startswith(f"--{name}=") and
+                   float(line.split("=")[1]) == pytest.approx(float(best[name]), rel=1e-5)
+                   for line in lines), name
     # The search's data and model flags and its splits; the test split is only train's final one.
     assert {"--source=synthetic", "--image_size=32", "--weights=none", "--epochs=2",
             "--train_split=train[:85%]", "--validation_split=train[85%:]"} <= lines

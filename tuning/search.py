@@ -157,7 +157,8 @@ def _best_flag_lines(best: dict, *, project_dir: Path) -> dict[str, str]:
     lines = {flag.name: flag.serialize() for flag in FLAGS.get_flags_for_module(flags_common)}
     values = {
         "head_units": ",".join(map(str, head_units(best))),
-        "dropout": float(best["dropout"]),
+        # Rounded: a stepped hp.Float gives values like 0.30000000000000004.
+        "dropout": round(float(best["dropout"]), 6),
         "learning_rate": float(best["learning_rate"]),
         "batch_size": int(best["batch_size"]),
         # Hyperband trains a trial for tuner/epochs in all (continuing an earlier trial's weights).
