@@ -59,6 +59,12 @@ def define_model_flags() -> None:
         "Standardise the 2,048 pooled features (fitted on training images) before the head; "
         "needed for usable accuracy with --weights=none.")
     flags.DEFINE_bool("augment", False, "Random flip/rotation/zoom/contrast during training.")
+    flags.DEFINE_string("feature_cache", "auto",
+                        "Frozen-backbone fast path: auto computes each split's ResNet50 features "
+                        "once, caches them in $XDG_CACHE_HOME/mri_tfdata/features (default "
+                        "~/.cache/mri_tfdata/features) and trains the head on them when the "
+                        "backbone stays frozen and --augment is off; a folder does the same with "
+                        "the cache there; off always trains end to end.")
     flags.DEFINE_enum(
         "strategy", "auto", distribute.STRATEGIES,
         "tf.distribute strategy; auto: mirrored on >1 GPU, one GPU, else the default.")

@@ -48,6 +48,7 @@ def _train_config() -> training.TrainConfig:
     require(bool(FLAGS.fine_tune_blocks) == bool(FLAGS.fine_tune_epochs),
             "--fine_tune_blocks and --fine_tune_epochs go together: set both above 0 to fine-tune, "
             "or leave both at 0.")
+    require(bool(FLAGS.feature_cache.strip()), "--feature_cache must be auto, off or a folder.")
     require(FLAGS.max_steps_per_epoch >= 0, "--max_steps_per_epoch must be 0 (no cap) or more.")
     require(not (FLAGS.validation_split and FLAGS.validation_split == FLAGS.train_split),
             "--validation_split equals --train_split; carve it from train (e.g. train[:90%] and "
@@ -58,6 +59,7 @@ def _train_config() -> training.TrainConfig:
         learning_rate=FLAGS.learning_rate, fine_tune_blocks=FLAGS.fine_tune_blocks,
         fine_tune_epochs=FLAGS.fine_tune_epochs,
         fine_tune_learning_rate=FLAGS.fine_tune_learning_rate, cache=FLAGS.cache,
+        feature_cache=FLAGS.feature_cache,
         shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed,
         max_steps_per_epoch=FLAGS.max_steps_per_epoch)
 

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import input_pipeline, model, reports, workdir
+from mri_tfdata import features, input_pipeline, model, reports, workdir
 from mri_tfdata.dataspec import DataSpec
 from mri_tfdata.errors import UserError
 
@@ -47,6 +47,7 @@ class TrainConfig:
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-5
     cache: str = "memory"  # none | memory | directory
+    feature_cache: str = "auto"  # auto | off | folder of cached backbone features (fast path)
     shuffle_buffer: int = 2048
     seed: int = 0
     max_steps_per_epoch: int = 0  # > 0 caps every epoch (smoke runs); 0 = whole splits
@@ -226,6 +227,51 @@ def train_head(classifier: keras.Model, run: workdir.RunDir, *, train_source, tr
               max_steps_per_epoch=config.max_steps_per_epoch)
 
 
+def train_head_on_features(classifier: keras.Model, run: workdir.RunDir, *, train_source,
+                           val_source, model_spec: ModelSpec, config: TrainConfig,
+                           strategy: tf.distribute.Strategy) -> None:
+    """The fast head phase: each split's backbone features once (cached), the head fit on them.
+
+    The same optimizer, loss, metrics, callbacks, history and backups as train_head; the
+    classifier shares the head's layers, so afterwards it is the trained model on raw images.
+
+    Args:
+      classifier: from model.build_classifier (no augmentation), built in `strategy`'s scope.
+      run: the workdir.
+      train_source: the whole training split.
+      val_source: the whole validation split, or None.
+      model_spec: the classifier's shape.
+      config: epochs, learning rate, batch size, feature cache.
+      strategy: the tf.distribute strategy.
+
+    Raises:
+      UserError: the loss became NaN, or the feature cache folder is not writable.
+    """
+    backbone, head = classifier.get_layer("backbone"), classifier.get_layer("head")
+    extract = dict(backbone=backbone, image_size=model_spec.image_size,
+                   batch_size=config.batch_size, strategy=strategy,
+                   cache_dir=features.resolve_cache_dir(config.feature_cache))
+    train_set = features.load_or_extract(train_source, **extract)
+    val_set = features.load_or_extract(val_source, **extract) if val_source else None
+    if model_spec.standardize_features and not _backed_up_epochs(run, HEAD_PHASE):
+        # The same first images as train_head's sample, without another backbone pass.
+        sample_size = max(1, 1024 // config.batch_size) * config.batch_size
+        model.adapt_standardization(head, train_set.features[:sample_size])
+    with strategy.scope():
+        model.compile_model(head, learning_rate=config.learning_rate)
+        # As train_head leaves it: compiled, for evaluation and the saved model's config.
+        model.compile_model(classifier, learning_rate=config.learning_rate)
+    train_ds = features.make_feature_dataset(train_set.features, train_set.labels,
+                                             batch_size=config.batch_size, training=True,
+                                             seed=config.seed)
+    val_ds = (features.make_feature_dataset(val_set.features, val_set.labels,
+                                            batch_size=config.batch_size, training=False)
+              if val_set else None)
+    fit_phase(head, run, HEAD_PHASE, train_ds=train_ds, val_ds=val_ds, initial_epoch=0,
+              epochs=config.epochs, learning_rate=config.learning_rate,
+              max_steps_per_epoch=config.max_steps_per_epoch)
+
+
 def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir_path,
           strategy: tf.distribute.Strategy, precision_policy: str, overwrite: bool = False,
           flags_text: str | None = None) -> TrainResult:
@@ -268,6 +314,8 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     if flags_text is not None:
         (run.path / "flags.txt").write_text(flags_text)
     keras.utils.set_random_seed(config.seed)
+    fast = features.use_fast_path(config.feature_cache, fine_tune_blocks=config.fine_tune_blocks,
+                                  augment=model_spec.augment)
 
     data.prepare()
     train_source = data.open(config.train_split)
@@ -308,10 +356,15 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     if finished:
         classifier.load_weights(_checkpoint(run, finished[-1]))
 
-    # Phase 1: the head on the frozen backbone. (A feature-cache fast path goes here instead.)
+    # Phase 1: the head on the frozen backbone, end to end or on cached features.
     if not run.phase_done(HEAD_PHASE):
-        train_head(classifier, run, train_source=train_source, train_ds=train_ds, val_ds=val_ds,
-                   model_spec=model_spec, config=config, strategy=strategy)
+        if fast:
+            train_head_on_features(classifier, run, train_source=train_source,
+                                   val_source=val_source, model_spec=model_spec, config=config,
+                                   strategy=strategy)
+        else:
+            train_head(classifier, run, train_source=train_source, train_ds=train_ds,
+                       val_ds=val_ds, model_spec=model_spec, config=config, strategy=strategy)
         _end_phase(classifier, run, HEAD_PHASE)
 
     # Phase 2: fine-tune the top blocks at a lower learning rate.

@@ -14,7 +14,9 @@ import pytest
 # Tiny synthetic data and a random 32 px ResNet50: seconds per epoch on a shared 2-core CPU.
 TINY = ["--source=synthetic", "--synthetic_train_per_class=8", "--synthetic_test_per_class=2",
         "--image_size=32", "--weights=none", "--head_units=16", "--batch_size=4",
-        "--precision=float32", "--strategy=default", "--cache=memory"]
+        "--precision=float32", "--strategy=default", "--cache=memory",
+        # End to end: epochs on cached features take milliseconds, too fast to kill mid-run.
+        "--feature_cache=off"]
 
 
 def _train(*args, **kwargs):

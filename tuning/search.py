@@ -38,9 +38,6 @@ flags.DEFINE_string("train_split", "train[:85%]", "Split the trial heads are tra
 flags.DEFINE_string("validation_split", "train[85%:]",
                     "Split of the objective (val_accuracy); carved from train, never the test "
                     "split.")
-flags.DEFINE_string("feature_cache", "auto",
-                    "Backbone-feature cache: auto (~/.cache/mri_tfdata/features), off (extract in "
-                    "memory each run) or a directory.")
 flags.DEFINE_string("directory", "runs/tune", "Parent directory of search projects.")
 flags.DEFINE_string("project_name", "head_search", "The search's folder in --directory.")
 flags.DEFINE_bool("overwrite", False, "Delete this project's trials and start afresh instead of "
