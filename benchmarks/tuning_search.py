@@ -39,9 +39,9 @@ flags.DEFINE_integer("image_size", 128, "Image side of the search.")
 flags.DEFINE_integer("max_trials", 20, "Trials of the search.")
 flags.DEFINE_enum("tuner", "bayesian", ("random", "bayesian", "hyperband"), "KerasTuner algorithm.")
 flags.DEFINE_integer("epochs", 10, "Epochs per trial.")
-flags.DEFINE_integer("executions_per_trial", 2,
-                     "Fits per trial, averaged (configs/tune.flags uses 2: one fit's val_accuracy "
-                     "on 856 images is too noisy to rank heads that differ by a point).")
+flags.DEFINE_integer("executions_per_trial", 1,
+                     "Fits per trial, averaged. 2 doubled the search's time here without picking "
+                     "a head that tested better (one fit's val_accuracy on 856 images is noisy).")
 flags.DEFINE_integer("seeds", 5, "Trainings of each head for the test-accuracy comparison.")
 flags.DEFINE_integer("reference_images", 96, "Images timed for the reference forward rate.")
 flags.DEFINE_string("out", None, "Working folder (default: a new temporary one).")
