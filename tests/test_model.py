@@ -12,12 +12,6 @@ from mri_tfdata.errors import UserError
 SIZE = 32  # ResNet50's minimum input size keeps every test fast.
 
 
-@pytest.fixture(autouse=True)
-def reset_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.fixture(scope="module")
 def images():
     return np.random.default_rng(0).integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)

@@ -9,12 +9,6 @@ from mri_tfdata import model, precision
 from mri_tfdata.errors import FlagError
 
 
-@pytest.fixture(autouse=True)
-def reset_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.fixture
 def no_gpu():
     if tf.config.list_physical_devices("GPU"):
