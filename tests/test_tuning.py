@@ -17,14 +17,14 @@ import pytest
 import tensorflow as tf
 
 from mri_tfdata import features
-from tuning import hypermodel, results, tuners
+from tuning import hypermodel, results, selection, tuners
 
 TIMEOUT_S = 240
 # Tiny synthetic data at 32 px: feature extraction takes a second, a trial a few.
 SEARCH_FLAGS = ["--source=synthetic", "--synthetic_train_per_class=10",
                 "--synthetic_test_per_class=2", "--image_size=32", "--weights=none",
                 "--batch_size=8", "--batch_sizes=8,16", "--epochs=2", "--tuner=random",
-                "--precision=float32"]
+                "--precision=float32", "--selection_folds=3"]
 
 
 def _search(tmp_path, *args, project="search"):
@@ -59,6 +59,14 @@ def _finish(proc):
 def _rows(project_dir: Path) -> list[dict]:
     with open(project_dir / results.RESULTS_CSV, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _chosen(project_dir: Path) -> dict:
+    """The final selection's chosen candidate (its row of selection.csv)."""
+    with open(project_dir / selection.SELECTION_CSV, newline="") as f:
+        chosen = [r for r in csv.DictReader(f) if r["chosen"] == "True"]
+    assert len(chosen) == 1, chosen
+    return chosen[0]
 
 
 def _trial_files(project_dir: Path) -> dict[str, float]:
@@ -193,7 +201,19 @@ def test_search_writes_results_plot_and_best_flags(resumed_search):
     assert (project_dir / results.PLOT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "2 trial(s), 2 completed" in out and "python -m mri_tfdata.train --flagfile=" in out
 
-    best = max(rows, key=lambda r: float(r["val_accuracy"]))
+    # The final selection re-scored the default head and both trials (3 folds each); the chosen
+    # one has the highest mean fold accuracy, which is the mean of its folds.
+    with open(project_dir / selection.SELECTION_CSV, newline="") as f:
+        finalists = list(csv.DictReader(f))
+    assert finalists[0]["candidate"] == "default" and finalists[0]["head_units"] == "512,128"
+    assert {r["candidate"] for r in finalists[1:]} <= {"trial 0", "trial 1"}
+    for r in finalists:
+        folds = [float(r[f"fold_{i}"]) for i in range(3)]
+        assert float(r["mean_accuracy"]) == pytest.approx(np.mean(folds))
+    assert float(_chosen(project_dir)["mean_accuracy"]) == max(
+        float(r["mean_accuracy"]) for r in finalists)
+    assert "Final selection by 3-fold cross-validation on 40 training examples" in out
+    best = _chosen(project_dir)
     text = (project_dir / results.BEST_FLAGS).read_text()
     lines = set(text.splitlines())
     assert text.startswith("# ")
@@ -232,7 +252,7 @@ print(json.dumps({"head_units": list(spec.head_units), "dropout": spec.dropout,
 
 def test_best_flags_parse_as_training_flags(resumed_search):
     tmp_path, project_dir, _, _ = resumed_search
-    best = max(_rows(project_dir), key=lambda r: float(r["val_accuracy"]))
+    best = _chosen(project_dir)
     proc = subprocess.run([sys.executable, "-c", _PARSE_WITH_TRAIN_FLAGS,
                            str(project_dir / results.BEST_FLAGS)],
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, cwd=tmp_path, text=True,
@@ -254,3 +274,100 @@ def test_resuming_with_other_settings_is_refused(resumed_search):
     assert code == 1, err[-2000:]
     message = " ".join(err.split())
     assert "other settings (data, model)" in message and "--project_name" in message
+
+
+def test_rerun_of_a_finished_search_fits_nothing_again(resumed_search):
+    tmp_path, project_dir, _, _ = resumed_search
+    before = (project_dir / selection.SELECTION_CSV).read_text()
+    checkpoints = _trial_files(project_dir)
+    code, out, err = _finish(_search(tmp_path, "--max_trials=2"))
+    assert code == 0, err[-3000:]
+    assert "Fitting head" not in out + err  # Neither a trial nor a selection fold.
+    assert (out + err).count("scored before") == len(before.splitlines()) - 1
+    assert (project_dir / selection.SELECTION_CSV).read_text() == before
+    assert _trial_files(project_dir) == checkpoints
+
+
+@pytest.mark.parametrize("flag, message", [("--selection_folds=1", "at least 2"),
+                                           ("--selection_folds=11", "rarest class has 10"),
+                                           ("--finalists=-1", "must be 0")])
+def test_bad_selection_settings_are_refused(tmp_path, flag, message):
+    code, _, err = _finish(_search(tmp_path, "--max_trials=1", "--epochs=1", flag))
+    assert code == 2, err[-2000:]
+    assert message in " ".join(err.split()) and "Traceback" not in err
+
+
+def _offset_features(n=40, seed=0):
+    """Four classes, each shifting its own 16 of the 2,048 features: learnable, but an untrained
+    head is at chance."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int32) % 4
+    vectors = rng.normal(size=(n, 2048)).astype(np.float32)
+    for c in range(4):
+        vectors[labels == c, c * 16:(c + 1) * 16] += 4
+    return features.FeatureSet(vectors, labels, key=None, path=None, from_cache=False)
+
+
+def _trial_row(trial_id, score, *, units=(64,), dropout=0.0, learning_rate=1e-3, batch_size=8,
+               status="COMPLETED"):
+    row = {"trial_id": str(trial_id), "status": status, "val_accuracy": score,
+           "num_layers": len(units), "dropout": dropout, "learning_rate": learning_rate,
+           "batch_size": batch_size}
+    row.update({f"units_{i}": u for i, u in enumerate(units)})
+    return row
+
+
+def test_finalists_are_the_default_then_the_best_distinct_trials():
+    default = selection.default_candidate(units=(512, 128), dropout=0.0, learning_rate=1e-3,
+                                          batch_size=32, epochs=10)
+    rows = [_trial_row(0, 0.80), _trial_row(1, 0.95, status="FAILED"),
+            _trial_row(2, 0.90, units=(512, 128), batch_size=32),  # The default's head.
+            _trial_row(3, 0.85, units=(256,)), _trial_row(4, None),
+            _trial_row(5, 0.70, units=(32,)), _trial_row(6, 0.88, dropout=0.2)]
+    chosen = selection.finalists(rows, "val_accuracy", top=2, default=default, epochs=10)
+    assert [c.label for c in chosen] == ["default", "trial 6", "trial 3"]
+    assert chosen[1].head_units == (64,) and chosen[1].values["dropout"] == 0.2
+    assert [c.label for c in selection.finalists(rows, "val_accuracy", top=0, default=default,
+                                                 epochs=10)] == ["default"]
+
+
+def test_folds_are_stratified_and_hold_out_every_example_once():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    held_out = []
+    for train_index, test_index in selection.fold_indices(labels, folds=5, seed=0):
+        assert not set(train_index) & set(test_index)
+        assert np.bincount(labels[test_index]).tolist() == [2, 4, 6, 8]
+        held_out.extend(test_index)
+    assert sorted(held_out) == list(range(len(labels)))
+
+
+def test_selection_picks_the_head_that_learns_and_reuses_stored_scores(tmp_path, monkeypatch):
+    data = _offset_features()
+    untrained = selection.default_candidate(units=(32,), dropout=0.0, learning_rate=1e-9,
+                                            batch_size=8, epochs=1)
+    learner = selection.Candidate("trial 3", {"num_layers": 1, "units_0": 32, "dropout": 0.0,
+                                              "learning_rate": 1e-2}, 8, 5)
+    fit_args = dict(strategy=tf.distribute.get_strategy(), precision_policy="float32",
+                    num_classes=4, activation="relu", standardize=True)
+    store = selection.ScoreStore(tmp_path / "scores.json", examples=40, folds=3, seed=0)
+    winner, scores = selection.select([untrained, learner], data, folds=3, seed=0, store=store,
+                                      **fit_args)
+    assert winner is learner, scores
+    assert np.mean(scores[learner.key]) >= 0.5 > np.mean(scores[untrained.key]) + 0.1
+    # A second selection with the same stored scores fits nothing and picks the same head ...
+    monkeypatch.setattr(selection, "cross_validate", lambda *a, **k: pytest.fail("refitted"))
+    again = selection.ScoreStore(tmp_path / "scores.json", examples=40, folds=3, seed=0)
+    assert selection.select([untrained, learner], data, folds=3, seed=0, store=again,
+                            **fit_args) == (learner, scores)
+    # ... but scores made with other folds are not reused.
+    assert selection.ScoreStore(tmp_path / "scores.json", examples=40, folds=4, seed=0).scores == {}
+
+
+def test_a_tie_keeps_the_default_head():
+    default = selection.default_candidate(units=(512, 128), dropout=0.0, learning_rate=1e-3,
+                                          batch_size=32, epochs=10)
+    trial = selection.trial_candidate(_trial_row(7, 0.9), epochs=10)
+    scores = {default.key: [0.9, 0.8], trial.key: [0.8, 0.9]}
+    assert selection.choose([default, trial], scores) is default
+    scores[trial.key] = [0.8, 0.91]
+    assert selection.choose([default, trial], scores) is trial

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mri_tfdata.dataspec import DataSpec
-from tuning import results
+from tuning import results, selection
 
 TIMEOUT_S = 240
 MAX_TRIALS = 4
@@ -34,7 +34,8 @@ def test_chief_and_two_workers_finish_all_trials(tmp_path):
                f"--data_dir={tmp_path / 'data'}", "--synthetic_train_per_class=10",
                "--synthetic_test_per_class=2", "--image_size=32", "--weights=none",
                "--batch_size=8", "--batch_sizes=8", "--epochs=1", "--tuner=random",
-               f"--max_trials={MAX_TRIALS}", "--precision=float32",
+               f"--max_trials={MAX_TRIALS}", "--precision=float32", "--finalists=1",
+               "--selection_folds=2",
                f"--feature_cache={tmp_path / 'features'}", f"--directory={tmp_path / 'runs'}",
                "--project_name=distributed"]
     processes = {}
@@ -65,9 +66,14 @@ def test_chief_and_two_workers_finish_all_trials(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == MAX_TRIALS and all(r["status"] == "COMPLETED" for r in rows)
     assert (project_dir / results.BEST_FLAGS).exists() and (project_dir / results.PLOT_PNG).exists()
-    # The workers ran the trials, each trial once; the chief ran none and extracted no features.
+    # The workers ran the trials, each trial once. The chief ran none: it fitted only the final
+    # selection's folds (2 per candidate), on the features the workers had cached.
+    with open(project_dir / selection.SELECTION_CSV, newline="") as f:
+        candidates = list(csv.DictReader(f))
+    assert len(candidates) == 2 and candidates[0]["candidate"] == "default"
     fits = {tuner_id: len(re.findall(r"Fitting head ", logs[tuner_id])) for tuner_id in logs}
-    assert fits["chief"] == 0 and "Extracted" not in logs["chief"], logs["chief"][-3000:]
+    assert fits["chief"] == 2 * len(candidates), logs["chief"][-3000:]
+    assert "Extracted" not in logs["chief"] and "vectors from cache" in logs["chief"]
     assert fits["tuner0"] + fits["tuner1"] == MAX_TRIALS, fits
     # The oracle (on the chief) handed out each trial once.
     assert sorted(map(int, re.findall(r"Running Trial #(\d+)", logs["chief"]))) == [1, 2, 3, 4]

@@ -1,0 +1,195 @@
+"""Picks the final head: the search's best trials and the default head, re-scored by k-fold CV."""
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+import keras_tuner
+import numpy as np
+from absl import logging
+from sklearn.model_selection import StratifiedKFold
+
+from mri_tfdata import features
+from tuning.hypermodel import HeadHyperModel, head_units
+
+SELECTION_CSV = "selection.csv"
+# Fold scores already computed, so that a rerun of a finished search does not fit them again.
+SCORES_JSON = "selection.json"
+DEFAULT_LABEL = "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One head to re-score: its hyperparameter values (build_model's), batch size and epochs."""
+
+    label: str  # "default" or "trial 7"
+    values: dict
+    batch_size: int
+    epochs: int
+
+    @property
+    def head_units(self) -> tuple[int, ...]:
+        return head_units(self.values)
+
+    @property
+    def key(self) -> str:
+        """What the fold scores depend on: the head, not its label (a trial may be the default)."""
+        head = {"head_units": self.head_units, "dropout": round(float(self.values["dropout"]), 6),
+                "learning_rate": float(self.values["learning_rate"])}
+        return json.dumps({**head, "batch_size": self.batch_size, "epochs": self.epochs},
+                          sort_keys=True)
+
+
+def default_candidate(*, units: tuple[int, ...], dropout: float, learning_rate: float,
+                      batch_size: int, epochs: int) -> Candidate:
+    """The head training would build without the search (the data and model flags' head)."""
+    values = {"num_layers": len(units), **{f"units_{i}": int(u) for i, u in enumerate(units)},
+              "dropout": float(dropout), "learning_rate": float(learning_rate)}
+    return Candidate(DEFAULT_LABEL, values, int(batch_size), int(epochs))
+
+
+def trial_candidate(row: dict, *, epochs: int) -> Candidate:
+    """The head of one results row (results.trial_rows); Hyperband's trials carry their epochs."""
+    layers = int(row["num_layers"])
+    values = {"num_layers": layers, **{f"units_{i}": int(row[f"units_{i}"]) for i in range(layers)},
+              "dropout": float(row["dropout"]), "learning_rate": float(row["learning_rate"])}
+    return Candidate(f"trial {row['trial_id']}", values, int(row["batch_size"]),
+                     int(row.get("tuner/epochs") or epochs))
+
+
+def finalists(rows: list[dict], objective: str, *, top: int, default: Candidate,
+              epochs: int) -> list[Candidate]:
+    """The default head first, then the `top` best completed trials that differ from it.
+
+    A trial with the default's head, batch size and epochs is the default itself, not a second
+    candidate.
+    """
+    done = sorted((r for r in rows if r["status"] == "COMPLETED" and r[objective] is not None
+                   and math.isfinite(r[objective])), key=lambda r: -r[objective])
+    chosen, keys = [default], {default.key}
+    for row in done:
+        if len(chosen) > top:
+            break
+        candidate = trial_candidate(row, epochs=epochs)
+        if candidate.key not in keys:
+            chosen.append(candidate)
+            keys.add(candidate.key)
+    return chosen
+
+
+def fold_indices(labels: np.ndarray, *, folds: int, seed: int) -> list[tuple[np.ndarray, ...]]:
+    """(train, held-out) index pairs of a stratified k-fold split: each class spread evenly."""
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def _subset(feature_set: features.FeatureSet, index: np.ndarray) -> features.FeatureSet:
+    return features.FeatureSet(feature_set.features[index], feature_set.labels[index], key=None,
+                               path=None, from_cache=False)
+
+
+def cross_validate(candidate: Candidate, data: features.FeatureSet, *, folds: int, seed: int,
+                   strategy, precision_policy: str, num_classes: int, activation: str,
+                   standardize: bool) -> list[float]:
+    """Trains the candidate's head once per fold, as a trial trains; returns held-out accuracies.
+
+    Every candidate sees the same folds and, per fold, the same seed, so candidates differ only in
+    their hyperparameters and their scores can be compared fold by fold.
+    """
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(candidate.values, batch_size=candidate.batch_size)
+    scores = []
+    for fold, (train_index, held_out_index) in enumerate(
+            fold_indices(data.labels, folds=folds, seed=seed)):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed + fold)
+        fold_model = HeadHyperModel(
+            train=_subset(data, train_index), validation=_subset(data, held_out_index),
+            num_classes=num_classes, activation=activation, standardize=standardize,
+            precision_policy=precision_policy, batch_sizes=(candidate.batch_size,),
+            seed=seed + fold)
+        with strategy.scope():
+            head = fold_model.build(hp)
+        metrics = fold_model.fit(hp, head, epochs=candidate.epochs)
+        scores.append(float(metrics["val_accuracy"]))
+    return scores
+
+
+def choose(candidates: list[Candidate], scores: dict[str, list[float]]) -> Candidate:
+    """The candidate with the highest mean fold accuracy; on a tie the earlier (the default)."""
+    return max(candidates, key=lambda c: (np.mean(scores[c.key]), -candidates.index(c)))
+
+
+class ScoreStore:
+    """Fold scores by candidate key, in SCORES_JSON, for one data size, fold count and seed."""
+
+    def __init__(self, path: Path, *, examples: int, folds: int, seed: int):
+        self._path = path
+        self._setting = {"examples": examples, "folds": folds, "seed": seed}
+        self.scores: dict[str, list[float]] = {}
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # None yet, or unreadable: the scores are computed again.
+        if stored.get("setting") == self._setting:
+            self.scores = stored.get("scores", {})
+
+    def add(self, key: str, fold_scores: list[float]) -> None:
+        self.scores[key] = fold_scores
+        text = json.dumps({"setting": self._setting, "scores": self.scores}, indent=2)
+        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, self._path)  # A killed run leaves the last complete file.
+
+
+def select(candidates: list[Candidate], data: features.FeatureSet, *, folds: int, seed: int,
+           store: ScoreStore, **fit_args) -> tuple[Candidate, dict[str, list[float]]]:
+    """Cross-validates every candidate not yet in `store`; returns the winner and all scores.
+
+    `fit_args` are cross_validate's strategy, precision_policy, num_classes, activation and
+    standardize.
+    """
+    for candidate in candidates:
+        if candidate.key in store.scores:
+            logging.info("Selection: %s scored before (%s), not fitted again.", candidate.label,
+                         SCORES_JSON)
+            continue
+        fold_scores = cross_validate(candidate, data, folds=folds, seed=seed, **fit_args)
+        logging.info("Selection: %s, mean accuracy %.4f over %d folds.", candidate.label,
+                     np.mean(fold_scores), folds)
+        store.add(candidate.key, fold_scores)
+    scores = {c.key: store.scores[c.key] for c in candidates}
+    return choose(candidates, scores), scores
+
+
+def table_rows(candidates: list[Candidate], scores: dict[str, list[float]],
+               winner: Candidate) -> list[dict]:
+    """The selection table: one row per candidate, its fold accuracies, mean and spread."""
+    table = []
+    for c in candidates:
+        fold_scores = scores[c.key]
+        table.append({
+            "candidate": c.label, "chosen": c is winner,
+            "head_units": ",".join(map(str, c.head_units)),
+            "dropout": round(float(c.values["dropout"]), 6),
+            "learning_rate": float(c.values["learning_rate"]), "batch_size": c.batch_size,
+            "epochs": c.epochs, "mean_accuracy": float(np.mean(fold_scores)),
+            "std_accuracy": float(np.std(fold_scores)),
+            **{f"fold_{i}": s for i, s in enumerate(fold_scores)}})
+    return table
+
+
+def summary(table: list[dict], *, folds: int, examples: int) -> str:
+    """A plain-text table of the candidates, best mean first, the chosen one marked."""
+    lines = [f"Final selection by {folds}-fold cross-validation on {examples} training examples:",
+             f"  {'candidate':>10} {'mean_acc':>9} {'std':>7} {'head_units':>15} {'dropout':>8} "
+             f"{'learning_rate':>14} {'batch':>6}"]
+    for r in sorted(table, key=lambda r: -r["mean_accuracy"]):
+        mark = "*" if r["chosen"] else " "
+        lines.append(f"{mark} {r['candidate']:>10} {r['mean_accuracy']:>9.4f} "
+                     f"{r['std_accuracy']:>7.4f} {r['head_units']:>15} {r['dropout']:>8.2f} "
+                     f"{r['learning_rate']:>14.3g} {r['batch_size']:>6}")
+    return "\n".join(lines)
