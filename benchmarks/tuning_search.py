@@ -9,9 +9,13 @@
 2. The search, timed as a user runs it: `python -m tuning.search` in a fresh process with an
    empty feature cache, so the time includes start-up and extracting the features of
    train[:85%] and train[85%:] at --image_size.
-3. Test accuracy: the best trial's head and the default head (train.py's: 512-128, dropout 0,
-   Adam 1e-3, batch 32), each trained --seeds times on the cached training features for the
-   search's epochs and evaluated on the test split's features (extracted here, once).
+   The search ends with its final selection (tuning.selection: the best trials and the default
+   head re-scored by 5-fold cross-validation on train), which decides best.flags.
+3. Test accuracy: the search's chosen head (best.flags) and the default head (train.py's:
+   512-128, dropout 0, Adam 1e-3, batch 32), each trained --seeds times on the cached training
+   features for the search's epochs and evaluated on the test split's features (extracted here,
+   once). Also, for comparison, the trial with the best val_accuracy (the pick without the
+   final selection), when it is another head.
 The last line printed is one JSON object with all the numbers.
 """
 
@@ -31,7 +35,7 @@ from absl import flags, logging
 
 from mri_tfdata import cli, features, model, precision, sources
 from mri_tfdata.cli import require
-from tuning import hypermodel, results
+from tuning import hypermodel, results, selection
 
 flags.DEFINE_string("data_dir", "../shared/data/kaggle-brain-tumor-mri-224",
                     "Kaggle-layout root holding Training/ and Testing/.")
@@ -102,6 +106,23 @@ def test_accuracies(values: dict, train, test, *, batch_size: int, epochs: int,
     return accuracies
 
 
+def _head(row: dict) -> dict:
+    """A head of results.csv or selection.csv as build_model's values, batch size and epochs."""
+    if "mean_accuracy" in row:  # selection.csv lists head_units rather than units_i.
+        units = [int(u) for u in row["head_units"].split(",")]
+        row = {**row, "num_layers": len(units), "tuner/epochs": row["epochs"],
+               **{f"units_{i}": u for i, u in enumerate(units)}}
+    candidate = selection.trial_candidate({"trial_id": "", **row}, epochs=FLAGS.epochs)
+    description = (f"({row['head_units']}, dropout {float(row['dropout']):.2g}, lr "
+                   f"{float(row['learning_rate']):.3g}, batch {candidate.batch_size})")
+    return {"values": candidate.values, "batch_size": candidate.batch_size,
+            "epochs": candidate.epochs, "description": description}
+
+
+def _candidate(head: dict) -> selection.Candidate:
+    return selection.Candidate("", head["values"], head["batch_size"], head["epochs"])
+
+
 def main(argv):
     require(len(argv) == 1, f"Unexpected arguments {argv[1:]}.")
     require(pathlib.Path(FLAGS.data_dir, "Training").is_dir(),
@@ -119,9 +140,11 @@ def main(argv):
     project = work / "runs" / "benchmark"
     with open(project / results.RESULTS_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
-    print(f"Search: {len(rows)} trials ({FLAGS.tuner}) in {search_s:.0f} s wall, of which feature "
-          f"extraction {extraction_s:.0f} s; {search_s / reference_s:.2f} x the reference's "
-          "2 epochs", flush=True)
+    selection_s = sum(float(s) for s in re.findall(r"Final selection took ([\d.]+) s", log))
+    print(f"Search: {len(rows)} trials ({FLAGS.tuner}) and the final selection in {search_s:.0f} s "
+          f"wall, of which feature extraction {extraction_s:.0f} s and the selection "
+          f"{selection_s:.0f} s; {search_s / reference_s:.2f} x the reference's 2 epochs",
+          flush=True)
 
     # The search's backbone, precision and cache: train/validation features come from its cache.
     policy = precision.apply_precision("auto")
@@ -133,29 +156,38 @@ def main(argv):
                                             **load) for split in ("train[:85%]", "test"))
     require(train.from_cache, "the benchmark's backbone did not reproduce the search's features")
 
-    best = max((r for r in rows if r["status"] == "COMPLETED"),
-               key=lambda r: float(r["val_accuracy"]))
-    best_values = {k: float(v) if k in ("dropout", "learning_rate") else int(float(v))
-                   for k, v in best.items() if k in ("num_layers", "dropout", "learning_rate")
-                   or k.startswith("units_") and v}
-    best_epochs = int(float(best.get("tuner/epochs") or FLAGS.epochs))
-    best_acc = test_accuracies(best_values, train, test, batch_size=int(best["batch_size"]),
-                               epochs=best_epochs, policy=policy)
-    default_acc = test_accuracies({}, train, test, batch_size=hypermodel.DEFAULT_BATCH_SIZE,
-                                  epochs=FLAGS.epochs, policy=policy)
-    print(f"Best trial {best['trial_id']} (head {best['head_units']}, dropout {best['dropout']}, "
-          f"lr {float(best['learning_rate']):.3g}, batch {best['batch_size']}, val_accuracy "
-          f"{float(best['val_accuracy']):.4f}): test accuracy {np.mean(best_acc):.4f} "
-          f"(seeds {', '.join(f'{a:.4f}' for a in best_acc)})")
-    print(f"Default head (512,128, dropout 0, lr 1e-3, batch 32): test accuracy "
-          f"{np.mean(default_acc):.4f} (seeds {', '.join(f'{a:.4f}' for a in default_acc)})")
+    with open(project / selection.SELECTION_CSV, newline="") as f:
+        finalists = list(csv.DictReader(f))
+    chosen = next(r for r in finalists if r["chosen"] == "True")
+    top_trial = max((r for r in rows if r["status"] == "COMPLETED"),
+                    key=lambda r: float(r["val_accuracy"]))
+    heads = {"chosen": _head(chosen), "default": _head(finalists[0])}
+    if selection.trial_candidate(top_trial, epochs=FLAGS.epochs).key != _candidate(
+            heads["chosen"]).key:
+        heads["top_val_trial"] = _head(top_trial)
+    accuracy = {}
+    for name, head in heads.items():
+        # Identical heads train identically (same seeds): the default is not trained twice.
+        same = next((other for other in accuracy
+                     if _candidate(heads[other]).key == _candidate(head).key), None)
+        accuracy[name] = accuracy[same] if same else test_accuracies(
+            head["values"], train, test, batch_size=head["batch_size"], epochs=head["epochs"],
+            policy=policy)
+    labels = {"chosen": f"Chosen head ({chosen['candidate']})", "default": "Default head",
+              "top_val_trial": f"Best-val_accuracy trial {top_trial['trial_id']}"}
+    for name, head in heads.items():
+        print(f"{labels[name]} {head['description']}: test accuracy {np.mean(accuracy[name]):.4f} "
+              f"(seeds {', '.join(f'{a:.4f}' for a in accuracy[name])})")
     print(json.dumps({
         "trials": len(rows), "search_s": round(search_s, 1), "extraction_s": round(extraction_s, 1),
+        "selection_s": round(selection_s, 1),
         "reference_rate_img_s": round(rate, 2), "reference_2_epochs_s": round(reference_s, 1),
         "search_vs_reference": round(search_s / reference_s, 3),
-        "best_test_acc": round(float(np.mean(best_acc)), 4),
-        "default_test_acc": round(float(np.mean(default_acc)), 4),
-        "best_val_acc": round(float(best["val_accuracy"]), 4), "search_dir": str(project)}))
+        "chosen": chosen["candidate"],
+        "chosen_cv_acc": round(float(chosen["mean_accuracy"]), 4),
+        "default_cv_acc": round(float(finalists[0]["mean_accuracy"]), 4),
+        **{f"{name}_test_acc": round(float(np.mean(acc)), 4) for name, acc in accuracy.items()},
+        "search_dir": str(project)}))
 
 
 if __name__ == "__main__":

@@ -215,10 +215,12 @@ def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, st
                                  examples=len(pooled.labels), folds=folds, seed=FLAGS.seed)
     logging.info("Final selection: %d candidates x %d folds on %d examples.", len(candidates),
                  folds, len(pooled.labels))
+    start = time.perf_counter()
     winner, scores = selection.select(
         candidates, pooled, folds=folds, seed=FLAGS.seed, store=store, strategy=strategy,
         precision_policy=policy, num_classes=len(kaggle_layout.CLASS_NAMES),
         activation=model_spec.head_activation, standardize=model_spec.standardize_features)
+    logging.info("Final selection took %.1f s.", time.perf_counter() - start)
     table = selection.table_rows(candidates, scores, winner)
     results.write_csv(table, project_dir / selection.SELECTION_CSV)
     print(selection.summary(table, folds=folds, examples=len(pooled.labels)), flush=True)
