@@ -10,7 +10,8 @@
    empty feature cache, so the time includes start-up and extracting the features of
    train[:85%] and train[85%:] at --image_size.
    The search ends with its final selection (tuning.selection: the best trials and the default
-   head re-scored by 5-fold cross-validation on train), which decides best.flags.
+   head re-scored by held-out loss in 3-fold cross-validation on train), which decides
+   best.flags.
 3. Test accuracy: the search's chosen head (best.flags) and the default head (train.py's:
    512-128, dropout 0, Adam 1e-3, batch 32), each trained --seeds times on the cached training
    features for the search's epochs and evaluated on the test split's features (extracted here,
@@ -184,8 +185,9 @@ def main(argv):
         "reference_rate_img_s": round(rate, 2), "reference_2_epochs_s": round(reference_s, 1),
         "search_vs_reference": round(search_s / reference_s, 3),
         "chosen": chosen["candidate"],
-        "chosen_cv_acc": round(float(chosen["mean_accuracy"]), 4),
-        "default_cv_acc": round(float(finalists[0]["mean_accuracy"]), 4),
+        **{f"{name}_cv_{metric}": round(float(row[f"mean_{metric}"]), 4)
+           for name, row in (("chosen", chosen), ("default", finalists[0]))
+           for metric in ("loss", "accuracy")},
         **{f"{name}_test_acc": round(float(np.mean(acc)), 4) for name, acc in accuracy.items()},
         "search_dir": str(project)}))
 

@@ -202,17 +202,18 @@ def test_search_writes_results_plot_and_best_flags(resumed_search):
     assert "2 trial(s), 2 completed" in out and "python -m mri_tfdata.train --flagfile=" in out
 
     # The final selection re-scored the default head and both trials (3 folds each); the chosen
-    # one has the highest mean fold accuracy, which is the mean of its folds.
+    # one has the lowest mean held-out loss, and every mean is that of its folds.
     with open(project_dir / selection.SELECTION_CSV, newline="") as f:
         finalists = list(csv.DictReader(f))
     assert finalists[0]["candidate"] == "default" and finalists[0]["head_units"] == "512,128"
     assert {r["candidate"] for r in finalists[1:]} <= {"trial 0", "trial 1"}
     for r in finalists:
-        folds = [float(r[f"fold_{i}"]) for i in range(3)]
-        assert float(r["mean_accuracy"]) == pytest.approx(np.mean(folds))
-    assert float(_chosen(project_dir)["mean_accuracy"]) == max(
-        float(r["mean_accuracy"]) for r in finalists)
-    assert "Final selection by 3-fold cross-validation on 40 training examples" in out
+        for metric in ("loss", "accuracy"):
+            folds = [float(r[f"{metric}_fold_{i}"]) for i in range(3)]
+            assert float(r[f"mean_{metric}"]) == pytest.approx(np.mean(folds))
+    assert float(_chosen(project_dir)["mean_loss"]) == min(
+        float(r["mean_loss"]) for r in finalists)
+    assert "Final selection by held-out loss, 3-fold cross-validation on 40 training" in out
     best = _chosen(project_dir)
     text = (project_dir / results.BEST_FLAGS).read_text()
     lines = set(text.splitlines())
@@ -350,24 +351,31 @@ def test_selection_picks_the_head_that_learns_and_reuses_stored_scores(tmp_path,
     fit_args = dict(strategy=tf.distribute.get_strategy(), precision_policy="float32",
                     num_classes=4, activation="relu", standardize=True)
     store = selection.ScoreStore(tmp_path / "scores.json", examples=40, folds=3, seed=0)
-    winner, scores = selection.select([untrained, learner], data, folds=3, seed=0, store=store,
-                                      **fit_args)
+    winner, scores = selection.select([untrained, learner], data, folds=3, seed=0,
+                                      metric="loss", store=store, **fit_args)
     assert winner is learner, scores
-    assert np.mean(scores[learner.key]) >= 0.5 > np.mean(scores[untrained.key]) + 0.1
+    learned, guessed = scores[learner.key], scores[untrained.key]
+    assert np.mean(learned["accuracy"]) >= 0.5 > np.mean(guessed["accuracy"]) + 0.1
+    assert np.mean(learned["loss"]) < np.mean(guessed["loss"])
+    assert selection.choose([untrained, learner], scores, metric="accuracy") is learner
     # A second selection with the same stored scores fits nothing and picks the same head ...
     monkeypatch.setattr(selection, "cross_validate", lambda *a, **k: pytest.fail("refitted"))
     again = selection.ScoreStore(tmp_path / "scores.json", examples=40, folds=3, seed=0)
-    assert selection.select([untrained, learner], data, folds=3, seed=0, store=again,
-                            **fit_args) == (learner, scores)
+    assert selection.select([untrained, learner], data, folds=3, seed=0, metric="loss",
+                            store=again, **fit_args) == (learner, scores)
     # ... but scores made with other folds are not reused.
     assert selection.ScoreStore(tmp_path / "scores.json", examples=40, folds=4, seed=0).scores == {}
 
 
-def test_a_tie_keeps_the_default_head():
+def test_the_best_mean_wins_and_a_tie_keeps_the_default_head():
     default = selection.default_candidate(units=(512, 128), dropout=0.0, learning_rate=1e-3,
                                           batch_size=32, epochs=10)
     trial = selection.trial_candidate(_trial_row(7, 0.9), epochs=10)
-    scores = {default.key: [0.9, 0.8], trial.key: [0.8, 0.9]}
-    assert selection.choose([default, trial], scores) is default
-    scores[trial.key] = [0.8, 0.91]
-    assert selection.choose([default, trial], scores) is trial
+    scores = {default.key: {"loss": [0.3, 0.5], "accuracy": [0.9, 0.8]},
+              trial.key: {"loss": [0.5, 0.3], "accuracy": [0.8, 0.9]}}
+    for metric in ("loss", "accuracy"):
+        assert selection.choose([default, trial], scores, metric=metric) is default
+    scores[trial.key] = {"loss": [0.5, 0.29], "accuracy": [0.8, 0.89]}
+    # Lower loss wins under "loss", higher accuracy under "accuracy".
+    assert selection.choose([default, trial], scores, metric="loss") is trial
+    assert selection.choose([default, trial], scores, metric="accuracy") is default

@@ -91,17 +91,25 @@ def _subset(feature_set: features.FeatureSet, index: np.ndarray) -> features.Fea
                                path=None, from_cache=False)
 
 
+# What a fold reports, from the held-out examples: Keras's metric name for each.
+FOLD_METRICS = {"loss": "val_loss", "accuracy": "val_accuracy"}
+# The ranking rule of each metric: lower cross-entropy is better, higher accuracy is.
+LOWER_IS_BETTER = {"loss": True, "accuracy": False}
+FoldScores = dict[str, list[float]]  # metric -> one value per fold
+
+
 def cross_validate(candidate: Candidate, data: features.FeatureSet, *, folds: int, seed: int,
                    strategy, precision_policy: str, num_classes: int, activation: str,
-                   standardize: bool) -> list[float]:
-    """Trains the candidate's head once per fold, as a trial trains; returns held-out accuracies.
+                   standardize: bool) -> FoldScores:
+    """Trains the candidate's head once per fold, as a trial trains; returns its held-out
+    cross-entropy ("loss") and accuracy per fold.
 
     Every candidate sees the same folds and, per fold, the same seed, so candidates differ only in
     their hyperparameters and their scores can be compared fold by fold.
     """
     hp = keras_tuner.HyperParameters()
     hp.values.update(candidate.values, batch_size=candidate.batch_size)
-    scores = []
+    scores = {metric: [] for metric in FOLD_METRICS}
     for fold, (train_index, held_out_index) in enumerate(
             fold_indices(data.labels, folds=folds, seed=seed)):
         keras.backend.clear_session()
@@ -114,13 +122,18 @@ def cross_validate(candidate: Candidate, data: features.FeatureSet, *, folds: in
         with strategy.scope():
             head = fold_model.build(hp)
         metrics = fold_model.fit(hp, head, epochs=candidate.epochs)
-        scores.append(float(metrics["val_accuracy"]))
+        for metric, name in FOLD_METRICS.items():
+            scores[metric].append(float(metrics[name]))
     return scores
 
 
-def choose(candidates: list[Candidate], scores: dict[str, list[float]]) -> Candidate:
-    """The candidate with the highest mean fold accuracy; on a tie the earlier (the default)."""
-    return max(candidates, key=lambda c: (np.mean(scores[c.key]), -candidates.index(c)))
+def choose(candidates: list[Candidate], scores: dict[str, FoldScores], *,
+           metric: str) -> Candidate:
+    """The candidate with the best mean `metric` over the folds; on a tie the earlier (the
+    default)."""
+    sign = -1 if LOWER_IS_BETTER[metric] else 1
+    return max(candidates,
+               key=lambda c: (sign * np.mean(scores[c.key][metric]), -candidates.index(c)))
 
 
 class ScoreStore:
@@ -128,8 +141,9 @@ class ScoreStore:
 
     def __init__(self, path: Path, *, examples: int, folds: int, seed: int):
         self._path = path
-        self._setting = {"examples": examples, "folds": folds, "seed": seed}
-        self.scores: dict[str, list[float]] = {}
+        self._setting = {"examples": examples, "folds": folds, "seed": seed,
+                         "metrics": sorted(FOLD_METRICS)}
+        self.scores: dict[str, FoldScores] = {}
         try:
             stored = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -137,7 +151,7 @@ class ScoreStore:
         if stored.get("setting") == self._setting:
             self.scores = stored.get("scores", {})
 
-    def add(self, key: str, fold_scores: list[float]) -> None:
+    def add(self, key: str, fold_scores: FoldScores) -> None:
         self.scores[key] = fold_scores
         text = json.dumps({"setting": self._setting, "scores": self.scores}, indent=2)
         tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
@@ -146,8 +160,9 @@ class ScoreStore:
 
 
 def select(candidates: list[Candidate], data: features.FeatureSet, *, folds: int, seed: int,
-           store: ScoreStore, **fit_args) -> tuple[Candidate, dict[str, list[float]]]:
-    """Cross-validates every candidate not yet in `store`; returns the winner and all scores.
+           metric: str, store: ScoreStore, **fit_args) -> tuple[Candidate, dict[str, FoldScores]]:
+    """Cross-validates every candidate not yet in `store`; returns the winner by `metric` and
+    all scores.
 
     `fit_args` are cross_validate's strategy, precision_policy, num_classes, activation and
     standardize.
@@ -158,38 +173,44 @@ def select(candidates: list[Candidate], data: features.FeatureSet, *, folds: int
                          SCORES_JSON)
             continue
         fold_scores = cross_validate(candidate, data, folds=folds, seed=seed, **fit_args)
-        logging.info("Selection: %s, mean accuracy %.4f over %d folds.", candidate.label,
-                     np.mean(fold_scores), folds)
+        logging.info("Selection: %s, mean held-out loss %.4f and accuracy %.4f over %d folds.",
+                     candidate.label, np.mean(fold_scores["loss"]),
+                     np.mean(fold_scores["accuracy"]), folds)
         store.add(candidate.key, fold_scores)
     scores = {c.key: store.scores[c.key] for c in candidates}
-    return choose(candidates, scores), scores
+    return choose(candidates, scores, metric=metric), scores
 
 
-def table_rows(candidates: list[Candidate], scores: dict[str, list[float]],
+def table_rows(candidates: list[Candidate], scores: dict[str, FoldScores],
                winner: Candidate) -> list[dict]:
-    """The selection table: one row per candidate, its fold accuracies, mean and spread."""
+    """The selection table: one row per candidate, its mean, spread and fold scores."""
     table = []
     for c in candidates:
-        fold_scores = scores[c.key]
-        table.append({
-            "candidate": c.label, "chosen": c is winner,
-            "head_units": ",".join(map(str, c.head_units)),
-            "dropout": round(float(c.values["dropout"]), 6),
-            "learning_rate": float(c.values["learning_rate"]), "batch_size": c.batch_size,
-            "epochs": c.epochs, "mean_accuracy": float(np.mean(fold_scores)),
-            "std_accuracy": float(np.std(fold_scores)),
-            **{f"fold_{i}": s for i, s in enumerate(fold_scores)}})
+        row = {"candidate": c.label, "chosen": c is winner,
+               "head_units": ",".join(map(str, c.head_units)),
+               "dropout": round(float(c.values["dropout"]), 6),
+               "learning_rate": float(c.values["learning_rate"]), "batch_size": c.batch_size,
+               "epochs": c.epochs}
+        for metric in FOLD_METRICS:
+            fold_scores = scores[c.key][metric]
+            row[f"mean_{metric}"] = float(np.mean(fold_scores))
+            row[f"std_{metric}"] = float(np.std(fold_scores))
+        for metric in FOLD_METRICS:
+            row.update({f"{metric}_fold_{i}": s for i, s in enumerate(scores[c.key][metric])})
+        table.append(row)
     return table
 
 
-def summary(table: list[dict], *, folds: int, examples: int) -> str:
-    """A plain-text table of the candidates, best mean first, the chosen one marked."""
-    lines = [f"Final selection by {folds}-fold cross-validation on {examples} training examples:",
-             f"  {'candidate':>10} {'mean_acc':>9} {'std':>7} {'head_units':>15} {'dropout':>8} "
-             f"{'learning_rate':>14} {'batch':>6}"]
-    for r in sorted(table, key=lambda r: -r["mean_accuracy"]):
+def summary(table: list[dict], *, folds: int, examples: int, metric: str) -> str:
+    """A plain-text table of the candidates, best first by `metric`, the chosen one marked."""
+    sign = 1 if LOWER_IS_BETTER[metric] else -1
+    lines = [f"Final selection by held-out {metric}, {folds}-fold cross-validation on {examples} "
+             "training examples:",
+             f"  {'candidate':>10} {'mean_loss':>9} {'mean_acc':>9} {'head_units':>15} "
+             f"{'dropout':>8} {'learning_rate':>14} {'batch':>6}"]
+    for r in sorted(table, key=lambda r: sign * r[f"mean_{metric}"]):
         mark = "*" if r["chosen"] else " "
-        lines.append(f"{mark} {r['candidate']:>10} {r['mean_accuracy']:>9.4f} "
-                     f"{r['std_accuracy']:>7.4f} {r['head_units']:>15} {r['dropout']:>8.2f} "
+        lines.append(f"{mark} {r['candidate']:>10} {r['mean_loss']:>9.4f} "
+                     f"{r['mean_accuracy']:>9.4f} {r['head_units']:>15} {r['dropout']:>8.2f} "
                      f"{r['learning_rate']:>14.3g} {r['batch_size']:>6}")
     return "\n".join(lines)
