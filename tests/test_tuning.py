@@ -379,3 +379,15 @@ def test_the_best_mean_wins_and_a_tie_keeps_the_default_head():
     # Lower loss wins under "loss", higher accuracy under "accuracy".
     assert selection.choose([default, trial], scores, metric="loss") is trial
     assert selection.choose([default, trial], scores, metric="accuracy") is default
+
+
+def test_configs_tune_flags_parse_as_search_flags():
+    # absl refuses unknown flags and bad values: a renamed flag breaks the shipped flagfile here.
+    root = Path(__file__).parent.parent
+    code = ("from absl import flags; import tuning.search; "
+            "flags.FLAGS(['search', '--flagfile=configs/tune.flags']); F = flags.FLAGS; "
+            "print(F.tuner, F.max_trials, F.finalists, F.selection_folds, F.selection_metric)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, text=True, capture_output=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["bayesian", "20", "3", "3", "loss"]
