@@ -7,13 +7,14 @@ objective.png, selection.csv, best.flags (`python -m mri_tfdata.train --flagfile
 trains the chosen head), and KerasTuner's own trial files. The chosen head is not simply the trial
 with the best val_accuracy, which on a few hundred validation images is mostly noise: the best
 --finalists trials and the default head are re-scored by k-fold cross-validation on the training
-and validation splits together (tuning.selection), and the best mean held-out loss wins. Rerunning the same
-command resumes the search: finished trials are kept, an interrupted one starts again, and fold
-scores already computed are reused. For distributed tuning (KERASTUNER_TUNER_ID,
+and validation splits together (tuning.selection), and the best mean held-out loss wins.
+Rerunning the same command resumes the search: finished trials are kept, an interrupted one starts
+again, and fold scores already computed are reused. For distributed tuning (KERASTUNER_TUNER_ID,
 KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see the README.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -224,8 +225,7 @@ def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, st
     metric = FLAGS.selection_metric
     winner, scores = selection.select(
         candidates, pooled, folds=folds, seed=FLAGS.seed, metric=metric, store=store,
-        strategy=strategy,
-        precision_policy=policy, num_classes=len(kaggle_layout.CLASS_NAMES),
+        strategy=strategy, precision_policy=policy, num_classes=len(kaggle_layout.CLASS_NAMES),
         activation=model_spec.head_activation, standardize=model_spec.standardize_features)
     logging.info("Final selection took %.1f s.", time.perf_counter() - start)
     table = selection.table_rows(candidates, scores, winner)
@@ -239,8 +239,10 @@ def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, st
                     f"{winner.label}, mean {metric} {mean:.4f} ({selection.SELECTION_CSV}).")
 
 
-def _write_outputs(tuner, project_dir: Path, *, load_search_data, model_spec, policy: str,
+def _write_outputs(tuner, project_dir: Path, *, search_data, model_spec, policy: str,
                    strategy) -> None:
+    """Writes results.csv, objective.png and best.flags (after the final selection, which calls
+    `search_data()` for the (train, validation) features)."""
     rows = results.trial_rows(tuner.oracle, OBJECTIVE)
     results.write_csv(rows, project_dir / results.RESULTS_CSV)
     results.plot(rows, OBJECTIVE, project_dir / results.PLOT_PNG)
@@ -250,7 +252,7 @@ def _write_outputs(tuner, project_dir: Path, *, load_search_data, model_spec, po
         raise UserError(f"No trial of {project_dir} completed, so there is no best model; see the "
                         "trial messages in its trial_*/trial.json files.")
     if FLAGS.finalists:
-        chosen, reason = _select(rows, load_search_data(), model_spec=model_spec, policy=policy,
+        chosen, reason = _select(rows, search_data(), model_spec=model_spec, policy=policy,
                                  strategy=strategy, project_dir=project_dir)
     else:
         chosen = selection.trial_candidate(best, epochs=FLAGS.epochs)
@@ -296,12 +298,13 @@ def main(argv):
     if not overwrite:
         _check_settings(project_dir, settings)
 
-    def load_search_data():
+    @functools.cache  # Loaded once, whether for the trials, the final selection or both.
+    def search_data():
         return _load_features(data, model_spec, strategy=strategy, batch_sizes=batch_sizes)
 
     # The chief only runs the oracle: it fits no trial, so it needs features only for the final
     # selection, after the search (from the cache the workers wrote, if they share it).
-    train, validation = (None, None) if role == "chief" else load_search_data()
+    train, validation = (None, None) if role == "chief" else search_data()
     hypermodel = HeadHyperModel(
         train=train, validation=validation, num_classes=len(kaggle_layout.CLASS_NAMES),
         activation=model_spec.head_activation, standardize=model_spec.standardize_features,
@@ -324,9 +327,8 @@ def main(argv):
         logging.info("Worker %s: no trials left; the chief writes the results.",
                      os.environ["KERASTUNER_TUNER_ID"])
         return
-    _write_outputs(tuner, project_dir, policy=policy, strategy=strategy, model_spec=model_spec,
-                   load_search_data=lambda: (train, validation) if train is not None
-                   else load_search_data())
+    _write_outputs(tuner, project_dir, search_data=search_data, model_spec=model_spec,
+                   policy=policy, strategy=strategy)
     logging.info("Search finished in %.0f s.", time.perf_counter() - start)
 
 
