@@ -38,18 +38,21 @@ def trial_rows(oracle, objective: str) -> list[dict]:
     return rows
 
 
+def completed_rows(rows: list[dict], objective: str) -> list[dict]:
+    """The rows of completed trials with a finite objective, in their order in `rows`."""
+    return [r for r in rows if r["status"] == "COMPLETED" and r[objective] is not None
+            and math.isfinite(r[objective])]
+
+
 def best_row(rows: list[dict], objective: str) -> dict | None:
     """The completed trial with the highest objective (the first one on ties), or None."""
-    scored = [r for r in rows if r["status"] == "COMPLETED" and _finite(r[objective])]
+    scored = completed_rows(rows, objective)
     return max(scored, key=lambda r: r[objective]) if scored else None
 
 
-def _finite(value) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # A reader (or a killed writer) never sees a half-written file.
+def atomic_write(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temp file and a rename: a reader (or a killed writer)
+    never sees a half-written file, and concurrent writers of the same content are harmless."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -62,14 +65,13 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return path
 
 
 def summary(rows: list[dict], objective: str, *, top: int = 5) -> str:
     """A plain-text table of the `top` best completed trials, best first."""
-    done = sorted((r for r in rows if r["status"] == "COMPLETED" and _finite(r[objective])),
-                  key=lambda r: -r[objective])
+    done = sorted(completed_rows(rows, objective), key=lambda r: -r[objective])
     lines = [f"{len(rows)} trial(s), {len(done)} completed. "
              f"Best {min(top, len(done))} by {objective}:",
              f"{'trial':>6} {objective:>13} {'head_units':>15} {'dropout':>8} "
@@ -83,7 +85,7 @@ def summary(rows: list[dict], objective: str, *, top: int = 5) -> str:
 
 def plot(rows: list[dict], objective: str, path: Path) -> Path:
     """Plots the objective against trial number (with the best so far) and learning rate."""
-    done = [r for r in rows if r["status"] == "COMPLETED" and _finite(r[objective])]
+    done = completed_rows(rows, objective)
     ids = [int(r["trial_id"]) for r in done]
     scores = [r[objective] for r in done]
     fig, (by_trial, by_lr) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -119,5 +121,5 @@ def write_best_flags(flag_lines: dict[str, str], path: Path, *, header: str) -> 
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     # Unset flags (e.g. --tpu) serialise to "", which absl would not read back.
     body = "".join(f"{flag_lines[n]}\n" for n in sorted(flag_lines) if flag_lines[n])
-    _atomic_write(path, comment + body)
+    atomic_write(path, comment + body)
     return path

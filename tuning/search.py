@@ -140,9 +140,9 @@ def _check_settings(project_dir: Path, settings: dict) -> None:
 
 def _record_settings(project_dir: Path, settings: dict) -> None:
     project_dir.mkdir(parents=True, exist_ok=True)
-    tmp = project_dir / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, project_dir / SETTINGS_FILE)  # Atomic: workers may write the same at once.
+    # Atomic: workers may write the same at once.
+    results.atomic_write(project_dir / SETTINGS_FILE,
+                         json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:

@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import math
-import os
 from pathlib import Path
 
 import keras
@@ -13,6 +11,7 @@ from absl import logging
 from sklearn.model_selection import StratifiedKFold
 
 from mri_tfdata import features
+from tuning import results
 from tuning.hypermodel import HeadHyperModel, head_units
 
 SELECTION_CSV = "selection.csv"
@@ -67,8 +66,7 @@ def finalists(rows: list[dict], objective: str, *, top: int, default: Candidate,
     A trial with the default's head, batch size and epochs is the default itself, not a second
     candidate.
     """
-    done = sorted((r for r in rows if r["status"] == "COMPLETED" and r[objective] is not None
-                   and math.isfinite(r[objective])), key=lambda r: -r[objective])
+    done = sorted(results.completed_rows(rows, objective), key=lambda r: -r[objective])
     chosen, keys = [default], {default.key}
     for row in done:
         if len(chosen) > top:
@@ -153,10 +151,9 @@ class ScoreStore:
 
     def add(self, key: str, fold_scores: FoldScores) -> None:
         self.scores[key] = fold_scores
-        text = json.dumps({"setting": self._setting, "scores": self.scores}, indent=2)
-        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, self._path)  # A killed run leaves the last complete file.
+        # Atomic: a killed run leaves the last complete file.
+        results.atomic_write(self._path, json.dumps(
+            {"setting": self._setting, "scores": self.scores}, indent=2) + "\n")
 
 
 def select(candidates: list[Candidate], data: features.FeatureSet, *, folds: int, seed: int,
