@@ -31,7 +31,7 @@ import time
 
 from absl import flags, logging
 
-from mri_tfdata import cli, features, kaggle_layout, model, precision, sources
+from mri_tfdata import cli, features, head_fit, kaggle_layout, model, precision, sources
 from mri_tfdata.cli import require
 
 flags.DEFINE_string("data_dir", None, "Kaggle-layout root holding Training/ and Testing/.")
@@ -146,7 +146,10 @@ def train_on_features(feature_sets: dict, backbone, head_weights, *, batch_size:
       The validation (= test split) accuracy of every epoch.
     """
     head = build_head(head_weights, standardize=standardize)
-    history = features.fit_head(head, train=feature_sets["train"], validation=feature_sets["test"],
+    train, test = feature_sets["train"], feature_sets["test"]
+    # The function training's fast path and every tuning trial fit their heads with.
+    history = head_fit.fit_head(head, train.features, train.labels,
+                                validation=(test.features, test.labels),
                                 learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
                                 seed=seed, verbose=2)
     model.build_classifier(backbone, head)  # what train.py saves, evaluates and exports

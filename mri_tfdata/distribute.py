@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import tensorflow as tf
 
@@ -111,6 +112,28 @@ def create_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strat
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     devices = gpus or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def output_dir(workdir, strategy: tf.distribute.Strategy) -> pathlib.Path:
+    """Where this process writes: the workdir for the chief, WORKDIR/worker-N for the others.
+
+    Only the chief writes the outputs; the other workers keep their (identical) state in a
+    scratch folder inside the workdir, as Keras recommends for multi-worker saving.
+    """
+    if is_chief(strategy):
+        return pathlib.Path(workdir)
+    return pathlib.Path(workdir) / f"worker-{strategy.cluster_resolver.task_id}"
 
 
 def describe_strategy(strategy: tf.distribute.Strategy) -> str:

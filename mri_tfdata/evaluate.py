@@ -1,15 +1,16 @@
 """Evaluates a saved model: `python -m mri_tfdata.evaluate --model=PATH --split=test --out=DIR`.
 
 Writes metrics.json (accuracy, loss, per-class precision/recall/F1, confusion matrix) and
-confusion_matrix.png into --out, as training does for its test split. The data flags are the
-training ones; the image size is the model's own.
+confusion_matrix.png into --out, by the code that ends a training run. The data flags are the
+training ones; the image size is the model's own. The split's backbone features go through the
+feature cache (--feature_cache), so evaluating the same model again decodes no image.
 """
 
 import pathlib
 
 from absl import flags, logging
 
-from mri_tfdata import cli, flags_common, inference, input_pipeline, reports
+from mri_tfdata import cli, evaluation, features, flags_common, inference
 from mri_tfdata.cli import require
 from mri_tfdata.errors import UserError
 
@@ -50,13 +51,10 @@ def main(argv):
                         f"{len(source.class_names)}; evaluate it on the data it was trained for.")
     logging.info("Evaluating %s on %s split %r (%d images at %d px).", FLAGS.model,
                  data.describe(), FLAGS.split, source.num_examples, image_size)
-    dataset = input_pipeline.make_dataset(source, image_size=image_size,
-                                          batch_size=FLAGS.batch_size, training=False,
-                                          cache="none")
-    labels, probabilities = reports.collect_predictions(classifier, dataset)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = reports.write_evaluation(
-        out, labels=labels, probabilities=probabilities, class_names=source.class_names,
+    metrics = evaluation.evaluate_split(
+        classifier, source, out_dir=out, batch_size=FLAGS.batch_size,
+        cache_dir=features.resolve_cache_dir(FLAGS.feature_cache),
         extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()})
     logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],
                  metrics["loss"], metrics["num_examples"], out / "metrics.json")

@@ -1,11 +1,10 @@
-"""Frozen-backbone fast path: ResNet50 features computed once, cached, the head trained on them."""
+"""A split's frozen-backbone features: extracted once, cached on disk, keyed by their inputs."""
 
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import weakref
 import zipfile
@@ -16,8 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import input_pipeline, model
-from mri_tfdata.errors import UserError
+from mri_tfdata import atomic, input_pipeline, model
 
 # Part of every cache key: bump it when the extraction itself changes (resizing, preprocessing,
 # file layout), so that features computed by older code are never served.
@@ -208,26 +206,15 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strateg
     return features, labels
 
 
-def _write_atomically(path: Path, features: np.ndarray, labels: np.ndarray, key: CacheKey) -> None:
-    """Writes a temp file beside `path`, then renames it: a kill leaves no partial cache file."""
+def _write_cache_file(path: Path, features: np.ndarray, labels: np.ndarray, key: CacheKey) -> None:
     meta = json.dumps({"digest": key.digest, "name": key.name, "count": int(len(labels)),
                        "feature_dim": int(features.shape[1])})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise UserError(
-            f"Cannot write the feature cache in {path.parent} ({e.strerror or e}). Pass "
-            "--feature_cache=DIR with a writable folder, or --feature_cache=off.") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, features=features, labels=labels, meta=np.array(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise atomic.disk_error(path.parent, e, what="create the feature cache folder") from None
+    atomic.write_atomic(path, lambda f: np.savez(f, features=features, labels=labels,
+                                                 meta=np.array(meta)))
 
 
 def _read_valid(path: Path, key: CacheKey,
@@ -293,79 +280,6 @@ def load_or_extract(source, *, backbone: keras.Model, image_size: int, batch_siz
         raise RuntimeError(f"extracted {len(labels)} feature vectors from {source.description}, "
                            f"which declares {source.num_examples} examples")
     if path is not None:
-        _write_atomically(path, features, labels, key)
+        _write_cache_file(path, features, labels, key)
         logging.info("Wrote feature cache %s (%.1f MB).", path, path.stat().st_size / 1e6)
     return FeatureSet(features, labels, key=key, path=path, from_cache=False)
-
-
-def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size: int,
-                         training: bool, seed: int | None = None) -> tf.data.Dataset:
-    """Batches cached features like `input_pipeline` batches images.
-
-    Args:
-      features: float32 [N, FEATURE_DIM].
-      labels: int [N].
-      batch_size: the global batch (Keras splits it across the strategy's replicas).
-      training: shuffle all examples anew each epoch and drop the last partial batch, as the image
-        pipeline does; otherwise keep the fixed order and every example.
-      seed: the shuffle seed.
-
-    Returns:
-      A tf.data.Dataset of (float32 [B, FEATURE_DIM], int32 [B]).
-    """
-    ds = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), labels.astype(np.int32)))
-    if training:
-        # The whole split fits in memory (47 MB for 5,712 images), so the shuffle is a full one.
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
-    options = tf.data.Options()
-    # In-memory data has no files to shard by; say so instead of letting AUTO warn and fall back.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-
-def fit_head(head: keras.Model, *, train: FeatureSet, validation: FeatureSet | None,
-             learning_rate: float, epochs: int, batch_size: int, callbacks=(),
-             seed: int | None = None, strategy=None, verbose="auto") -> keras.callbacks.History:
-    """Compiles the head as the end-to-end path compiles the classifier, and fits it on features.
-
-    The classifier `model.build_classifier(backbone, head)` shares the head's layers, so after
-    this fit it is the trained full model (raw uint8 images in), ready to save, evaluate and export.
-    Callbacks see the head, not the classifier.
-
-    Args:
-      head: `model.build_head(...)`, built in `strategy`'s scope (standardisation already adapted).
-      train: training-split features.
-      validation: validation features, or None.
-      learning_rate: Adam's learning rate (`model.compile_model`).
-      epochs: epochs of head training.
-      batch_size: the global batch.
-      callbacks: Keras callbacks for `fit`.
-      seed: the shuffle seed.
-      strategy: the tf.distribute strategy (default: the current one).
-      verbose: passed to `fit`.
-
-    Returns:
-      The fit's History.
-
-    Raises:
-      UserError: when the training split is smaller than one batch (the last partial batch of
-        every epoch is dropped, as in the image pipeline).
-    """
-    if len(train.labels) < batch_size:
-        raise UserError(
-            f"The training split has {len(train.labels)} examples, fewer than one batch of "
-            f"{batch_size}, so the head would never be trained; lower --batch_size.")
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        model.compile_model(head, learning_rate=learning_rate)
-    train_ds = make_feature_dataset(train.features, train.labels, batch_size=batch_size,
-                                    training=True, seed=seed)
-    val_ds = None
-    if validation is not None:
-        val_ds = make_feature_dataset(validation.features, validation.labels,
-                                      batch_size=batch_size, training=False)
-    # shuffle=False: the dataset reshuffles itself every epoch; Keras's flag is for arrays.
-    return head.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks),
-                    shuffle=False, verbose=verbose)

@@ -5,7 +5,7 @@ from absl import flags
 from mri_tfdata import distribute, precision
 from mri_tfdata.cli import require
 from mri_tfdata.dataspec import SOURCES, DataSpec
-from mri_tfdata.training import ModelSpec
+from mri_tfdata.model import ModelSpec
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +39,12 @@ def define_data_flags() -> None:
     flags.DEFINE_string(
         "cache", "memory",
         "Cache of decoded, resized uint8 images: none, memory, or a directory for a file cache.")
+    flags.DEFINE_string("feature_cache", "auto",
+                        "Frozen-backbone fast path: auto computes each split's ResNet50 features "
+                        "once, caches them in $XDG_CACHE_HOME/mri_tfdata/features (default "
+                        "~/.cache/mri_tfdata/features) and trains the head on them when the "
+                        "backbone stays frozen and --augment is off; a folder does the same with "
+                        "the cache there; off always trains end to end.")
     flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (training split).")
     flags.DEFINE_integer("seed", 0, "Seed for shuffling, weight initialisation and dropout.")
 
@@ -59,12 +65,6 @@ def define_model_flags() -> None:
         "Standardise the 2,048 pooled features (fitted on training images) before the head; "
         "needed for usable accuracy with --weights=none.")
     flags.DEFINE_bool("augment", False, "Random flip/rotation/zoom/contrast during training.")
-    flags.DEFINE_string("feature_cache", "auto",
-                        "Frozen-backbone fast path: auto computes each split's ResNet50 features "
-                        "once, caches them in $XDG_CACHE_HOME/mri_tfdata/features (default "
-                        "~/.cache/mri_tfdata/features) and trains the head on them when the "
-                        "backbone stays frozen and --augment is off; a folder does the same with "
-                        "the cache there; off always trains end to end.")
     flags.DEFINE_enum(
         "strategy", "auto", distribute.STRATEGIES,
         "tf.distribute strategy; auto: mirrored on >1 GPU, one GPU, else the default.")

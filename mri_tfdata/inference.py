@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 # Registers the model's custom layers (ResNetPreprocess), which safe-mode loading resolves by name.
-from mri_tfdata import input_pipeline, kaggle_layout, model  # noqa: F401
+from mri_tfdata import images, model  # noqa: F401
 from mri_tfdata.errors import UserError
 
 
@@ -45,11 +45,12 @@ def input_size(classifier: keras.Model) -> int:
 
 
 def load_image(path, *, image_size: int) -> np.ndarray:
-    """Reads an image file like training data: RGB, resized (bilinear) to a square uint8 array.
+    """Reads an image file as training data is read: checked, RGB, resized to a uint8 square.
 
-    The header is checked before any pixel is decoded, so a decompression bomb is refused
-    cheaply; grey, palette, CMYK and 16-bit files are converted to 8-bit RGB as the dataset
-    builder does.
+    The file is checked as the dataset builder checks it (mri_tfdata.images): a regular file of
+    sane size, a header declaring sane dimensions (a decompression bomb is refused before any
+    pixel is decoded), decodable by the pipeline's own decoder; grey, palette, CMYK and 16-bit
+    files are converted to 8-bit RGB as the builder converts them.
 
     Args:
       path: the image file (JPEG or PNG).
@@ -59,9 +60,8 @@ def load_image(path, *, image_size: int) -> np.ndarray:
       uint8 [image_size, image_size, 3].
 
     Raises:
-      kaggle_layout.CorruptImageError: not a readable image, or absurd declared dimensions.
+      images.CorruptImageError: not a usable image; the message says why.
       OSError: the file cannot be read.
     """
-    stored = kaggle_layout.read_rgb_image(path)
-    image = input_pipeline.decode_and_resize(tf.constant(stored.data), image_size=image_size)
-    return image.numpy()
+    stored = images.read_image(path)
+    return images.decode_and_resize(tf.constant(stored.data), image_size=image_size).numpy()

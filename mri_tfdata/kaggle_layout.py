@@ -1,13 +1,11 @@
-"""The Kaggle Brain Tumor MRI folder tree: split and class folders, junk, reading the images."""
+"""The Kaggle Brain Tumor MRI folder tree: split folders, class folders, junk, listing the files."""
 
 import dataclasses
-import io
+import os
 import pathlib
 from typing import Union
 
-import numpy as np
 from absl import logging
-from PIL import Image
 
 from mri_tfdata.errors import UserError
 
@@ -39,16 +37,8 @@ REQUIRED_SPLITS = ("train", "test")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-# 8192 x 8192: far above any MRI slice (the Kaggle ones are mostly 512 x 512); decoding more than
-# this as uint8 RGB would take > 200 MB for a single image, the signature of a decompression bomb.
-DEFAULT_MAX_PIXELS = 8192 * 8192
-
 # Windows and macOS junk that is not hidden by a leading dot.
 _JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})
-
-
-class CorruptImageError(ValueError):
-    """A file that is not a readable image: empty, not an image, truncated, or absurdly large."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,24 +57,22 @@ class LabeledFile:
     label: int
 
 
-@dataclasses.dataclass(frozen=True)
-class StoredImage:
-    """An image ready to store: 8-bit RGB encoded bytes.
-
-    Attributes:
-      data: Encoded JPEG or PNG bytes.
-      format: "jpeg" or "png".
-      reencoded: False when `data` is the original file, True when it was converted to PNG.
-    """
-
-    data: bytes
-    format: str
-    reencoded: bool
-
-
 def is_junk(path: pathlib.Path) -> bool:
     """True for hidden files and folders (.DS_Store, .ipynb_checkpoints/), OS junk (Thumbs.db)."""
     return path.name.startswith(".") or path.name.lower() in _JUNK_NAMES
+
+
+def _first_visit(path: pathlib.Path, seen: set) -> bool:
+    """Adds the file or folder behind `path` to `seen`; False if it was there already."""
+    try:
+        info = os.stat(path)
+    except OSError:  # A dangling link: listed, so that reading it reports the problem by name.
+        return True
+    identity = (info.st_dev, info.st_ino)
+    if identity in seen:
+        return False
+    seen.add(identity)
+    return True
 
 
 def _visible_children(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -174,8 +162,9 @@ def class_label(folder_name: str) -> int:
 def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
     """Lists the image files of one split folder, labelled by their class folder.
 
-    Hidden files and folders, OS junk and files that are not .jpg/.jpeg/.png are skipped; the
-    files are not opened here (see read_rgb_image), so corrupt images are still listed.
+    Hidden files and folders, OS junk and files that are not .jpg/.jpeg/.png are skipped, and no
+    file or folder is listed twice (symlink loops, hard or soft links to the same file); the files
+    are not opened here (see mri_tfdata.images), so corrupt images are still listed.
 
     Args:
       split_dir: A split folder as returned by find_split_dirs.
@@ -188,6 +177,9 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
     """
     split_dir = pathlib.Path(split_dir)
     examples = []
+    # (device, inode) of every folder entered and file listed: a symlink loop or a second link to
+    # the same file would otherwise list files many times, and let slices of one split overlap.
+    seen = set()
     for child in _visible_children(split_dir):
         if not child.is_dir():
             if child.suffix.lower() in IMAGE_SUFFIXES:
@@ -196,10 +188,14 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
         label = class_label(child.name)
         stack = [child]
         while stack:  # Walks nested folders too, never entering hidden ones.
-            for path in _visible_children(stack.pop()):
+            folder = stack.pop()
+            if not _first_visit(folder, seen):
+                logging.warning("Ignoring %s: a link to a folder already listed.", folder)
+                continue
+            for path in _visible_children(folder):
                 if path.is_dir():
                     stack.append(path)
-                elif path.suffix.lower() in IMAGE_SUFFIXES:
+                elif path.suffix.lower() in IMAGE_SUFFIXES and _first_visit(path, seen):
                     relpath = path.relative_to(split_dir.parent).as_posix()
                     examples.append(LabeledFile(path=path, relpath=relpath, label=label))
     if not examples:
@@ -208,95 +204,3 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
             f"({', '.join(CLASS_NAMES)}). {DOWNLOAD_HINT}"
         )
     return sorted(examples, key=lambda e: e.relpath)
-
-
-def check_image_header(
-    path_or_bytes: Union[str, pathlib.Path, bytes], max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[int, int]:
-    """Reads only an image's header and refuses absurd dimensions before anything is decoded.
-
-    Args:
-      path_or_bytes: A file path or the encoded bytes.
-      max_pixels: Largest accepted width * height.
-
-    Returns:
-      (width, height) as declared by the header.
-
-    Raises:
-      CorruptImageError: Not a recognisable image, or more than `max_pixels` pixels.
-    """
-    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
-    try:
-        with Image.open(source) as img:  # Lazy: parses the header, decodes no pixel.
-            width, height = img.size
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"not a readable image ({e})") from e
-    if width * height > max_pixels:
-        raise CorruptImageError(
-            f"declares {width}x{height} pixels, more than the {max_pixels} accepted "
-            "(a decompression bomb or not an MRI slice)"
-        )
-    return width, height
-
-
-def _is_8bit_rgb_png(data: bytes) -> bool:
-    # The IHDR chunk sits at a fixed offset: bit depth at byte 24, colour type at 25 (2 = RGB).
-    # Pillow shows 16-bit RGB PNGs as mode "RGB" too, so the header is the only reliable test.
-    return len(data) > 25 and data[24] == 8 and data[25] == 2
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode.startswith("I"):
-        # 16-bit (or 32-bit) grey: map the nominal 16-bit range to 8 bits as tf.io.decode_png does.
-        grey = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0
-        return Image.fromarray(np.round(grey).astype(np.uint8), mode="L").convert("RGB")
-    if img.mode == "F":
-        grey = np.clip(np.asarray(img, dtype=np.float64), 0, 255)
-        return Image.fromarray(np.round(grey).astype(np.uint8), mode="L").convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        img.mode == "P" and "transparency" in img.info
-    ):
-        # Transparent parts become black, the background of an MRI slice.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (0, 0, 0))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return img.convert("RGB")
-
-
-def read_rgb_image(
-    path: Union[str, pathlib.Path], max_pixels: int = DEFAULT_MAX_PIXELS
-) -> StoredImage:
-    """Reads an image file as 8-bit RGB, keeping the original bytes when they already are.
-
-    An 8-bit 3-channel JPEG or PNG is returned unchanged (no needless re-encoding); grayscale,
-    RGBA, palette, CMYK, 16-bit and other inputs are converted to 8-bit RGB and encoded as PNG.
-    The whole image is decoded once, so truncated files are caught here rather than at training.
-
-    Args:
-      path: The image file.
-      max_pixels: Largest accepted width * height (see check_image_header).
-
-    Returns:
-      A StoredImage.
-
-    Raises:
-      CorruptImageError: Empty, not an image, truncated, or larger than `max_pixels`.
-    """
-    data = pathlib.Path(path).read_bytes()
-    if not data:
-        raise CorruptImageError("empty file (0 bytes)")
-    check_image_header(data, max_pixels=max_pixels)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # Forces a full decode: a truncated file raises OSError here.
-            if img.format == "JPEG" and img.mode == "RGB":
-                return StoredImage(data=data, format="jpeg", reencoded=False)
-            if img.format == "PNG" and img.mode == "RGB" and _is_8bit_rgb_png(data):
-                return StoredImage(data=data, format="png", reencoded=False)
-            rgb = _to_rgb(img)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"cannot decode the image ({e})") from e
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
-    return StoredImage(data=buffer.getvalue(), format="png", reencoded=True)

@@ -1,5 +1,6 @@
 """The classifier: a frozen ResNet50 feature extractor (backbone) and a small dense head."""
 
+import dataclasses
 import os
 
 import keras
@@ -9,10 +10,21 @@ from absl import logging
 from mri_tfdata.errors import UserError
 
 FEATURE_DIM = 2048  # Width of ResNet50's average-pooled output.
+# The file Keras downloads for weights="imagenet"; users offline can copy it and pass its path.
 WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + WEIGHTS_FILE
-# The md5 Keras itself checks for this file (keras.applications.resnet.WEIGHTS_HASHES).
-_WEIGHTS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The classifier's shape (see build_backbone / build_head / build_classifier)."""
+
+    image_size: int = 224  # side of the square uint8 input
+    weights: str = "imagenet"  # imagenet | none | path of a ResNet50 no-top .h5
+    head_units: tuple[int, ...] = (512, 128)  # hidden Dense sizes
+    head_activation: str = "relu"
+    dropout: float = 0.0
+    standardize_features: bool = True  # Normalization of the 2,048 pooled features
+    augment: bool = False  # random flip/rotation/zoom/contrast while training
 
 
 @keras.saving.register_keras_serializable(package="mri_tfdata")
@@ -32,46 +44,37 @@ class ResNetPreprocess(keras.layers.Layer):
         return keras.applications.resnet50.preprocess_input(keras.ops.cast(images, "float32"))
 
 
-def resolve_weights(weights: str, *, cache_dir: str | None = None) -> str | None:
-    """Turns a --weights value into a local weights file, or None for random initialisation.
-
-    Args:
-      weights: "imagenet" (Keras's download, cached under ~/.keras/models so later runs work
-        offline), a path to a ResNet50 no-top .h5 file, or "none".
-      cache_dir: Keras cache root for "imagenet"; defaults to KERAS_HOME or ~/.keras.
-
-    Returns:
-      The path of the weights file, or None for "none".
-
-    Raises:
-      UserError: when the ImageNet file is neither cached nor downloadable, or the path is missing.
-    """
+def _resnet50(shape: tuple, weights: str) -> keras.Model:
+    """Keras's ResNet50 without its top, average-pooled; weights "imagenet", "none" or a path."""
     if weights.lower() == "none":
-        return None
-    if weights.lower() == "imagenet":
-        try:
-            return keras.utils.get_file(
-                WEIGHTS_FILE, _WEIGHTS_URL, cache_subdir="models", file_hash=_WEIGHTS_MD5,
-                cache_dir=cache_dir,
-            )
-        except Exception as e:  # noqa: BLE001 -- get_file turns URL errors into bare Exceptions.
-            raise UserError(
-                f"Cannot get the ImageNet ResNet50 weights: {WEIGHTS_FILE} is not in the Keras "
-                f"cache and the download failed ({e}). Copy the file from a machine that has it "
-                f"(~/.keras/models/{WEIGHTS_FILE}, or {_WEIGHTS_URL}) and pass "
-                f"--weights=/path/to/{WEIGHTS_FILE}, or run with --weights=none (random "
-                "initialisation; standardise the features for usable accuracy)."
-            ) from None
-    path = os.path.expanduser(weights)
-    if not os.path.isfile(path):
+        weights = None
+    elif weights.lower() == "imagenet":
+        weights = "imagenet"
+    elif not os.path.isfile(os.path.expanduser(weights)):
         raise UserError(
             f"--weights={weights!r} is neither 'imagenet', 'none' nor an existing file. Pass the "
-            f"path of a ResNet50 no-top weights file ({WEIGHTS_FILE}), 'imagenet' or 'none'."
-        )
-    return path
+            f"path of a ResNet50 no-top weights file ({WEIGHTS_FILE}), 'imagenet' or 'none'.")
+    else:
+        weights = os.path.expanduser(weights)
+    try:
+        return keras.applications.ResNet50(include_top=False, pooling="avg", weights=weights,
+                                           input_shape=shape)
+    # Keras's download turns URL errors into bare Exceptions; a bad file gives OSError/ValueError.
+    except Exception as e:  # noqa: BLE001
+        if weights == "imagenet":
+            raise UserError(
+                f"Cannot get the ImageNet ResNet50 weights: {WEIGHTS_FILE} is not in the Keras "
+                f"cache (~/.keras/models, or $KERAS_HOME/models) and the download failed ({e}). "
+                "Copy the file from a machine that has it and pass "
+                f"--weights=/path/to/{WEIGHTS_FILE}, or run with --weights=none (random "
+                "initialisation; standardise the features for usable accuracy).") from None
+        raise UserError(
+            f"Cannot load ResNet50 weights from {weights} ({e}). The file must be Keras's "
+            f"{WEIGHTS_FILE} (ResNet50 without top, HDF5); pass --weights=imagenet to fetch it, "
+            "or --weights=none.") from None
 
 
-def build_backbone(*, image_size: int, weights: str | None) -> keras.Model:
+def build_backbone(*, image_size: int, weights: str) -> keras.Model:
     """Builds the frozen feature extractor: images [H, W, 3] with values 0-255 -> features [2048].
 
     The model casts and preprocesses inside (so data stays uint8 up to the accelerator) and runs
@@ -82,7 +85,8 @@ def build_backbone(*, image_size: int, weights: str | None) -> keras.Model:
 
     Args:
       image_size: height and width of the square input images, at least 32.
-      weights: "imagenet", a path to a ResNet50 no-top .h5 file, or "none" (see resolve_weights).
+      weights: "imagenet" (Keras's download, cached in ~/.keras/models), "none" (random), or the
+        path of a ResNet50 no-top .h5 file.
 
     Returns:
       A keras.Model named "backbone" with no trainable weights.
@@ -90,20 +94,10 @@ def build_backbone(*, image_size: int, weights: str | None) -> keras.Model:
     Raises:
       UserError: when the weights cannot be found or do not fit ResNet50.
     """
-    weights_path = resolve_weights(weights) if weights is not None else None
     shape = (image_size, image_size, 3)
     images = keras.Input(shape, dtype="float32", name="image")
     x = ResNetPreprocess(name="preprocess")(images)
-    try:
-        resnet = keras.applications.ResNet50(
-            include_top=False, pooling="avg", weights=weights_path, input_shape=shape
-        )
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"Cannot load ResNet50 weights from {weights_path} ({e}). The file must be Keras's "
-            f"{WEIGHTS_FILE} (ResNet50 without top, HDF5); pass --weights=imagenet to fetch it, "
-            "or --weights=none."
-        ) from None
+    resnet = _resnet50(shape, weights)
     resnet.trainable = False
     # training=False documents intent; what keeps BatchNorm in inference mode even when the outer
     # model is called with training=True is Keras 3's rule that a frozen BN layer never updates.
@@ -112,7 +106,7 @@ def build_backbone(*, image_size: int, weights: str | None) -> keras.Model:
     features = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     backbone = keras.Model(images, features, name="backbone")
     backbone.trainable = False
-    logging.info("Backbone: ResNet50 at %d px, weights=%s.", image_size, weights_path or "random")
+    logging.info("Backbone: ResNet50 at %d px, weights=%s.", image_size, weights)
     return backbone
 
 
@@ -212,6 +206,15 @@ def build_classifier(
     images = keras.Input(backbone.input.shape[1:], dtype="uint8", name="image")
     x = _augmentation()(images) if augment else images
     return keras.Model(images, head(backbone(x)), name="classifier")
+
+
+def build_from_spec(spec: ModelSpec, *, num_classes: int) -> keras.Model:
+    """Builds the whole classifier a ModelSpec describes (call inside the strategy's scope)."""
+    backbone = build_backbone(image_size=spec.image_size, weights=spec.weights)
+    head = build_head(hidden_units=spec.head_units, activation=spec.head_activation,
+                      dropout=spec.dropout, standardize=spec.standardize_features,
+                      num_classes=num_classes)
+    return build_classifier(backbone, head, augment=spec.augment)
 
 
 def compile_model(model: keras.Model, *, learning_rate: float) -> None:

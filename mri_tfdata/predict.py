@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from absl import flags, logging
 
-from mri_tfdata import cli, inference, kaggle_layout
+from mri_tfdata import cli, images, inference, kaggle_layout
 from mri_tfdata.cli import require
 
 flags.DEFINE_string("model", None, "The saved model: a model.keras file written by training.")
@@ -36,17 +36,17 @@ def main(argv):
     failures = 0
     for start in range(0, len(files), FLAGS.batch_size):
         chunk = files[start:start + FLAGS.batch_size]
-        images, good = [], []
+        batch, good = [], []
         results = {}
         for path in chunk:
             try:
-                images.append(inference.load_image(path, image_size=image_size))
+                batch.append(inference.load_image(path, image_size=image_size))
                 good.append(path)
-            except (kaggle_layout.CorruptImageError, OSError) as e:
+            except (images.CorruptImageError, OSError) as e:
                 results[path] = {"file": path, "error": f"{type(e).__name__}: {e}"}
                 logging.warning("Cannot classify %s: %s", path, e)
-        if images:
-            probabilities = classifier.predict(np.stack(images), verbose=0)
+        if batch:
+            probabilities = classifier.predict(np.stack(batch), verbose=0)
             for path, p in zip(good, probabilities):
                 results[path] = {"file": path, "class": class_names[int(np.argmax(p))],
                                  "probabilities": {n: round(float(v), 6)

@@ -1,9 +1,7 @@
 """Evaluation reports: metrics.json, history files, loss/accuracy and confusion-matrix plots."""
 
 import csv
-import json
-import math
-import os
+import io
 import pathlib
 
 import matplotlib
@@ -12,6 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn import metrics as sk_metrics  # noqa: E402
+
+from mri_tfdata import atomic  # noqa: E402
 
 # Keras clips probabilities to [eps, 1 - eps] before the log when it computes the cross-entropy of
 # probabilities; metrics.json does the same. (model.evaluate can report more for wildly confident
@@ -19,83 +20,11 @@ import numpy as np  # noqa: E402
 _EPSILON = 1e-7
 
 
-def collect_predictions(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Runs `model` over a finite dataset of (images, labels) batches.
-
-    Args:
-      model: a Keras classifier mapping an image batch to class probabilities.
-      dataset: a finite, unshuffled tf.data.Dataset of (images, labels) batches.
-
-    Returns:
-      (labels int64 [N], probabilities float32 [N, num_classes]) in dataset order.
-    """
-    # model.predict (not predict_on_batch) so that a distribution strategy splits each batch across
-    # replicas and concatenates the outputs back in order; labels come from a second, cheap pass.
-    probabilities = model.predict(dataset.map(lambda images, labels: images), verbose=0)
-    labels = [np.asarray(y, np.int64) for y in dataset.map(lambda images, labels: labels)]
-    labels = np.concatenate(labels) if labels else np.zeros([0], np.int64)
-    return labels, np.asarray(probabilities, np.float32)
-
-
-def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
-    """Counts examples by (true class, predicted class).
-
-    Args:
-      labels: int array [N] of true classes.
-      predictions: int array [N] of predicted classes.
-      num_classes: the number of classes.
-
-    Returns:
-      int64 [num_classes, num_classes]; row = true class, column = predicted class.
-    """
-    matrix = np.zeros([num_classes, num_classes], np.int64)
-    np.add.at(matrix, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
-    return matrix
-
-
-def metrics_from_confusion(matrix: np.ndarray, class_names) -> dict:
-    """Accuracy and per-class precision, recall and F1 from a confusion matrix.
-
-    A class that is never predicted (or never present) gets precision (recall) 0.0, as
-    scikit-learn's zero_division=0 does, so the JSON never holds NaN.
-
-    Args:
-      matrix: [C, C] counts, row = true class, column = predicted class.
-      class_names: C names, in label order.
-
-    Returns:
-      {"accuracy", "num_examples", "per_class": {name: {precision, recall, f1, support}},
-       "macro_avg": {precision, recall, f1}, "confusion_matrix": [[...]], "class_names": [...]}.
-    """
-    matrix = np.asarray(matrix, np.int64)
-    total = int(matrix.sum())
-    true_positives = np.diag(matrix).astype(np.float64)
-    predicted = matrix.sum(axis=0).astype(np.float64)
-    actual = matrix.sum(axis=1).astype(np.float64)
-    precision = np.divide(true_positives, predicted, out=np.zeros_like(true_positives),
-                          where=predicted > 0)
-    recall = np.divide(true_positives, actual, out=np.zeros_like(true_positives), where=actual > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator),
-                   where=denominator > 0)
-    per_class = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-               "support": int(actual[i])}
-        for i, name in enumerate(class_names)
-    }
-    return {
-        "accuracy": float(true_positives.sum() / total) if total else 0.0,
-        "num_examples": total,
-        "per_class": per_class,
-        "macro_avg": {"precision": float(precision.mean()), "recall": float(recall.mean()),
-                      "f1": float(f1.mean())},
-        "class_names": list(class_names),
-        "confusion_matrix": matrix.tolist(),
-    }
-
-
 def classification_metrics(labels, probabilities, class_names) -> dict:
-    """Loss, accuracy, per-class P/R/F1 and the confusion matrix of predicted probabilities.
+    """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of predictions.
+
+    A class that is never predicted (or never present) gets precision (recall) 0.0, so the JSON
+    never holds NaN.
 
     Args:
       labels: int array [N] of true classes.
@@ -103,26 +32,39 @@ def classification_metrics(labels, probabilities, class_names) -> dict:
       class_names: C names, in label order.
 
     Returns:
-      The dict of `metrics_from_confusion` plus "loss" (mean sparse categorical cross-entropy).
+      {"accuracy", "loss", "num_examples", "per_class": {name: {precision, recall, f1, support}},
+       "macro_avg": {precision, recall, f1}, "class_names": [...], "confusion_matrix": [[...]]}
+      with the confusion matrix's rows the true classes.
     """
     labels = np.asarray(labels, np.int64)
     probabilities = np.asarray(probabilities, np.float64)
-    matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(class_names))
-    metrics = metrics_from_confusion(matrix, class_names)
-    if len(labels):
-        picked = np.clip(probabilities[np.arange(len(labels)), labels], _EPSILON, 1 - _EPSILON)
-        metrics["loss"] = float(-np.log(picked).mean())
-    else:
-        metrics["loss"] = float("nan")
-    return metrics
+    predictions = probabilities.argmax(axis=1) if len(labels) else labels
+    classes = list(range(len(class_names)))
+    matrix = sk_metrics.confusion_matrix(labels, predictions, labels=classes)
+    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=0)
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], _EPSILON, 1 - _EPSILON)
+    return {
+        "accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0,
+        "loss": float(-np.log(picked).mean()) if len(labels) else float("nan"),
+        "num_examples": int(len(labels)),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(class_names)},
+        "macro_avg": {"precision": float(precision.mean()), "recall": float(recall.mean()),
+                      "f1": float(f1.mean())},
+        "class_names": list(class_names),
+        "confusion_matrix": matrix.tolist(),
+    }
 
 
-def write_json(obj, path) -> None:
-    """Writes JSON atomically (temp file + rename), so a killed process never leaves half a file."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+def save_figure(fig, path) -> pathlib.Path:
+    """Writes a matplotlib figure as PNG, atomically, and closes it."""
+    try:
+        return atomic.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def write_history(history: dict, out_dir) -> None:
@@ -133,15 +75,12 @@ def write_history(history: dict, out_dir) -> None:
       out_dir: the directory to write into.
     """
     out_dir = pathlib.Path(out_dir)
-    write_json(history, out_dir / "history.json")
-    keys = list(history)
-    tmp = out_dir / "history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(keys)
-        for row in zip(*(history[k] for k in keys)):
-            writer.writerow(row)
-    os.replace(tmp, out_dir / "history.csv")
+    atomic.write_json(out_dir / "history.json", history)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(history)
+    writer.writerows(zip(*history.values()))
+    atomic.write_atomic(out_dir / "history.csv", text.getvalue())
 
 
 def plot_history(history: dict, out_dir) -> list[pathlib.Path]:
@@ -160,7 +99,7 @@ def plot_history(history: dict, out_dir) -> list[pathlib.Path]:
     phases = history.get("phase", [])
     fine_tune_start = next((e for e, p in zip(epochs, phases) if p == "fine_tune"), None)
     written = []
-    for metric, title in (("loss", "Loss"), ("accuracy", "Accuracy")):
+    for metric in ("loss", "accuracy"):
         fig, ax = plt.subplots(figsize=(6, 4))
         for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
             values = history.get(key)
@@ -173,38 +112,22 @@ def plot_history(history: dict, out_dir) -> list[pathlib.Path]:
             ax.set_yscale("log")  # Otherwise one wild validation loss flattens every other curve.
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.set_title(f"Training and validation {title.lower()}")
+        ax.set_title(f"Training and validation {metric}")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = out_dir / f"{metric}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"{metric}.png"))
     return written
 
 
 def plot_confusion_matrix(matrix, class_names, path) -> pathlib.Path:
     """Draws the confusion matrix with counts in the cells; rows are true classes."""
-    matrix = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.imshow(matrix, cmap="Blues")
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=30, ha="right")
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    threshold = matrix.max() / 2 if matrix.size and matrix.max() else math.inf
-    for i in ticks:
-        for j in ticks:
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > threshold else "black")
+    display = sk_metrics.ConfusionMatrixDisplay(np.asarray(matrix), display_labels=class_names)
+    display.plot(ax=ax, cmap="Blues", colorbar=False, xticks_rotation=30)
     ax.set_title("Confusion matrix")
     fig.tight_layout()
-    path = pathlib.Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_evaluation(out_dir, *, labels, probabilities, class_names,
@@ -224,7 +147,7 @@ def write_evaluation(out_dir, *, labels, probabilities, class_names,
     out_dir = pathlib.Path(out_dir)
     metrics = dict(extra or {})
     metrics.update(classification_metrics(labels, probabilities, class_names))
-    write_json(metrics, out_dir / "metrics.json")
+    atomic.write_json(out_dir / "metrics.json", metrics)
     plot_confusion_matrix(metrics["confusion_matrix"], class_names,
                           out_dir / "confusion_matrix.png")
     return metrics

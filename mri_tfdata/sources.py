@@ -9,15 +9,9 @@ from typing import Optional, Union
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image
 
-from mri_tfdata import kaggle_layout
+from mri_tfdata import images, kaggle_layout
 from mri_tfdata.errors import UserError
-
-# The tail of a complete file holds the format's end marker; a truncated download does not.
-# Checking 1 KB of tail is cheap, unlike a full decode of every file on every start-up.
-_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
-_TAIL_BYTES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,19 +64,19 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
     Raises:
       UserError: The dataset is not built in `data_dir`, or the split does not exist.
     """
-    import builders.brain_tumor_mri  # noqa: F401  Registers the builder with TFDS.
-
+    not_built = UserError(
+        f"The TFDS dataset {name}/{config} is not built in {data_dir or '~/tensorflow_datasets'}. "
+        f"Build it with `tfds build builders/brain_tumor_mri --config={config} "
+        f"--data_dir={data_dir or '~/tensorflow_datasets'} --manual_dir=DIR` (DIR holding the "
+        "Kaggle download), pass the --tfds_data_dir it was built into, or use --source=folder.")
+    # The builder's code is not imported: TFDS reads a built dataset from its own files, and the
+    # library never depends on builders/ (which depends on it).
     try:
         builder = tfds.builder(name, config=config, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise UserError(f"Unknown TFDS dataset {name!r} ({e}).") from e
+    except tfds.core.registered.DatasetNotFoundError:
+        raise not_built from None
     if not builder.is_prepared():
-        raise UserError(
-            f"The TFDS dataset {name}/{config} version {builder.version} is not built in "
-            f"{builder.data_dir_root}. Build it with `tfds build builders/brain_tumor_mri "
-            f"--config={config} --data_dir={data_dir or '~/tensorflow_datasets'} --manual_dir=DIR` "
-            "(DIR holding the Kaggle download), pass the --data_dir it was built into, or use "
-            "--source=folder.")
+        raise not_built
     read_split = split
     if input_context is not None and input_context.num_input_pipelines > 1:
         # Example-level split per worker: file-level sharding (ReadConfig(input_context=...)) fails
@@ -134,43 +128,16 @@ def _select(files_by_split: dict, split: str) -> list:
     return selected
 
 
-def _check_file(path: pathlib.Path) -> Optional[bytes]:
-    """Validates one image file cheaply; returns replacement bytes if TF cannot decode it as is.
-
-    Reads the header (one lazy PIL open, which decodes no pixel) and the last kilobyte only: a
-    full decode of every file at every start-up would cost as much as the first epoch.
-
-    Raises:
-      kaggle_layout.CorruptImageError: The file is empty, not an image, truncated or too large.
-    """
-    size = path.stat().st_size
-    if size == 0:
-        raise kaggle_layout.CorruptImageError("empty file (0 bytes)")
-    with open(path, "rb") as file:
-        try:
-            with Image.open(file) as img:
-                image_format, mode, (width, height) = img.format, img.mode, img.size
-        except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
-            raise kaggle_layout.CorruptImageError(f"not a readable image ({e})") from e
-        if width * height > kaggle_layout.DEFAULT_MAX_PIXELS:
-            raise kaggle_layout.CorruptImageError(
-                f"declares {width}x{height} pixels, more than the "
-                f"{kaggle_layout.DEFAULT_MAX_PIXELS} accepted (a decompression bomb?)")
-        file.seek(0)
-        head = file.read(26)
-        file.seek(max(0, size - _TAIL_BYTES))
-        tail = file.read()
-    marker = _END_MARKERS.get(image_format)
-    if marker is not None and marker not in tail:
-        raise kaggle_layout.CorruptImageError(f"truncated {image_format} (no end marker)")
-    # tf.io.decode_image(channels=3) gives the builder's pixels for 8-bit RGB/grey JPEG and for
-    # 8-bit RGB/grey PNG (bit depth: byte 24 of the header); anything else (CMYK, 16-bit, alpha,
-    # palette, GIF/BMP...) goes through the builder's own conversion, once, here.
-    if image_format == "JPEG" and mode in ("RGB", "L"):
-        return None
-    if image_format == "PNG" and mode in ("RGB", "L") and len(head) > 24 and head[24] == 8:
-        return None
-    return kaggle_layout.read_rgb_image(path).data
+def _usable(selected: list, split: str) -> list:
+    """(example, FileCheck) of the files that pass mri_tfdata.images' checks; the rest is logged."""
+    verdicts = images.check_files([e.path for e in selected])
+    skipped = [(e, v.error) for e, v in zip(selected, verdicts) if v.error]
+    for example, reason in skipped:
+        logging.warning("Skipping %r: %s", str(example.path), reason)
+    if skipped:
+        logging.warning("%s: skipped %d unusable image file(s) of %d.", split, len(skipped),
+                        len(selected))
+    return [(e, v) for e, v in zip(selected, verdicts) if not v.error]
 
 
 def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
@@ -178,9 +145,10 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
     """Opens a split of a Kaggle-layout folder (Training/<class>/*.jpg, Testing/<class>/*.jpg).
 
     Junk (hidden files, .ipynb_checkpoints, non-images) is ignored as the TFDS builder ignores it.
-    Every selected file is checked cheaply (header, size limit, end marker); corrupt files are
-    logged by name and skipped. Images TF cannot decode directly are converted to RGB PNG bytes
-    once, as the builder does.
+    Every selected file is checked as the builder checks it (mri_tfdata.images: regular file,
+    header, size limit, a decode with the pipeline's own decoder, in parallel); unusable files are
+    logged by name and skipped. Images TF cannot decode as intended are converted to RGB PNG
+    bytes once, as the builder converts them.
 
     Args:
       root: The folder holding the split folders.
@@ -205,27 +173,16 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
     if input_context is not None:
         selected = selected[input_context.input_pipeline_id::input_context.num_input_pipelines]
 
-    paths, contents, labels, kept, skipped = [], [], [], [], []
-    for example in selected:
-        try:
-            replacement = _check_file(example.path)
-        except kaggle_layout.CorruptImageError as e:
-            logging.warning("Skipping corrupt image %s: %s", example.path, e)
-            skipped.append(example.relpath)
-            continue
-        kept.append(example)
-        paths.append(str(example.path))
-        contents.append(replacement or b"")
-        labels.append(example.label)
-    if skipped:
-        logging.warning("%s: skipped %d corrupt image file(s): %s", split, len(skipped),
-                        ", ".join(skipped))
-    if not paths:
+    kept = _usable(selected, split)
+    if not kept:
         raise UserError(f"Split {split!r} of {root} holds no readable image (after slicing and "
                         "sharding); check the folder and the split string.")
+    paths = [str(e.path) for e, _ in kept]
+    # Converted images travel inline (rare); all others are read lazily, in parallel.
+    contents = [v.replacement or b"" for _, v in kept]
+    labels = [e.label for e, _ in kept]
 
     def read(path, content, label):
-        # Converted images travel inline (rare); all others are read lazily, in parallel.
         data = tf.cond(tf.strings.length(content) > 0, lambda: content,
                        lambda: tf.io.read_file(path))
         return data, label
@@ -236,7 +193,7 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
     # The content key: relative paths, sizes and modification times of the files read, so that
     # editing, adding or removing an image gives a new cache_id.
     listing = "\n".join(f"{e.relpath}:{e.path.stat().st_size}:{e.path.stat().st_mtime_ns}"
-                        for e in kept)
+                        for e, _ in kept)
     cache_id = (f"folder/{root.resolve().name}/{split}{_shard_suffix(input_context)}"
                 f"/{_short_hash(str(root.resolve()) + listing)}")
     return Source(dataset=dataset, num_examples=len(paths), class_names=kaggle_layout.CLASS_NAMES,

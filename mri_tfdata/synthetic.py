@@ -127,6 +127,43 @@ def _parameters(**kwargs) -> dict:
     return {"format_version": _FORMAT_VERSION, **kwargs}
 
 
+def _check_arguments(train_per_class: int, test_per_class: int, image_size: int,
+                     leaked_test_images: int) -> None:
+    if train_per_class < 1 or test_per_class < 1:
+        raise ValueError(
+            f"need at least one image per class, got train_per_class={train_per_class}, "
+            f"test_per_class={test_per_class}"
+        )
+    if image_size < 16:
+        raise ValueError(f"image_size={image_size} is too small to draw a head; use 16 or more")
+    if not 0 <= leaked_test_images <= train_per_class * len(CLASS_NAMES):
+        raise ValueError(
+            f"leaked_test_images={leaked_test_images} must be between 0 and the "
+            f"{train_per_class * len(CLASS_NAMES)} training images"
+        )
+
+
+def _already_there(root: pathlib.Path, params: dict) -> bool:
+    """True when `root` holds this very dataset; raises when it holds anything else."""
+    marker = root / MARKER_NAME
+    if marker.is_file():
+        made_with = json.loads(marker.read_text())
+        if made_with == params:
+            logging.info("Reusing the synthetic dataset in %s.", root)
+            return True
+        raise UserError(
+            f"{root} holds a synthetic dataset made with other settings ({made_with}); pass "
+            "another "
+            f"output folder, or delete {root} to regenerate it with {params}."
+        )
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UserError(
+            f"{root} already exists and is not a synthetic dataset; it is not overwritten. "
+            "Pass a new or empty folder."
+        )
+    return False
+
+
 def write_synthetic_dataset(
     root: Union[str, pathlib.Path],
     *,
@@ -158,18 +195,7 @@ def write_synthetic_dataset(
       ValueError: A count or the size is out of range.
       UserError: `root` holds something else, which is never overwritten.
     """
-    if train_per_class < 1 or test_per_class < 1:
-        raise ValueError(
-            f"need at least one image per class, got train_per_class={train_per_class}, "
-            f"test_per_class={test_per_class}"
-        )
-    if image_size < 16:
-        raise ValueError(f"image_size={image_size} is too small to draw a head; use 16 or more")
-    if not 0 <= leaked_test_images <= train_per_class * len(CLASS_NAMES):
-        raise ValueError(
-            f"leaked_test_images={leaked_test_images} must be between 0 and the "
-            f"{train_per_class * len(CLASS_NAMES)} training images"
-        )
+    _check_arguments(train_per_class, test_per_class, image_size, leaked_test_images)
     root = pathlib.Path(root).expanduser()
     params = _parameters(
         train_per_class=train_per_class,
@@ -178,23 +204,8 @@ def write_synthetic_dataset(
         seed=seed,
         leaked_test_images=leaked_test_images,
     )
-    marker = root / MARKER_NAME
-    if marker.is_file():
-        made_with = json.loads(marker.read_text())
-        if made_with == params:
-            logging.info("Reusing the synthetic dataset in %s.", root)
-            return root
-        raise UserError(
-            f"{root} holds a synthetic dataset made with other settings ({made_with}); pass "
-            "another "
-            f"output folder, or delete {root} to regenerate it with {params}."
-        )
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise UserError(
-            f"{root} already exists and is not a synthetic dataset; it is not overwritten. "
-            "Pass a new or empty folder."
-        )
-
+    if _already_there(root, params):
+        return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:

@@ -10,12 +10,12 @@ folder is left alone. A non-empty folder that holds no run is refused, so that a
 import dataclasses
 import datetime
 import json
-import os
 import pathlib
 import shutil
 
 from absl import logging
 
+from mri_tfdata import atomic
 from mri_tfdata.errors import UserError
 
 RUN_FILE = "run.json"
@@ -58,9 +58,7 @@ class RunDir:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.path / (RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.record, indent=2) + "\n")
-        os.replace(tmp, self.path / RUN_FILE)
+        atomic.write_json(self.path / RUN_FILE, self.record)
 
 
 def _now() -> str:

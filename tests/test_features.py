@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import features, input_pipeline, model, sources
+from mri_tfdata import features, head_fit, input_pipeline, model, sources
 
 IMAGE_SIZE = 32
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -125,11 +125,11 @@ def test_cache_is_reused_and_a_truncated_file_is_rebuilt(backbone, tmp_path):
 def test_feature_dataset_batches_like_the_image_pipeline():
     feats = np.arange(10 * model.FEATURE_DIM, dtype=np.float32).reshape(10, model.FEATURE_DIM)
     labels = np.arange(10) % 4
-    train = features.make_feature_dataset(feats, labels, batch_size=4, training=True, seed=1)
+    train = head_fit.make_feature_dataset(feats, labels, batch_size=4, training=True, seed=1)
     epochs = [np.concatenate([x[:, 0].numpy() for x, _ in train]) for _ in range(2)]
     assert all(len(e) == 8 for e in epochs)  # drop_remainder
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
-    evaluation = features.make_feature_dataset(feats, labels, batch_size=4, training=False)
+    evaluation = head_fit.make_feature_dataset(feats, labels, batch_size=4, training=False)
     order = np.concatenate([x[:, 0].numpy() for x, _ in evaluation])
     np.testing.assert_array_equal(order, feats[:, 0])  # every example once, fixed order
 
@@ -152,40 +152,47 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
     """The fast path is the end-to-end computation: same weights, same batch -> same update."""
     source = tiny_source(num_examples=8)
     images, labels = images_of(source)
-    head_end_to_end = model.build_head()
-    head_fast = model.build_head()
-    initial = head_end_to_end.get_weights()
-    head_fast.set_weights(initial)
+    head_end_to_end = model.build_head(standardize=True)
+    head_fast = model.build_head(standardize=True)
+    head_fast.set_weights(head_end_to_end.get_weights())
 
+    # The fast path's own code: extraction, then the fit training and tuning call.
+    train = features.load_or_extract(source, backbone=backbone, image_size=IMAGE_SIZE,
+                                     batch_size=8, cache_dir=None)
+    head_fit.fit_head(head_fast, train.features, train.labels, validation=None,
+                      learning_rate=1e-2, epochs=1, batch_size=8, seed=0, verbose=0)
+
+    # End to end, as training's end-to-end path does it: standardisation fitted on all training
+    # features, then one step of the full model on the images.
+    model.adapt_standardization(head_end_to_end, train.features)
+    initial = head_end_to_end.get_weights()
     classifier = model.build_classifier(backbone, head_end_to_end, augment=False)
     model.compile_model(classifier, learning_rate=1e-2)
     classifier.run_eagerly = True  # tracing ResNet50's train step would take most of the test
     classifier.train_on_batch(images, labels)
 
-    # The fast path's own code: extraction, then fit_head for one epoch of one batch of 8.
-    train = features.load_or_extract(source, backbone=backbone, image_size=IMAGE_SIZE,
-                                     batch_size=8, cache_dir=None)
-    features.fit_head(head_fast, train=train, validation=None, learning_rate=1e-2, epochs=1,
-                      batch_size=8, seed=0, verbose=0)
-
+    moved = 0
     for got, want, before in zip(head_fast.get_weights(), head_end_to_end.get_weights(), initial):
-        assert not np.allclose(got, before)  # the step did move every weight
+        moved += not np.allclose(got, before)
         # Adam's first step moves each weight by about lr * g / (|g| + eps): up to 1e-2 here, and
         # for near-zero gradients summation-order noise can shift that by ~1e-5. Anything but the
         # same computation would differ by ~1e-2.
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert moved == 6  # the step moved every Dense kernel and bias (not the statistics)
 
 
 def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbone, tmp_path):
     train = features.load_or_extract(tiny_source(num_examples=8), backbone=backbone,
                                      image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
     head = model.build_head(standardize=True)
-    assert model.adapt_standardization(head, train.features)
-    history = features.fit_head(head, train=train, validation=train, learning_rate=1e-3,
+    history = head_fit.fit_head(head, train.features, train.labels,
+                                validation=(train.features, train.labels), learning_rate=1e-3,
                                 epochs=2, batch_size=4, seed=0, verbose=0)
     assert len(history.history["loss"]) == 2 and "val_accuracy" in history.history
+    # Standardisation was fitted on all training features.
+    np.testing.assert_allclose(np.ravel(head.get_layer("standardize").mean),
+                               train.features.mean(axis=0), rtol=1e-4, atol=1e-5)
     classifier = model.build_classifier(backbone, head, augment=False)
-    model.compile_model(classifier, learning_rate=1e-3)
     classifier.run_eagerly = True  # saves tracing ResNet50; the numbers are the same
     images, _ = images_of(tiny_source(num_examples=8))
     in_memory = classifier.predict(images, verbose=0)

@@ -39,18 +39,6 @@ def run_python(code: str) -> str:
     return result.stdout
 
 
-def test_decode_and_resize_eagerly_and_in_tf_data():
-    image = np.zeros((20, 30, 3), np.uint8)
-    image[:, :, 0] = 200
-    for encoded in (tf.io.encode_png(image), tf.io.encode_jpeg(image, quality=100)):
-        eager = input_pipeline.decode_and_resize(encoded, image_size=16)
-        assert eager.dtype == tf.uint8 and eager.shape == (16, 16, 3)
-        assert abs(int(eager[8, 8, 0]) - 200) <= 2 and int(eager[8, 8, 1]) <= 2
-        mapped = tf.data.Dataset.from_tensors(encoded).map(
-            lambda b: input_pipeline.decode_and_resize(b, image_size=16))
-        np.testing.assert_array_equal(next(iter(mapped)).numpy(), eager.numpy())
-
-
 @pytest.mark.parametrize("cache", ["none", "memory", "file"])
 def test_specs_shapes_and_labels(tree, tmp_path, cache):
     source = sources.load_folder_source(tree, split="train")

@@ -1,20 +1,12 @@
-"""Tests of mri_tfdata.kaggle_layout: split and class folders, junk, image reading, bomb checks."""
+"""Tests of mri_tfdata.kaggle_layout: split and class folders, junk, links, listing."""
 
-import io
-import time
+import os
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import kaggle_trees
 from mri_tfdata import kaggle_layout
 from mri_tfdata.errors import UserError
-from mri_tfdata.kaggle_layout import CorruptImageError
-
-
-def decode(stored):
-    return np.asarray(Image.open(io.BytesIO(stored.data)))
 
 
 # --- split folders ---------------------------------------------------------------------------
@@ -130,119 +122,16 @@ def test_a_split_without_images_is_a_user_error(tmp_path):
         kaggle_layout.list_examples(tmp_path / "Training")
 
 
-# --- reading images --------------------------------------------------------------------------
-
-
-def test_rgb_jpeg_and_rgb_png_keep_their_original_bytes(tmp_path):
-    jpeg = kaggle_trees.write(tmp_path / "a.jpg", kaggle_trees.jpeg_bytes(1))
-    png = kaggle_trees.write(
-        tmp_path / "a.png", kaggle_trees.png_bytes(Image.fromarray(kaggle_trees.pixels(1)))
-    )
-    for path, fmt in [(jpeg, "jpeg"), (png, "png")]:
-        stored = kaggle_layout.read_rgb_image(path)
-        assert (stored.data, stored.format, stored.reencoded) == (path.read_bytes(), fmt, False)
-
-
-def test_a_png_named_jpg_is_recognised_by_content(tmp_path):
-    path = kaggle_trees.write(
-        tmp_path / "a.jpg", kaggle_trees.png_bytes(Image.fromarray(kaggle_trees.pixels(1)))
-    )
-    assert kaggle_layout.read_rgb_image(path).format == "png"
-
-
-def test_grayscale_png_and_jpeg_become_rgb(tmp_path):
-    grey = kaggle_trees.pixels(2)[:, :, 0]
-    png = kaggle_trees.write(tmp_path / "g.png", kaggle_trees.png_bytes(Image.fromarray(grey)))
-    stored = kaggle_layout.read_rgb_image(png)
-    assert stored.reencoded and stored.format == "png"
-    np.testing.assert_array_equal(decode(stored), np.repeat(grey[:, :, None], 3, axis=2))
-    jpeg = kaggle_trees.write(tmp_path / "g.jpg", kaggle_trees.jpeg_bytes(2, "L"))
-    assert decode(kaggle_layout.read_rgb_image(jpeg)).shape == (
-        kaggle_trees.SIZE,
-        kaggle_trees.SIZE,
-        3,
-    )
-
-
-def test_rgba_png_becomes_rgb_with_transparent_parts_black(tmp_path):
-    path = kaggle_trees.write(tmp_path / "a.png", kaggle_trees.rgba_png(3))
-    image = decode(kaggle_layout.read_rgb_image(path))
-    assert image.shape == (kaggle_trees.SIZE, kaggle_trees.SIZE, 3)
-    half = kaggle_trees.SIZE // 2
-    assert not image[:, :half].any()
-    np.testing.assert_array_equal(image[:, half:], kaggle_trees.pixels(3)[:, half:])
-
-
-def test_palette_png_becomes_rgb(tmp_path):
-    palette = Image.fromarray(kaggle_trees.pixels(5)).convert("P")
-    path = kaggle_trees.write(tmp_path / "p.png", kaggle_trees.png_bytes(palette))
-    np.testing.assert_array_equal(
-        decode(kaggle_layout.read_rgb_image(path)), np.asarray(palette.convert("RGB"))
-    )
-
-
-def test_cmyk_jpeg_becomes_rgb_with_similar_colours(tmp_path):
-    path = kaggle_trees.write(tmp_path / "c.jpg", kaggle_trees.jpeg_bytes(4, "CMYK"))
-    stored = kaggle_layout.read_rgb_image(path)
-    assert stored.reencoded and Image.open(io.BytesIO(stored.data)).mode == "RGB"
-    # JPEG is lossy and the pixels are random noise, so compare the mean colour only.
-    np.testing.assert_allclose(
-        decode(stored).mean(axis=(0, 1)), kaggle_trees.pixels(4).mean(axis=(0, 1)), atol=12
-    )
-
-
-def test_16bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
-    for value, expected in [(65535, 255), (257 * 100, 100), (0, 0)]:
-        path = kaggle_trees.write(tmp_path / f"{value}.png", kaggle_trees.gray16_png(value))
-        image = decode(kaggle_layout.read_rgb_image(path))
-        assert image.dtype == np.uint8 and image.shape[-1] == 3
-        assert (image == expected).all(), (value, np.unique(image))
-
-
-def test_16bit_rgb_png_is_converted_not_kept(tmp_path):
-    path = kaggle_trees.write(tmp_path / "rgb48.png", kaggle_trees.rgb48_png(257 * 200))
-    stored = kaggle_layout.read_rgb_image(path)
-    assert stored.reencoded and stored.data != path.read_bytes()
-    assert stored.data[24] == 8  # The PNG header's bit depth.
-    assert (decode(stored) == 200).all()
-
-
-@pytest.mark.parametrize(
-    "content",
-    [b"", b"this is a text file named .jpg\n", kaggle_trees.truncated_jpeg(7)],
-    ids=["zero_bytes", "text", "truncated"],
-)
-def test_unreadable_files_raise_corrupt_image_error(tmp_path, content):
-    path = kaggle_trees.write(tmp_path / "bad.jpg", content)
-    with pytest.raises(CorruptImageError):
-        kaggle_layout.read_rgb_image(path)
-    assert issubclass(CorruptImageError, ValueError)
-
-
-# --- decompression bombs ---------------------------------------------------------------------
-
-
-def test_check_image_header_refuses_absurd_dimensions_without_decoding(tmp_path):
-    # 9000 x 9000 declared in the header, with no pixel data at all: refusing it must not decode.
-    bomb = kaggle_trees.raw_png(9000, 9000, bit_depth=8, color_type=2)
-    start = time.perf_counter()
-    with pytest.raises(CorruptImageError, match="9000x9000"):
-        kaggle_layout.check_image_header(bomb)
-    assert time.perf_counter() - start < 1.0
-    path = kaggle_trees.write(tmp_path / "bomb.png", bomb)
-    with pytest.raises(CorruptImageError, match="decompression bomb"):
-        kaggle_layout.read_rgb_image(path)
-    # Far beyond Pillow's own limit: still our error type, not Pillow's.
-    with pytest.raises(CorruptImageError):
-        kaggle_layout.check_image_header(
-            kaggle_trees.raw_png(100_000, 100_000, bit_depth=8, color_type=2)
-        )
-
-
-def test_check_image_header_returns_the_size_and_honours_max_pixels(tmp_path):
-    path = kaggle_trees.write(tmp_path / "a.jpg", kaggle_trees.jpeg_bytes(1))
-    assert kaggle_layout.check_image_header(path) == (kaggle_trees.SIZE, kaggle_trees.SIZE)
-    with pytest.raises(CorruptImageError):
-        kaggle_layout.check_image_header(path, max_pixels=kaggle_trees.SIZE**2 - 1)
-    with pytest.raises(CorruptImageError, match="not a readable image"):
-        kaggle_layout.check_image_header(b"plain text")
+def test_symlink_loops_and_second_links_list_each_file_once(tmp_path):
+    kaggle_trees.write_simple_tree(tmp_path)
+    glioma = tmp_path / "Training" / "glioma"
+    before = {os.stat(e.path).st_ino for e in kaggle_layout.list_examples(tmp_path / "Training")}
+    os.symlink(glioma, glioma / "loop")  # A folder linking to itself: an endless walk.
+    os.symlink(tmp_path / "Training", glioma / "up")  # A link to an ancestor.
+    first = sorted(glioma.glob("*.jpg"))[0]
+    os.link(first, glioma / "hard-link.jpg")
+    os.symlink(first, glioma / "soft-link.jpg")
+    listed = kaggle_layout.list_examples(tmp_path / "Training")
+    # The same files once each (for a hard link, under whichever name is listed first).
+    assert len(listed) == len(before) == 4
+    assert {os.stat(e.path).st_ino for e in listed} == before

@@ -11,19 +11,23 @@ from mri_tfdata import reports
 NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 
 
-def test_confusion_matrix_counts_true_rows_predicted_columns():
-    matrix = reports.confusion_matrix([0, 0, 1, 2, 3, 3], [0, 1, 1, 2, 3, 0], 4)
-    assert matrix.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1]]
+def _probabilities_for(labels, predictions):
+    """Confident one-hot-ish probabilities whose argmax is `predictions`."""
+    probabilities = np.full((len(predictions), 4), 0.1 / 3)
+    probabilities[np.arange(len(predictions)), predictions] = 0.9
+    return probabilities
 
 
-def test_metrics_from_known_confusion_matrix():
+def test_metrics_of_known_predictions():
     # Rows: true class; columns: predicted class.
     matrix = np.array([[8, 2, 0, 0],
                        [1, 6, 1, 2],
                        [0, 0, 10, 0],
                        [0, 0, 0, 0]])
-    m = reports.metrics_from_confusion(matrix, NAMES)
-    assert m["num_examples"] == 30
+    labels = np.repeat(np.arange(4)[:, None], 4, axis=1).ravel().repeat(matrix.ravel())
+    predictions = np.tile(np.arange(4), 4).repeat(matrix.ravel())
+    m = reports.classification_metrics(labels, _probabilities_for(labels, predictions), NAMES)
+    assert m["num_examples"] == 30 and m["confusion_matrix"] == matrix.tolist()
     assert m["accuracy"] == pytest.approx(24 / 30)
     glioma = m["per_class"]["glioma"]
     assert glioma["precision"] == pytest.approx(8 / 9)
@@ -38,8 +42,8 @@ def test_metrics_from_known_confusion_matrix():
     # Predicted twice but never present: precision 0, recall 0 (no NaN in the JSON).
     pit = m["per_class"]["pituitary"]
     assert (pit["precision"], pit["recall"], pit["f1"], pit["support"]) == (0.0, 0.0, 0.0, 0)
-    assert m["confusion_matrix"] == matrix.tolist()
     assert m["macro_avg"]["recall"] == pytest.approx((0.8 + 0.6 + 1.0 + 0.0) / 4)
+    assert m["loss"] == pytest.approx(-(24 * np.log(0.9) + 6 * np.log(0.1 / 3)) / 30)
 
 
 def test_classification_metrics_loss_matches_keras():

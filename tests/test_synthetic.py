@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from mri_tfdata import kaggle_layout, synthetic
+from mri_tfdata import images, kaggle_layout, synthetic
 from mri_tfdata.errors import UserError
 
 SMALL = dict(train_per_class=3, test_per_class=2, image_size=24)
@@ -31,9 +31,9 @@ def test_writes_a_kaggle_tree_with_the_requested_counts(tmp_path):
             label: per_class for label in range(4)
         }
         for f in files:  # 8-bit RGB JPEGs of the requested size, stored as they are.
-            stored = kaggle_layout.read_rgb_image(f.path)
+            stored = images.read_image(f.path)
             assert (stored.format, stored.reencoded) == ("jpeg", False)
-            assert kaggle_layout.check_image_header(f.path) == (24, 24)
+            assert images.check_header(stored.data) == ("JPEG", "RGB", 24, 24)
     assert (root / "Training/glioma/Tr-gl_0000.jpg").is_file()
     assert (root / "Testing/pituitary/Te-pi_0001.jpg").is_file()
 

@@ -102,7 +102,7 @@ def test_killed_run_resumes_and_finishes_with_all_outputs(tmp_path):
 def test_nan_loss_stops_with_clear_message(tmp_path):
     import keras
 
-    from mri_tfdata import training, workdir
+    from mri_tfdata import resumable, workdir
     from mri_tfdata.errors import UserError
 
     # The NaN handling is the same for every model; a tiny one keeps this test to seconds.
@@ -117,8 +117,8 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
     train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     run = workdir.prepare(tmp_path / "run", settings={"test": 1})
     with pytest.raises(UserError, match="loss became NaN or infinite.*lower one"):
-        training.fit_phase(net, run, training.HEAD_PHASE, train_ds=train_ds, val_ds=None,
-                           initial_epoch=0, epochs=5, learning_rate=1e30)
+        with resumable.phase(net, run, "head", learning_rate=1e30) as callbacks:
+            net.fit(train_ds, epochs=5, callbacks=callbacks, verbose=0)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history["epoch"]) < 5  # Stopped early instead of training on NaN weights.
 

@@ -2,10 +2,9 @@
 
 import keras
 import keras_tuner
-import numpy as np
 from absl import logging
 
-from mri_tfdata import features, kaggle_layout, model
+from mri_tfdata import features, head_fit, kaggle_layout, model
 
 MAX_LAYERS = 3
 # Defaults are train.py's defaults, so a trial at the defaults is the default head.
@@ -25,17 +24,17 @@ def head_units(values: dict) -> tuple[int, ...]:
 
 def build_model(hp: keras_tuner.HyperParameters, *,
                 num_classes: int = len(kaggle_layout.CLASS_NAMES), activation: str = "relu",
-                standardize: bool = True,
-                adapt_features: np.ndarray | None = None) -> keras.Model:
+                standardize: bool = True) -> keras.Model:
     """Builds and compiles one trial's head from the hyperparameters, with the ordinary model code.
+
+    The head's Normalization is fitted when the head is fitted (head_fit.fit_head), so a build
+    alone (a smoke check, or the chief of a distributed search, which never fits) needs no data.
 
     Args:
       hp: the trial's hyperparameters; unseen ones are registered with train.py's defaults.
       num_classes: number of output classes.
       activation: activation of the hidden layers (not tuned; --head_activation).
       standardize: start the head with the Normalization of the 2,048 features, as training does.
-      adapt_features: training features [N, 2048] to fit the Normalization to; None leaves it at
-        mean 0, variance 1 (a smoke build, or the chief of a distributed search, which never fits).
 
     Returns:
       The compiled head: features [2048] -> float32 probabilities.
@@ -50,8 +49,6 @@ def build_model(hp: keras_tuner.HyperParameters, *,
                              default=DEFAULT_LEARNING_RATE)
     head = model.build_head(hidden_units=units, activation=activation, dropout=dropout,
                             standardize=standardize, num_classes=num_classes)
-    if adapt_features is not None:
-        model.adapt_standardization(head, adapt_features)
     model.compile_model(head, learning_rate=learning_rate)
     return head
 
@@ -69,11 +66,13 @@ class HeadHyperModel(keras_tuner.HyperModel):
       precision_policy: the Keras dtype policy of the run (precision.apply_precision's result).
       batch_sizes: the global batch sizes to choose from; one value = not tuned.
       seed: the shuffle seed of the training features.
+      strategy: the tf.distribute strategy the tuner builds trial heads under (KerasTuner calls
+        `fit` outside its scope).
     """
 
     def __init__(self, *, train: features.FeatureSet | None, validation: features.FeatureSet | None,
                  num_classes: int, activation: str, standardize: bool, precision_policy: str,
-                 batch_sizes: tuple[int, ...], seed: int):
+                 batch_sizes: tuple[int, ...], seed: int, strategy=None):
         super().__init__(name="head")
         self._train, self._validation = train, validation
         self._num_classes, self._activation = num_classes, activation
@@ -81,6 +80,7 @@ class HeadHyperModel(keras_tuner.HyperModel):
         self._policy = precision_policy
         self._batch_sizes = tuple(batch_sizes)
         self._seed = seed
+        self._strategy = strategy
 
     def declare_hyperparameters(self, hp):
         # Declared up front (it is only read in fit), so the chief's oracle, which never fits,
@@ -97,8 +97,7 @@ class HeadHyperModel(keras_tuner.HyperModel):
         # the global dtype policy; set it again so trial heads compute as the trained head will.
         keras.mixed_precision.set_global_policy(self._policy)
         return build_model(hp, num_classes=self._num_classes, activation=self._activation,
-                           standardize=self._standardize,
-                           adapt_features=None if self._train is None else self._train.features)
+                           standardize=self._standardize)
 
     def fit(self, hp, model, *args, **kwargs):
         """Fits the head on the cached training features, validating on the validation features.
@@ -116,13 +115,13 @@ class HeadHyperModel(keras_tuner.HyperModel):
         logging.info("Fitting head %s: dropout %.2f, learning rate %.3g, batch %d.",
                      ",".join(map(str, head_units(hp.values))), hp.get("dropout"),
                      hp.get("learning_rate"), batch_size)
-        train_ds = features.make_feature_dataset(self._train.features, self._train.labels,
-                                                 batch_size=batch_size, training=True,
-                                                 seed=self._seed)
-        val_ds = features.make_feature_dataset(self._validation.features, self._validation.labels,
-                                               batch_size=batch_size, training=False)
-        # shuffle=False: the dataset reshuffles itself every epoch; Keras's flag is for arrays.
-        history = model.fit(train_ds, *args, validation_data=val_ds, shuffle=False, **kwargs)
+        # The same fit as training's fast path: standardisation fitted on all training features,
+        # the same compile, batching and shuffling.
+        history = head_fit.fit_head(
+            model, self._train.features, self._train.labels,
+            validation=(self._validation.features, self._validation.labels),
+            learning_rate=hp.get("learning_rate"), batch_size=batch_size, seed=self._seed,
+            strategy=self._strategy, **kwargs)
         # The trial's score is its last epoch's val_accuracy, not KerasTuner's default (the best
         # epoch's): training keeps the last epoch's weights, and the best of ten noisy epochs
         # favours unstable heads (on the real data it predicted test accuracy worse).

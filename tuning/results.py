@@ -3,15 +3,11 @@
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # Files only; no display on servers and CI.
-import matplotlib.pyplot as plt  # noqa: E402
-
-from tuning.hypermodel import head_units  # noqa: E402
+from mri_tfdata import atomic, reports
+from mri_tfdata.reports import plt
+from tuning.hypermodel import head_units
 
 RESULTS_CSV = "results.csv"
 PLOT_PNG = "objective.png"
@@ -50,14 +46,6 @@ def best_row(rows: list[dict], objective: str) -> dict | None:
     return max(scored, key=lambda r: r[objective]) if scored else None
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temp file and a rename: a reader (or a killed writer)
-    never sees a half-written file, and concurrent writers of the same content are harmless."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_csv(rows: list[dict], path: Path) -> Path:
     """Writes the rows as CSV; columns are the union of all rows' keys, fixed ones first."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -65,7 +53,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, buffer.getvalue())
+    atomic.write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -105,9 +93,7 @@ def plot(rows: list[dict], objective: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{objective} of {len(done)} completed trial(s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)
 
 
 def write_best_flags(flag_lines: dict[str, str], path: Path, *, header: str) -> Path:
@@ -121,5 +107,5 @@ def write_best_flags(flag_lines: dict[str, str], path: Path, *, header: str) -> 
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     # Unset flags (e.g. --tpu) serialise to "", which absl would not read back.
     body = "".join(f"{flag_lines[n]}\n" for n in sorted(flag_lines) if flag_lines[n])
-    atomic_write(path, comment + body)
+    atomic.write_atomic(path, comment + body)
     return path

@@ -15,7 +15,6 @@ KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see the README.
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from absl import flags, logging
 from mri_tfdata import cli, distribute, features, flags_common, kaggle_layout, model, precision
 from mri_tfdata.cli import require
 from mri_tfdata.errors import UserError
-from tuning import results, selection, tuners
+from tuning import project, results, selection, tuners
 from tuning.hypermodel import DEFAULT_LEARNING_RATE, HeadHyperModel
 
 flags_common.define_data_flags()
@@ -62,8 +61,6 @@ flags.DEFINE_bool("overwrite", False, "Delete this project's trials and start af
 
 FLAGS = flags.FLAGS
 OBJECTIVE = tuners.OBJECTIVE
-# The settings a resumed search must share with the search it resumes (search.json).
-SETTINGS_FILE = "search.json"
 
 
 def _split_names(split: str) -> list[str]:
@@ -106,43 +103,6 @@ def _validate_flags(model_spec) -> tuple[int, ...]:
                         "follows from --epochs (max_epochs) and the reduction factor %d.",
                         tuners.HYPERBAND_FACTOR)
     return batch_sizes
-
-
-def _distributed_role() -> str:
-    """'single', 'chief' (runs only the oracle) or 'worker', from KerasTuner's environment."""
-    if "KERASTUNER_ORACLE_IP" not in os.environ:
-        return "single"
-    missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if v not in os.environ]
-    if missing:
-        raise UserError(f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} not: a "
-                        "distributed search needs all three on every process, e.g. "
-                        "KERASTUNER_TUNER_ID=chief (or tuner0, tuner1, ...), "
-                        "KERASTUNER_ORACLE_IP=10.0.0.1, KERASTUNER_ORACLE_PORT=8000. Unset "
-                        "KERASTUNER_ORACLE_IP for a local search.")
-    # KerasTuner's own rule (keras_tuner distribute utils): an ID containing "chief" is the oracle.
-    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
-
-
-def _check_settings(project_dir: Path, settings: dict) -> None:
-    """Refuses to resume a search that was made with other data or model settings."""
-    path = project_dir / SETTINGS_FILE
-    if not path.exists():
-        return
-    recorded = json.loads(path.read_text())
-    changed = sorted(k for k in settings.keys() | recorded.keys()
-                     if settings.get(k) != recorded.get(k))
-    if changed:
-        raise UserError(
-            f"{project_dir} holds a search made with other settings ({', '.join(changed)}); its "
-            "trials are not comparable with this one's. Pass another --project_name, or "
-            "--overwrite to delete that search and start afresh.")
-
-
-def _record_settings(project_dir: Path, settings: dict) -> None:
-    project_dir.mkdir(parents=True, exist_ok=True)
-    # Atomic: workers may write the same at once.
-    results.atomic_write(project_dir / SETTINGS_FILE,
-                         json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
@@ -272,7 +232,7 @@ def main(argv):
     data = flags_common.data_spec_from_flags()
     model_spec = flags_common.model_spec_from_flags()
     batch_sizes = _validate_flags(model_spec)
-    role = _distributed_role()
+    role = project.distributed_role()
     # As in training: the strategy first, then the precision policy, before any layer is built.
     strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     policy = precision.apply_precision(FLAGS.precision)
@@ -296,7 +256,7 @@ def main(argv):
     # Only the chief (or a lone search) may delete a project; a worker never does.
     overwrite = FLAGS.overwrite and role != "worker"
     if not overwrite:
-        _check_settings(project_dir, settings)
+        project.check_settings(project_dir, settings)
 
     @functools.cache  # Loaded once, whether for the trials, the final selection or both.
     def search_data():
@@ -308,7 +268,7 @@ def main(argv):
     hypermodel = HeadHyperModel(
         train=train, validation=validation, num_classes=len(kaggle_layout.CLASS_NAMES),
         activation=model_spec.head_activation, standardize=model_spec.standardize_features,
-        precision_policy=policy, batch_sizes=batch_sizes, seed=FLAGS.seed)
+        precision_policy=policy, batch_sizes=batch_sizes, seed=FLAGS.seed, strategy=strategy)
     try:
         tuner = tuners.make_tuner(
             FLAGS.tuner, hypermodel, max_trials=FLAGS.max_trials, epochs=FLAGS.epochs,
@@ -318,7 +278,7 @@ def main(argv):
     except ImportError as e:  # BayesianOptimization's optional scipy/scikit-learn.
         raise UserError(f"--tuner={FLAGS.tuner} cannot start: {e} Install them with "
                         "pip install 'keras-tuner[bayesian]', or pass --tuner=random.") from None
-    _record_settings(project_dir, settings)
+    project.record_settings(project_dir, settings)
     if role == "chief":
         logging.info("Chief: serving the oracle on %s:%s until the workers have run every trial.",
                      os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])

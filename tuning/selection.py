@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 from sklearn.model_selection import StratifiedKFold
 
-from mri_tfdata import features
+from mri_tfdata import atomic, features
 from tuning import results
 from tuning.hypermodel import HeadHyperModel, head_units
 
@@ -116,7 +116,7 @@ def cross_validate(candidate: Candidate, data: features.FeatureSet, *, folds: in
             train=_subset(data, train_index), validation=_subset(data, held_out_index),
             num_classes=num_classes, activation=activation, standardize=standardize,
             precision_policy=precision_policy, batch_sizes=(candidate.batch_size,),
-            seed=seed + fold)
+            seed=seed + fold, strategy=strategy)
         with strategy.scope():
             head = fold_model.build(hp)
         metrics = fold_model.fit(hp, head, epochs=candidate.epochs)
@@ -152,8 +152,7 @@ class ScoreStore:
     def add(self, key: str, fold_scores: FoldScores) -> None:
         self.scores[key] = fold_scores
         # Atomic: a killed run leaves the last complete file.
-        results.atomic_write(self._path, json.dumps(
-            {"setting": self._setting, "scores": self.scores}, indent=2) + "\n")
+        atomic.write_json(self._path, {"setting": self._setting, "scores": self.scores})
 
 
 def select(candidates: list[Candidate], data: features.FeatureSet, *, folds: int, seed: int,

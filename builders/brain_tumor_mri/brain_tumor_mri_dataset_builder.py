@@ -7,7 +7,7 @@ import pathlib
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mri_tfdata import kaggle_layout
+from mri_tfdata import images, kaggle_layout
 from mri_tfdata.errors import UserError
 
 # Earlier splits win when de-duplicating: an image of train is dropped from validation and test.
@@ -29,9 +29,11 @@ class BrainTumorMriConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the Kaggle Brain Tumor MRI Dataset (4 classes, manual download)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: the Kaggle tree or its zip, configs `default` and `dedup`.",
+        "1.1.0": "Grey JPEGs and PNGs keep their bytes; files TensorFlow cannot decode, links to "
+                 "files already listed and non-regular files are skipped.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Download the Kaggle "Brain Tumor MRI Dataset" (Masoud Nickparvar) from
@@ -80,7 +82,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for split in _SPLIT_ORDER:
             if split in split_dirs:
                 examples = kaggle_layout.list_examples(split_dirs[split])
-                files[split] = [(example, _sha256(example.path)) for example in examples]
+                # Hashed up front only for dedup, which must see every file before keeping any.
+                files[split] = [(example, _sha256(example.path) if self.builder_config.dedup
+                                 else None) for example in examples]
                 logging.info("%s: %d image files in %s.", split, len(examples), split_dirs[split])
         if self.builder_config.dedup:
             files = self._deduplicate(files)
@@ -119,7 +123,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for split, pairs in files.items():
             kept, seen, leaked, duplicates = [], set(), 0, 0
             for example, digest in pairs:
-                if digest in seen_in_earlier_splits:
+                if digest is None:
+                    kept.append((example, digest))  # Unreadable: generation reports it.
+                elif digest in seen_in_earlier_splits:
                     leaked += 1
                     logging.info(
                         "dedup: dropping %s, it also occurs in an earlier split.", example.relpath
@@ -150,18 +156,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, pairs: list):
         """Yields (relpath, example), skipping and logging corrupt files one by one."""
         skipped = []
-        for example, digest in pairs:
+        for example, _ in pairs:
             try:
-                image = kaggle_layout.read_rgb_image(example.path)
-            except kaggle_layout.CorruptImageError as e:
-                logging.warning("Skipping corrupt image %s: %s", example.relpath, e)
+                image = images.read_image(example.path)
+            except (images.CorruptImageError, OSError) as e:
+                logging.warning("Skipping corrupt image %r: %s", example.relpath, e)
                 skipped.append(example.relpath)
                 continue
             yield example.relpath, {
                 "image": image.data,
                 "label": example.label,
                 "filename": example.relpath,
-                "sha256": digest,
+                "sha256": image.sha256,
             }
         # Recorded when the split is done, so the metadata saved with the dataset holds the count.
         self.info.metadata["skipped_corrupt_files"][split] = len(skipped)
@@ -174,5 +180,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
 
 
-def _sha256(path: pathlib.Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256(path: pathlib.Path) -> str | None:
+    """The file's hash, or None when it cannot be read (generation then skips and reports it)."""
+    try:
+        return hashlib.sha256(images.read_file(path)).hexdigest()
+    except (images.CorruptImageError, OSError):
+        return None

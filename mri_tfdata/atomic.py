@@ -1,0 +1,111 @@
+"""Writes files whole or not at all: a reader, or a rerun after a kill, never sees half a file."""
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import BinaryIO, Callable, Union
+
+from mri_tfdata.errors import UserError
+
+Content = Union[bytes, str, Callable[[BinaryIO], None]]
+
+
+class DiskError(UserError):
+    """A file could not be written (full disk, read-only folder, missing permission)."""
+
+
+def disk_error(path, error: OSError, what: str = "write") -> DiskError:
+    """The one-paragraph error for an OSError while writing `path`, naming the path and the fix."""
+    reason = error.strerror or str(error)
+    return DiskError(f"Cannot {what} {path}: {reason}. Free disk space, fix the folder's "
+                     "permissions, or point the run at another folder.")
+
+
+def write_atomic(path, content: Content) -> pathlib.Path:
+    """Writes `content` to `path` through a temp file beside it, fsync and a rename.
+
+    Concurrent writers of the same content are harmless: each renames its own temp file, and the
+    last rename wins.
+
+    Args:
+      path: the file to write; its folder must exist.
+      content: bytes, text (UTF-8), or a function that writes into a binary file object (for
+        np.savez, matplotlib's savefig, ...).
+
+    Returns:
+      `path` as a Path.
+
+    Raises:
+      DiskError: the file could not be written; nothing is left behind.
+    """
+    path = pathlib.Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise disk_error(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise disk_error(path, e) from None
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path, obj) -> pathlib.Path:
+    """Writes `obj` as indented JSON (NaN allowed, as Python's json writes it), atomically."""
+    return write_atomic(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def publish(path, write: Callable[[pathlib.Path], None], *, suffix: str = "") -> pathlib.Path:
+    """Has `write` create a file or folder at a temp path beside `path`, then renames it there.
+
+    For what a library writes by path (Keras's .keras files, SavedModel folders): a kill while
+    `write` runs leaves the previous version (or nothing), never a half-written one.
+
+    Args:
+      path: the final file or folder; an existing one is replaced.
+      write: called with the temp path.
+      suffix: ending the temp path must have (Keras insists on ".keras").
+
+    Raises:
+      DiskError: writing failed; the temp path is removed.
+    """
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    _remove(tmp)
+    try:
+        write(tmp)
+        if path.is_dir() and not path.is_symlink():
+            # A folder cannot be replaced by a rename; move the old one aside first.
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise disk_error(path, e) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path

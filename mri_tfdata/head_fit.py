@@ -1,0 +1,83 @@
+"""Fits a head on feature arrays: the one fit behind training's fast path and every tuning trial."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mri_tfdata import model
+from mri_tfdata.errors import UserError
+
+
+def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                         training: bool, seed: int | None = None) -> tf.data.Dataset:
+    """Batches features like `input_pipeline` batches images.
+
+    Args:
+      features: float32 [N, FEATURE_DIM].
+      labels: int [N].
+      batch_size: the global batch (Keras splits it across the strategy's replicas).
+      training: shuffle all examples anew each epoch and drop the last partial batch, as the image
+        pipeline does; otherwise keep the fixed order and every example.
+      seed: the shuffle seed.
+
+    Returns:
+      A tf.data.Dataset of (float32 [B, FEATURE_DIM], int32 [B]).
+    """
+    ds = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), labels.astype(np.int32)))
+    if training:
+        # The whole split fits in memory (47 MB for 5,712 images), so the shuffle is a full one.
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    options = tf.data.Options()
+    # In-memory data has no files to shard by; say so instead of letting AUTO warn and fall back.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
+             validation: tuple[np.ndarray, np.ndarray] | None, learning_rate: float, epochs: int,
+             batch_size: int, seed: int | None = None, callbacks=(), strategy=None,
+             initial_epoch: int = 0, verbose="auto") -> keras.callbacks.History:
+    """Standardises, compiles and fits a head on features, as training compiles the classifier.
+
+    The head's Normalization layer (if any) is fitted to all of `features`. A classifier
+    assembled with `model.build_classifier(backbone, head)` shares the head's layers, so after
+    this fit it is the trained full model (raw uint8 images in).
+
+    Args:
+      head: `model.build_head(...)`, built in `strategy`'s scope.
+      features: training features, float32 [N, FEATURE_DIM].
+      labels: training labels, int [N].
+      validation: (features, labels) validated on after every epoch, or None.
+      learning_rate: Adam's learning rate (`model.compile_model`).
+      epochs: the epoch to stop at (absolute, as in Keras's fit).
+      batch_size: the global batch.
+      seed: the shuffle seed.
+      callbacks: Keras callbacks for `fit`; they see the head.
+      strategy: the tf.distribute strategy (default: the current one).
+      initial_epoch: the epoch to start from (Hyperband continues earlier trials).
+      verbose: passed to `fit`.
+
+    Returns:
+      The fit's History.
+
+    Raises:
+      UserError: the training split is smaller than one batch (the last partial batch of every
+        epoch is dropped, as in the image pipeline, so the head would never be trained).
+    """
+    if len(labels) < batch_size:
+        raise UserError(
+            f"The training split has {len(labels)} examples, fewer than one batch of "
+            f"{batch_size}, so the head would never be trained; lower --batch_size.")
+    strategy = strategy or tf.distribute.get_strategy()
+    model.adapt_standardization(head, features)
+    with strategy.scope():
+        model.compile_model(head, learning_rate=learning_rate)
+    train_ds = make_feature_dataset(features, labels, batch_size=batch_size, training=True,
+                                    seed=seed)
+    val_ds = None
+    if validation is not None:
+        val_ds = make_feature_dataset(*validation, batch_size=batch_size, training=False)
+    # shuffle=False: the dataset reshuffles itself every epoch; Keras's flag is for arrays.
+    return head.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                    callbacks=list(callbacks), shuffle=False, verbose=verbose)

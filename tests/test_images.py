@@ -1,0 +1,227 @@
+"""Tests of mri_tfdata.images: what is kept, converted or refused, by one reader and decoder."""
+
+import io
+import os
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import kaggle_trees
+from mri_tfdata import images
+from mri_tfdata.images import CorruptImageError
+
+
+def decode(stored: images.StoredImage) -> np.ndarray:
+    """What the input pipeline gets from the stored bytes."""
+    return images.decode(tf.constant(stored.data)).numpy()
+
+
+# --- kept or converted -------------------------------------------------------------------------
+
+
+def test_rgb_and_grey_jpeg_and_png_keep_their_original_bytes(tmp_path):
+    rgb = kaggle_trees.pixels(1)
+    cases = [
+        (kaggle_trees.write(tmp_path / "a.jpg", kaggle_trees.jpeg_bytes(1)), "jpeg"),
+        (kaggle_trees.write(tmp_path / "g.jpg", kaggle_trees.jpeg_bytes(2, "L")), "jpeg"),
+        (kaggle_trees.write(tmp_path / "a.png", kaggle_trees.png_bytes(Image.fromarray(rgb))),
+         "png"),
+        (kaggle_trees.write(tmp_path / "g.png",
+                            kaggle_trees.png_bytes(Image.fromarray(rgb[:, :, 0]))), "png"),
+    ]
+    for path, fmt in cases:
+        stored = images.read_image(path)
+        assert (stored.data, stored.format, stored.reencoded) == (path.read_bytes(), fmt, False)
+        decoded = decode(stored)
+        assert decoded.shape == (kaggle_trees.SIZE, kaggle_trees.SIZE, 3)
+    # Grey stays grey: TF repeats the one channel.
+    grey = decode(images.read_image(tmp_path / "g.png"))
+    np.testing.assert_array_equal(grey, np.repeat(rgb[:, :, :1], 3, axis=2))
+
+
+def test_a_png_named_jpg_is_recognised_by_content(tmp_path):
+    path = kaggle_trees.write(
+        tmp_path / "a.jpg", kaggle_trees.png_bytes(Image.fromarray(kaggle_trees.pixels(1))))
+    assert images.read_image(path).format == "png"
+
+
+def test_rgba_png_becomes_rgb_with_transparent_parts_black(tmp_path):
+    path = kaggle_trees.write(tmp_path / "a.png", kaggle_trees.rgba_png(3))
+    stored = images.read_image(path)
+    assert stored.reencoded
+    image = decode(stored)
+    half = kaggle_trees.SIZE // 2
+    assert not image[:, :half].any()
+    np.testing.assert_array_equal(image[:, half:], kaggle_trees.pixels(3)[:, half:])
+
+
+def test_palette_png_becomes_rgb(tmp_path):
+    palette = Image.fromarray(kaggle_trees.pixels(5)).convert("P")
+    path = kaggle_trees.write(tmp_path / "p.png", kaggle_trees.png_bytes(palette))
+    np.testing.assert_array_equal(decode(images.read_image(path)),
+                                  np.asarray(palette.convert("RGB")))
+
+
+def test_cmyk_jpeg_becomes_rgb_with_similar_colours(tmp_path):
+    path = kaggle_trees.write(tmp_path / "c.jpg", kaggle_trees.jpeg_bytes(4, "CMYK"))
+    stored = images.read_image(path)
+    assert stored.reencoded and Image.open(io.BytesIO(stored.data)).mode == "RGB"
+    # JPEG is lossy and the pixels are random noise, so compare the mean colour only.
+    np.testing.assert_allclose(decode(stored).mean(axis=(0, 1)),
+                               kaggle_trees.pixels(4).mean(axis=(0, 1)), atol=12)
+
+
+def test_16bit_grey_and_rgb_pngs_are_scaled_to_8_bits(tmp_path):
+    for value, expected in [(65535, 255), (257 * 100, 100), (0, 0)]:
+        path = kaggle_trees.write(tmp_path / f"{value}.png", kaggle_trees.gray16_png(value))
+        assert (decode(images.read_image(path)) == expected).all()
+    path = kaggle_trees.write(tmp_path / "rgb48.png", kaggle_trees.rgb48_png(257 * 200))
+    stored = images.read_image(path)
+    assert stored.reencoded and stored.data[24] == 8  # The PNG header's bit depth.
+    assert (decode(stored) == 200).all()
+
+
+def test_the_hash_is_the_original_files(tmp_path):
+    import hashlib
+
+    path = kaggle_trees.write(tmp_path / "c.jpg", kaggle_trees.jpeg_bytes(4, "CMYK"))
+    assert images.read_image(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- refused -----------------------------------------------------------------------------------
+
+
+def _png_with_bad_checksum() -> bytes:
+    data = bytearray(kaggle_trees.png_bytes(Image.fromarray(kaggle_trees.pixels(6))))
+    idat = data.index(b"IDAT")
+    length = struct.unpack(">I", data[idat - 4:idat])[0]
+    data[idat + 4 + length] ^= 0xFF  # The first byte of the IDAT chunk's CRC.
+    return bytes(data)
+
+
+def _png_cut_inside_its_data() -> bytes:
+    """Header and chunk structure intact, the compressed rows cut short (and the CRC redone)."""
+    rows = b"".join(b"\x00" + bytes(kaggle_trees.pixels(7)[r].tobytes())
+                    for r in range(kaggle_trees.SIZE))
+    compressed = zlib.compress(rows)[:40]
+    header = struct.pack(">IIBBBBB", kaggle_trees.SIZE, kaggle_trees.SIZE, 8, 2, 0, 0, 0)
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed)
+            + chunk(b"IEND", b""))
+
+
+def _jpeg_with_garbled_middle() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(kaggle_trees.pixels(8, size=64)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"\xff\xda")  # Start of scan: what follows is the entropy-coded data.
+    middle = (start + len(data)) // 2
+    data[middle:middle + 16] = b"\xff\xc4" * 8  # Huffman-table markers where none belong.
+    return bytes(data)
+
+
+UNDECODABLE = {
+    "png_bad_checksum": _png_with_bad_checksum,
+    "png_cut_short": _png_cut_inside_its_data,
+    "jpeg_garbled_middle": _jpeg_with_garbled_middle,
+    "jpeg_truncated": lambda: kaggle_trees.truncated_jpeg(7),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNDECODABLE))
+def test_files_tf_cannot_decode_are_refused_alone_and_in_bulk(tmp_path, name):
+    data = UNDECODABLE[name]()
+    images.check_header(data)  # The quick check passes: only a decode tells.
+    bad = kaggle_trees.write(tmp_path / f"{name}.img", data)
+    with pytest.raises(CorruptImageError, match="cannot decode"):
+        images.read_image(bad)
+    good = kaggle_trees.write(tmp_path / "good.jpg", kaggle_trees.jpeg_bytes(1))
+    verdicts = images.check_files([good, bad, good])
+    assert [v.error is None for v in verdicts] == [True, False, True]
+    assert "cannot decode" in verdicts[1].error
+
+
+def test_a_jpeg_with_trailing_bytes_is_accepted(tmp_path):
+    path = kaggle_trees.write(tmp_path / "t.jpg", kaggle_trees.jpeg_bytes(1) + b"\0" * 5000)
+    assert not images.read_image(path).reencoded
+    assert images.check_files([path])[0].error is None
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file named .jpg\n"],
+                         ids=["zero_bytes", "text"])
+def test_unreadable_files_raise_corrupt_image_error(tmp_path, content):
+    path = kaggle_trees.write(tmp_path / "bad.jpg", content)
+    with pytest.raises(CorruptImageError):
+        images.read_image(path)
+    assert images.check_files([path])[0].error
+
+
+def test_non_regular_files_are_refused_without_reading_or_blocking(tmp_path):
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jpg"
+    os.symlink("/dev/zero", zero)
+    result = {}
+    # A FIFO with no writer would block an ordinary open forever: run it where a hang shows.
+    worker = threading.Thread(target=lambda: result.update(
+        verdicts=images.check_files([fifo, zero])), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "checking a FIFO blocked"
+    assert all("not a regular file" in v.error for v in result["verdicts"])
+    for path in (fifo, zero):
+        with pytest.raises(CorruptImageError, match="not a regular file"):
+            images.read_image(path)
+
+
+def test_a_file_larger_than_any_image_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 1000)
+    path = kaggle_trees.write(tmp_path / "big.jpg", kaggle_trees.jpeg_bytes(1) + b"\0" * 2000)
+    with pytest.raises(CorruptImageError, match="more than the 1000"):
+        images.read_image(path)
+
+
+def test_check_header_refuses_absurd_dimensions_without_decoding(tmp_path):
+    # 9000 x 9000 declared in the header, with no pixel data at all: refusing it must not decode.
+    bomb = kaggle_trees.raw_png(9000, 9000, bit_depth=8, color_type=2)
+    start = time.perf_counter()
+    with pytest.raises(CorruptImageError, match="9000x9000"):
+        images.check_header(bomb)
+    assert time.perf_counter() - start < 1.0
+    path = kaggle_trees.write(tmp_path / "bomb.png", bomb)
+    with pytest.raises(CorruptImageError, match="decompression bomb"):
+        images.read_image(path)
+    # Far beyond Pillow's own limit: still our error type, not Pillow's.
+    with pytest.raises(CorruptImageError):
+        images.check_header(kaggle_trees.raw_png(100_000, 100_000, bit_depth=8, color_type=2))
+
+
+def test_check_header_returns_format_mode_and_size():
+    data = kaggle_trees.jpeg_bytes(1)
+    assert images.check_header(data) == ("JPEG", "RGB", kaggle_trees.SIZE, kaggle_trees.SIZE)
+    with pytest.raises(CorruptImageError):
+        images.check_header(data, max_pixels=kaggle_trees.SIZE ** 2 - 1)
+    with pytest.raises(CorruptImageError, match="not a readable image"):
+        images.check_header(b"plain text")
+
+
+def test_decode_and_resize_eagerly_and_in_tf_data():
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[:, :, 0] = 200
+    for encoded in (tf.io.encode_png(image), tf.io.encode_jpeg(image, quality=100)):
+        eager = images.decode_and_resize(encoded, image_size=16)
+        assert eager.dtype == tf.uint8 and eager.shape == (16, 16, 3)
+        assert abs(int(eager[8, 8, 0]) - 200) <= 2 and int(eager[8, 8, 1]) <= 2
+        mapped = tf.data.Dataset.from_tensors(encoded).map(
+            lambda b: images.decode_and_resize(b, image_size=16))
+        np.testing.assert_array_equal(next(iter(mapped)).numpy(), eager.numpy())

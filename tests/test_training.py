@@ -1,0 +1,100 @@
+"""In-process runs of training.train(): the fast path, fine-tuning, the file cache, DataSpec."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mri_tfdata import dataspec, evaluation, features, inference, sources, training
+from mri_tfdata.errors import UserError
+from mri_tfdata.model import ModelSpec
+
+SPEC = ModelSpec(image_size=32, weights="none", head_units=(16,))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    spec = dataspec.DataSpec(source="synthetic", data_dir=str(tmp_path_factory.mktemp("synth")),
+                             synthetic_train_per_class=8, synthetic_test_per_class=2,
+                             synthetic_image_size=32)
+    spec.prepare()
+    return spec
+
+
+def _train(data, tmp_path, name, **config):
+    config = training.TrainConfig(**{"batch_size": 4, "epochs": 2, "learning_rate": 1e-3,
+                                     "feature_cache": str(tmp_path / "features"), **config})
+    keras.mixed_precision.set_global_policy("float32")
+    return training.train(data=data, model_spec=SPEC, config=config,
+                          workdir_path=tmp_path / name, strategy=tf.distribute.get_strategy(),
+                          precision_policy="float32")
+
+
+def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_model(data, tmp_path):
+    result = _train(data, tmp_path, "fast", cache=str(tmp_path / "images"))
+    assert result.history["epoch"] == [1, 2] and set(result.history["phase"]) == {"head"}
+    # Train, validation and test features were each extracted once into the cache ...
+    assert len(list((tmp_path / "features").glob("*.npz"))) == 3
+    # ... and no image pipeline was built for nothing: no file cache, not even a partial one.
+    assert not (tmp_path / "images").exists()
+    metrics = json.loads((result.workdir / "metrics.json").read_text())
+    assert metrics["num_examples"] == 8
+    # The metrics are those of the saved model on the test images.
+    saved = inference.load_classifier(result.workdir / "model.keras")
+    test = data.open("test")
+    direct = evaluation.head_probabilities(
+        saved.get_layer("head"), features.load_or_extract(
+            test, backbone=saved.get_layer("backbone"), image_size=32, batch_size=4,
+            cache_dir=None).features)
+    labels = np.array([label for _, label in test.dataset.as_numpy_iterator()])
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(direct.argmax(1) == labels)))
+    picked = np.clip(direct[np.arange(len(labels)), labels], 1e-7, 1)
+    assert metrics["loss"] == pytest.approx(float(-np.log(picked).mean()), rel=1e-4)
+
+
+def test_fine_tuning_trains_the_top_block_end_to_end(data, tmp_path):
+    result = _train(data, tmp_path, "fine", epochs=1, fine_tune_blocks=1, fine_tune_epochs=1,
+                    fine_tune_learning_rate=1e-2, max_steps_per_epoch=2)
+    assert result.history["phase"] == ["head", "fine_tune"]
+    assert result.history["epoch"] == [1, 2]
+    keras.utils.set_random_seed(0)  # The run's seed: the same initial random backbone.
+    from mri_tfdata import model
+    initial = model.build_backbone(image_size=32, weights="none").get_layer("resnet50")
+    trained = inference.load_classifier(result.workdir / "model.keras").get_layer(
+        "backbone").get_layer("resnet50")
+    for layer, moved in (("conv5_block3_3_conv", True), ("conv5_block2_3_conv", False),
+                         ("conv5_block3_3_bn", False)):
+        same = all(np.array_equal(a, b) for a, b in zip(
+            initial.get_layer(layer).get_weights(), trained.get_layer(layer).get_weights()))
+        assert same is not moved, layer
+
+
+def test_end_to_end_with_a_file_cache_writes_it_once_and_reads_it_back(data, tmp_path, caplog):
+    caplog.set_level("INFO")
+    first = _train(data, tmp_path, "first", feature_cache="off", cache=str(tmp_path / "images"))
+    # The writers' own partial folders go when the process ends; the caches are published whole.
+    caches = [p for p in (tmp_path / "images").iterdir() if ".partial-" not in p.name]
+    assert len(caches) == 2  # train and validation
+    assert all((cache / "cache.index").exists() for cache in caches)
+    caplog.clear()
+    second = _train(data, tmp_path, "second", feature_cache="off", cache=str(tmp_path / "images"))
+    assert "Reading the file cache" in caplog.text
+    # The same seed and the same (cached) pixels: the same run.
+    np.testing.assert_allclose(second.history["loss"], first.history["loss"], rtol=1e-5)
+
+
+def test_dataspec_opens_each_source_and_names_what_is_missing(data, tmp_path):
+    assert data.synthetic_root().name == "train8-test2-32px"
+    train = data.open("train[:50%]")
+    assert train.num_examples == 16 and train.class_names == sources.kaggle_layout.CLASS_NAMES
+    assert "synthetic" in data.describe() and str(data.synthetic_root()) in data.describe()
+    folder = dataspec.DataSpec(source="folder", data_dir=str(data.synthetic_root()))
+    assert folder.open("test").num_examples == 8
+    with pytest.raises(UserError, match="needs --data_dir"):
+        dataspec.DataSpec(source="folder").open("train")
+    with pytest.raises(UserError, match="is not built in .*tfds build builders/brain_tumor_mri"):
+        dataspec.DataSpec(source="tfds", tfds_data_dir=str(tmp_path)).open("train")
+    with pytest.raises(ValueError, match="source must be one of"):
+        dataspec.DataSpec(source="s3")
