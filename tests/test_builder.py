@@ -89,7 +89,7 @@ def test_corrupt_files_are_skipped_logged_and_counted(messy, tmp_path, caplog):
     assert builder.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 1}
     log = caplog.text
     for name in expected["corrupt"]:
-        assert f"Skipping corrupt image {name}" in log
+        assert f"Skipping corrupt image {name!r}" in log
     assert "train: skipped 2 corrupt image file(s)" in log
     # The count is saved with the dataset, not only kept in memory.
     reloaded = tfds.builder("brain_tumor_mri", data_dir=str(tmp_path))

@@ -4,7 +4,6 @@ import io
 import os
 import struct
 import threading
-import time
 import zlib
 
 import numpy as np
@@ -192,12 +191,11 @@ def test_a_file_larger_than_any_image_is_refused_unread(tmp_path, monkeypatch):
 
 
 def test_check_header_refuses_absurd_dimensions_without_decoding(tmp_path):
-    # 9000 x 9000 declared in the header, with no pixel data at all: refusing it must not decode.
+    # 9000 x 9000 declared in the header, with no pixel data at all: a decode would fail with
+    # another message, so naming the size shows it was refused from the header alone.
     bomb = kaggle_trees.raw_png(9000, 9000, bit_depth=8, color_type=2)
-    start = time.perf_counter()
     with pytest.raises(CorruptImageError, match="9000x9000"):
         images.check_header(bomb)
-    assert time.perf_counter() - start < 1.0
     path = kaggle_trees.write(tmp_path / "bomb.png", bomb)
     with pytest.raises(CorruptImageError, match="decompression bomb"):
         images.read_image(path)
