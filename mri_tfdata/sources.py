@@ -1,11 +1,13 @@
 """Where encoded images come from: a TFDS build of brain_tumor_mri, or a Kaggle-layout folder."""
 
 import dataclasses
+import functools
 import hashlib
 import pathlib
 import types
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
@@ -26,6 +28,9 @@ class Source:
       cache_id: Identifies the content (dataset, config, version, split, shard); a file cache keyed
         by it never serves another source's images.
       description: A short human-readable description for logs.
+      index: Returns (names, labels) of the examples in `dataset`'s order without decoding an
+        image: names are file paths relative to the dataset root (TFDS: the `filename` feature).
+        None for a source that has none (names are then the positions).
     """
 
     dataset: tf.data.Dataset
@@ -33,6 +38,24 @@ class Source:
     class_names: tuple
     cache_id: str
     description: str
+    index: Optional[Callable[[], tuple[tuple, np.ndarray]]] = None
+
+    @functools.cached_property
+    def _names_and_labels(self) -> tuple[tuple, np.ndarray]:
+        if self.index is not None:
+            return self.index()
+        labels = np.array([int(label) for _, label in self.dataset.as_numpy_iterator()], np.int64)
+        return tuple(str(i) for i in range(len(labels))), labels
+
+    @property
+    def names(self) -> tuple:
+        """Each example's file name, in order (for reports that name the files)."""
+        return self._names_and_labels[0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each example's label, in order, read without decoding any image."""
+        return self._names_and_labels[1]
 
 
 def _short_hash(text: str) -> str:
@@ -96,13 +119,22 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
     dataset = dataset.map(lambda ex: (ex["image"], ex["label"]),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     num_examples = int(dataset.cardinality())
+
+    def index():
+        records = builder.as_dataset(
+            split=read_split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False),
+            decoders=tfds.decode.PartialDecoding({"label": True, "filename": True}))
+        pairs = [(ex["filename"].decode(), int(ex["label"])) for ex in tfds.as_numpy(records)]
+        return tuple(n for n, _ in pairs), np.array([label for _, label in pairs], np.int64)
+
     class_names = tuple(builder.info.features["label"].names)
     data_root = str(pathlib.Path(builder.data_dir_root).expanduser().resolve())
     cache_id = (f"tfds/{name}/{config}/{builder.version}/{split}{_shard_suffix(input_context)}"
                 f"/{_short_hash(data_root)}")
     return Source(dataset=dataset, num_examples=num_examples, class_names=class_names,
                   cache_id=cache_id,
-                  description=f"TFDS {name}/{config}:{builder.version} {split} in {data_root}")
+                  description=f"TFDS {name}/{config}:{builder.version} {split} in {data_root}",
+                  index=index)
 
 
 def _stable_order(examples: list) -> list:
@@ -196,5 +228,7 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
                         for e, _ in kept)
     cache_id = (f"folder/{root.resolve().name}/{split}{_shard_suffix(input_context)}"
                 f"/{_short_hash(str(root.resolve()) + listing)}")
+    names = tuple(e.relpath for e, _ in kept)
     return Source(dataset=dataset, num_examples=len(paths), class_names=kaggle_layout.CLASS_NAMES,
-                  cache_id=cache_id, description=f"folder {root} {split} ({len(paths)} images)")
+                  cache_id=cache_id, description=f"folder {root} {split} ({len(paths)} images)",
+                  index=lambda: (names, np.array(labels, np.int64)))

@@ -166,3 +166,14 @@ def test_tfds_errors_name_the_fix(tfds_dir, tmp_path):
         sources.load_tfds_source(split="train", data_dir=str(tmp_path))
     with pytest.raises(UserError, match="Valid splits are train, test"):
         sources.load_tfds_source(split="validation", data_dir=tfds_dir)
+
+
+def test_names_and_labels_come_without_decoding_in_dataset_order(tree, tfds_dir):
+    for source in (sources.load_folder_source(tree, split="train[:50%]"),
+                   sources.load_tfds_source(split="test", data_dir=tfds_dir)):
+        in_order = [label for _, label in elements(source)]
+        assert source.labels.tolist() == in_order
+        assert len(source.names) == source.num_examples == len(set(source.names))
+        # A name is the file's path under the dataset root; its class folder is its label.
+        assert all(source.class_names[label] in name.split("/")
+                   for name, label in zip(source.names, source.labels))
