@@ -11,7 +11,7 @@ import tensorflow as tf
 from absl import logging
 
 from mri_tfdata import (atomic, distribute, evaluation, export, features, head_fit, inference,
-                        input_pipeline, model, reports, resumable, workdir)
+                        input_pipeline, model, reports, resumable, summaries, workdir)
 from mri_tfdata.dataspec import DataSpec
 from mri_tfdata.errors import UserError
 from mri_tfdata.model import ModelSpec
@@ -140,6 +140,10 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
             batch_size=config.batch_size, cache_dir=job.cache_dir, strategy=job.strategy,
             extra={"split": config.test_split, "model": str(saved_path)},
             checked_model=inference.load_classifier(saved_path))
+        # Beside the train/ and validation/ curves, at the last epoch (Keras counts from 0).
+        summaries.write_evaluation(
+            run.path / "logs" / "test", step=history["epoch"][-1] - 1, metrics=metrics,
+            plots={name: run.path / f"{name}.png" for name in evaluation.PLOTS})
     # Resume state is useless once the outputs exist (BackupAndRestore already emptied backup/).
     for scratch in ("backup", "checkpoints"):
         shutil.rmtree(run.path / scratch, ignore_errors=True)

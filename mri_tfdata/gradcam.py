@@ -1,0 +1,227 @@
+"""Grad-CAM: where in an image the classifier found its evidence for a class, drawn over the image."""
+
+import dataclasses
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mri_tfdata.errors import UserError
+# reports owns the matplotlib set-up (the Agg backend) and the atomic PNG writer.
+from mri_tfdata.reports import plt, save_figure
+
+# ResNet50's last convolutional block: the 2,048 maps (1/32 of the input side: 4 x 4 at 128 px,
+# 7 x 7 at 224 px) that the average pooling turns into the head's features, so the finest maps
+# the decision can be traced back to without passing through more convolutions.
+CONV_LAYER = "conv5_block3_out"
+# ResNet50 halves the resolution five times, each time keeping the top-left sample of a 2 x 2
+# window (stride-2 convolutions and pooling on symmetric padding), so cell (i, j) of CONV_LAYER is
+# centred on input pixel (32 i, 32 j), not on the middle of the i-th 32-pixel band: stretching the
+# heatmap over the image would shift the evidence half a cell down and right.
+STRIDE = 32
+
+
+@dataclasses.dataclass
+class GradCam:
+    """Grad-CAM heatmaps of a batch of images, with the predictions they explain."""
+
+    heatmaps: np.ndarray  # float32 [N, h, w] in [0, 1], at CONV_LAYER's resolution; 1 = the peak
+    probabilities: np.ndarray  # float32 [N, C], the classifier's class probabilities
+    classes: np.ndarray  # int [N]: the class each heatmap explains
+
+
+def _not_ours(classifier, missing) -> UserError:
+    return UserError(
+        f"Grad-CAM cannot read the model {classifier.name!r}: it has no {missing}. It needs a "
+        "classifier built by mri_tfdata (image -> backbone (preprocess -> resnet50 -> features) "
+        "-> head); pass the model.keras of an mri_tfdata training run.")
+
+
+def _cut(classifier: keras.Model):
+    """Cuts the classifier at CONV_LAYER: (images -> maps, float32 maps -> float32 logits).
+
+    Both halves call the classifier's own layers, so they carry its weights, frozen or
+    fine-tuned. The second half is ResNet50's global average pooling (what pooling="avg" puts
+    after CONV_LAYER; checked below), the identity "features" layer and the head up to its
+    softmax, ending at the logits: Grad-CAM differentiates the class score before the softmax,
+    because the softmax saturates on confident predictions and its gradient vanishes with it.
+    The pooling and the last layer run in float32 under every precision policy; the head's
+    hidden layers keep their policy, and its float32 standardisation (where the large factors
+    of a random backbone's features live) stays float32.
+    """
+    try:
+        backbone = classifier.get_layer("backbone")
+        resnet, features = backbone.get_layer("resnet50"), backbone.get_layer("features")
+        preprocess, conv = backbone.get_layer("preprocess"), resnet.get_layer(CONV_LAYER)
+        head = classifier.get_layer("head")
+        last = head.get_layer("probabilities")
+    except ValueError as e:
+        raise _not_ours(classifier, f"layer it needs ({e})") from None
+    pool = resnet.layers[-1]
+    if not (isinstance(pool, keras.layers.GlobalAveragePooling2D) and pool.input is conv.output):
+        raise _not_ours(classifier, f"global average pooling right after {CONV_LAYER}")
+    to_maps = keras.Model(resnet.input, conv.output)
+    hidden = keras.Model(head.input, last.input)
+
+    def maps_of(images):
+        return to_maps(preprocess(images), training=False)
+
+    def logits_of(maps):
+        pooled = features(keras.ops.mean(maps, axis=(1, 2)))
+        x = keras.ops.cast(hidden(pooled, training=False), "float32")
+        return keras.ops.matmul(x, keras.ops.cast(last.kernel, "float32")) + last.bias
+
+    return maps_of, logits_of
+
+
+def gradcam(classifier: keras.Model, images, *, class_index: int | None = None,
+            batch_size: int = 16) -> GradCam:
+    """Computes Grad-CAM (Selvaraju et al., 2017) at CONV_LAYER for each image.
+
+    For class c with logit y_c and the layer's maps A_k, the weight of map k is the spatial mean
+    of dy_c/dA_k, and the heatmap is ReLU(sum_k weight_k A_k) divided by its maximum (all zeros
+    when no location speaks for c). Gradients, weights and heatmaps are float32.
+
+    Args:
+      classifier: a classifier from model.build_classifier, as trained or loaded (any precision
+        policy; an augmentation layer is skipped, as it is at inference).
+      images: uint8 [N, H, W, 3] at the classifier's input size.
+      class_index: the class to explain for every image; None explains each image's predicted
+        class.
+      batch_size: images per forward pass.
+
+    Returns:
+      A GradCam.
+
+    Raises:
+      UserError: the model is not an mri_tfdata classifier.
+      ValueError: images of the wrong shape, or a class_index out of range.
+    """
+    images = np.asarray(images)
+    expected = tuple(classifier.input_shape[1:])
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise ValueError(f"images of shape {images.shape}; the classifier takes [N, *{expected}]")
+    num_classes = int(classifier.output_shape[-1])
+    if class_index is not None and not 0 <= class_index < num_classes:
+        raise ValueError(f"class_index={class_index}; the classifier has {num_classes} classes")
+    maps_of, logits_of = _cut(classifier)
+    heatmaps, probabilities, classes = [], [], []
+    for start in range(0, len(images), batch_size):
+        maps = tf.cast(maps_of(images[start:start + batch_size]), tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(maps)
+            logits = logits_of(maps)
+            chosen = (tf.argmax(logits, axis=1, output_type=tf.int32) if class_index is None
+                      else tf.fill([tf.shape(logits)[0]], class_index))
+            # Each image's score depends on its own maps only, so one gradient of the sum gives
+            # every image's gradient.
+            score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+        weights = tf.reduce_mean(tape.gradient(score, maps), axis=(1, 2))
+        cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", maps, weights))
+        heatmaps.append(tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True)))
+        probabilities.append(tf.nn.softmax(logits))
+        classes.append(chosen)
+    return GradCam(heatmaps=np.concatenate(heatmaps).astype(np.float32),
+                   probabilities=np.concatenate(probabilities).astype(np.float32),
+                   classes=np.concatenate(classes).astype(np.int64))
+
+
+def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str = "") -> None:
+    """Draws the image with the heatmap over it (jet, half transparent), each cell where it looks.
+
+    Cell (i, j) is drawn centred on pixel (STRIDE i, STRIDE j), smoothed bilinearly; beyond the
+    last cells (the right and bottom half cell) the edge values continue.
+    """
+    height, width = image.shape[:2]
+    padded = np.pad(heatmap, ((0, 1), (0, 1)), mode="edge")
+    # In imshow's coordinates pixel p is centred on p, and a cell spans STRIDE pixels.
+    extent = (-STRIDE / 2, STRIDE * padded.shape[1] - STRIDE / 2,
+              STRIDE * padded.shape[0] - STRIDE / 2, -STRIDE / 2)
+    ax.imshow(image)
+    ax.imshow(padded, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0, extent=extent,
+              interpolation="bilinear")
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def _caption(result: GradCam, i: int, class_names) -> str:
+    predicted = int(np.argmax(result.probabilities[i]))
+    caption = f"predicted {class_names[predicted]} ({result.probabilities[i, predicted]:.3f})"
+    explained = int(result.classes[i])
+    if explained != predicted:
+        caption += f"\nGrad-CAM of {class_names[explained]} ({result.probabilities[i, explained]:.3f})"
+    return caption
+
+
+def _unique_png_names(files) -> list[str]:
+    """scan.jpg -> scan.png; a second scan.* from another folder -> scan-2.png, and so on."""
+    names, taken = [], set()
+    for file in files:
+        stem = pathlib.Path(file).stem or "image"
+        name, n = f"{stem}.png", 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}.png"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def save_overlays(classifier: keras.Model, images, files, out_dir, *, class_names,
+                  class_index: int | None = None) -> list[pathlib.Path]:
+    """Writes one PNG per image: the image, its Grad-CAM overlay, the predicted class.
+
+    Args:
+      classifier: as for `gradcam`.
+      images: uint8 [N, H, W, 3], the images as the classifier takes them.
+      files: N file names; each PNG is named after one (scan1.jpg -> scan1.png); files already
+        in `out_dir` are replaced.
+      out_dir: the folder for the PNGs (created if missing).
+      class_names: the classifier's classes, in label order.
+      class_index: the class to explain; None for each image's predicted class.
+
+    Returns:
+      The paths written, in the order of `files`.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = gradcam(classifier, images, class_index=class_index)
+    written = []
+    for i, (file, name) in enumerate(zip(files, _unique_png_names(files))):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 3.6))
+        left.imshow(images[i])
+        left.set_title("input to the model", fontsize=9)
+        left.axis("off")
+        draw_overlay(right, images[i], result.heatmaps[i], "Grad-CAM")
+        fig.suptitle(f"{pathlib.Path(file).name}: {_caption(result, i, class_names)}", fontsize=10)
+        fig.tight_layout()
+        written.append(save_figure(fig, out_dir / name))
+    return written
+
+
+def plot_grid(path, rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]]) -> pathlib.Path:
+    """Draws rows of Grad-CAM overlays into one PNG.
+
+    Args:
+      path: the PNG to write.
+      rows: (row label, [(image, heatmap, caption), ...]) per row; empty rows are left out.
+
+    Returns:
+      `path`.
+    """
+    rows = [(label, panels) for label, panels in rows if panels]
+    columns = max((len(panels) for _, panels in rows), default=1)
+    fig, axes = plt.subplots(max(len(rows), 1), columns, figsize=(2.6 * columns, 2.9 * len(rows)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, (label, panels) in enumerate(rows):
+        for c, (image, heatmap, caption) in enumerate(panels):
+            draw_overlay(axes[r, c], image, heatmap, caption)
+        axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, rotation=90,
+                        ha="right", va="center", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
