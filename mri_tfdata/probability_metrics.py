@@ -78,6 +78,8 @@ def brier_score(labels, probabilities) -> float:
     and right) to 2 (certain and wrong); scikit-learn's brier_score_loss(scale_by_half=False).
     """
     probabilities = np.asarray(probabilities, np.float64)
+    # float32 softmax rows sum to 1 within ~1e-7, which scikit-learn warns about in float64.
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
     return float(sk_metrics.brier_score_loss(labels, probabilities,
                                              labels=list(range(probabilities.shape[1])),
                                              scale_by_half=False))

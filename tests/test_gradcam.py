@@ -1,0 +1,159 @@
+"""Tests for mri_tfdata.gradcam on the package's own classifier (ResNet50 + head, small and random)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mri_tfdata import gradcam, model
+from mri_tfdata.errors import UserError
+
+# 128 px gives ResNet50's last block a 4 x 4 map: the smallest size at which "where" means much.
+SIZE, SIDE = 128, 48
+
+
+def _squares(rng, count, *, square: bool):
+    """Grey noise images, with a bright SIDE x SIDE square at a random place if `square`.
+
+    The background is about ImageNet's mean grey, which the caffe preprocessing maps to about 0,
+    like ResNet's zero padding: a random backbone then sees no frame around the image.
+    """
+    images = rng.integers(100, 140, (count, SIZE, SIZE, 1)).repeat(3, axis=-1).astype(np.uint8)
+    corners = rng.integers(0, SIZE - SIDE + 1, (count, 2))
+    if square:
+        for image, (row, col) in zip(images, corners):
+            image[row:row + SIDE, col:col + SIDE] = 230
+    return images, corners
+
+
+@pytest.fixture(scope="module")
+def square_finder():
+    """Our classifier (random frozen ResNet50, trained head) telling squares from no squares."""
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    backbone = model.build_backbone(image_size=SIZE, weights="none")
+    head = model.build_head(hidden_units=(16,), standardize=True, num_classes=2)
+    classifier = model.build_classifier(backbone, head)
+    plain, _ = _squares(rng, 48, square=False)
+    marked, _ = _squares(rng, 48, square=True)
+    features = backbone.predict(np.concatenate([plain, marked]), batch_size=16, verbose=0)
+    labels = np.repeat([0, 1], 48)
+    model.adapt_standardization(head, features)
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    head.fit(features, labels, epochs=60, batch_size=16, verbose=0)
+    return classifier, rng
+
+
+def test_the_heatmap_peaks_on_the_square(square_finder):
+    classifier, rng = square_finder
+    images, corners = _squares(rng, 30, square=True)
+    result = gradcam.gradcam(classifier, images, class_index=1)  # the evidence for "square"
+    assert np.mean(result.probabilities[:, 1] > 0.5) >= 0.9
+    assert result.heatmaps.shape == (30, 4, 4)
+    hits = 0
+    for heatmap, (row, col) in zip(result.heatmaps, corners):
+        # The input pixel the hottest cell is centred on (see gradcam.STRIDE).
+        peak_row, peak_col = gradcam.STRIDE * np.array(np.unravel_index(heatmap.argmax(), (4, 4)))
+        hits += row <= peak_row < row + SIDE and col <= peak_col < col + SIDE
+    # A peak at a random cell would fall in the square about 15 % of the time.
+    assert hits >= 0.8 * len(images), f"the peak lay on the square in {hits} of {len(images)}"
+
+
+def test_the_class_to_explain_can_be_chosen(square_finder):
+    classifier, rng = square_finder
+    images, _ = _squares(rng, 3, square=True)
+    chosen = gradcam.gradcam(classifier, images, class_index=0)
+    assert (chosen.classes == 0).all()
+    assert not np.allclose(chosen.heatmaps, gradcam.gradcam(classifier, images).heatmaps)
+    with pytest.raises(ValueError, match="class_index=2"):
+        gradcam.gradcam(classifier, images, class_index=2)
+
+
+def test_cells_are_centred_on_multiples_of_the_stride():
+    # The overlay draws cell (i, j) on pixel (32 i, 32 j); check on the network that it looks there.
+    keras.utils.set_random_seed(0)
+    size = 96
+    backbone = model.build_backbone(image_size=size, weights="none")
+    resnet = backbone.get_layer("resnet50")
+    to_maps = keras.Model(resnet.input, resnet.get_layer(gradcam.CONV_LAYER).output)
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)), tf.float32)
+    for cell in [(1, 1), (1, 2), (2, 1)]:
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            maps = to_maps(backbone.get_layer("preprocess")(images))
+            response = tf.reduce_sum(maps[0, cell[0], cell[1]] ** 2)
+        sensitivity = tf.reduce_sum(tf.abs(tape.gradient(response, images)[0]), axis=-1).numpy()
+        peak = np.array(np.unravel_index(sensitivity.argmax(), sensitivity.shape))
+        assert np.abs(peak - gradcam.STRIDE * np.array(cell)).max() <= 4, (cell, peak)
+
+
+def _small_classifier(size=64):
+    return model.build_classifier(model.build_backbone(image_size=size, weights="none"),
+                                  model.build_head(hidden_units=(8,), standardize=True))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A float32 64 px classifier's weights file, five images and their float32 Grad-CAMs."""
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(3)
+    classifier = _small_classifier()
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (5, 64, 64, 3)).astype(np.uint8)
+    model.adapt_standardization(classifier.get_layer("head"),
+                                classifier.get_layer("backbone").predict(images, verbose=0))
+    weights = tmp_path_factory.mktemp("gradcam") / "reference.weights.h5"
+    classifier.save_weights(weights)
+    return weights, images, gradcam.gradcam(classifier, images, batch_size=2)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16", "fine_tuned"])
+def test_the_cut_model_is_the_classifier_under_every_policy(policy, reference):
+    weights, images, expected = reference
+    keras.mixed_precision.set_global_policy("float32" if policy == "fine_tuned" else policy)
+    classifier = _small_classifier()
+    classifier.load_weights(weights)
+    if policy == "fine_tuned":
+        model.unfreeze_top_blocks(classifier, 1)
+        conv = classifier.get_layer("backbone").get_layer("resnet50").get_layer(
+            "conv5_block3_3_conv")
+        conv.kernel.assign(conv.kernel * 1.5)  # as if fine-tuning had moved it
+    result = gradcam.gradcam(classifier, images, batch_size=2)
+    assert result.heatmaps.dtype == np.float32 and result.heatmaps.shape == (5, 2, 2)
+    assert np.isfinite(result.heatmaps).all()
+    assert result.heatmaps.min() >= 0 and np.allclose(result.heatmaps.max(axis=(1, 2)), 1)
+    # The cut model computes what the classifier computes, under the classifier's own policy.
+    direct = keras.ops.convert_to_numpy(classifier(images, training=False))
+    np.testing.assert_allclose(result.probabilities, direct,
+                               atol=1e-5 if "16" not in policy else 2e-2)
+    if policy == "fine_tuned":
+        # The fine-tuned weights are the ones explained.
+        assert not np.allclose(result.heatmaps, expected.heatmaps, atol=1e-3)
+    else:
+        # 16-bit maps and head move the heatmaps a little, not the picture.
+        np.testing.assert_allclose(result.heatmaps, expected.heatmaps, atol=0.15)
+
+
+def test_overlays_and_grid_are_written(tmp_path):
+    keras.utils.set_random_seed(0)
+    classifier = _small_classifier()
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
+    files = ["a/scan.jpg", "b/scan.jpg", "other.png"]
+    paths = gradcam.save_overlays(classifier, images, files, tmp_path / "cams",
+                                  class_names=("glioma", "meningioma", "notumor", "pituitary"))
+    assert [p.name for p in paths] == ["scan.png", "scan-2.png", "other.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 10_000 for p in paths)
+    result = gradcam.gradcam(classifier, images)
+    grid = gradcam.plot_grid(tmp_path / "grid.png", [
+        ("correct", [(images[0], result.heatmaps[0], "one")]),
+        ("wrong", [(images[1], result.heatmaps[1], "two"), (images[2], result.heatmaps[2], "3")]),
+        ("empty", [])])
+    assert grid.stat().st_size > 10_000
+
+
+def test_a_model_that_is_not_ours_is_refused_in_one_paragraph():
+    inputs = keras.Input((32, 32, 3))
+    other = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(UserError, match="needs a classifier built by mri_tfdata"):
+        gradcam.gradcam(other, np.zeros((1, 32, 32, 3), np.uint8))
