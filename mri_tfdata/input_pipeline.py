@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 from absl import logging
 
+from mri_tfdata.atomic import disk_error
 from mri_tfdata.errors import UserError
 from mri_tfdata.images import decode_and_resize
 from mri_tfdata.sources import Source
@@ -90,7 +91,10 @@ def _file_cache(dataset: tf.data.Dataset, *, root: pathlib.Path, key: str) -> tf
     _remove_stale_partials(root, key)
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial = root / f"{key}{_PARTIAL_MARK}{owner}"
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as e:
+        raise disk_error(partial, e, what="create the image cache folder") from None
     atexit.register(shutil.rmtree, partial, True)  # Published files live on through their links.
     logging.info("Writing the file cache %s (published on completion of the first epoch).", final)
 

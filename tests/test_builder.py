@@ -86,14 +86,14 @@ def test_corrupt_files_are_skipped_logged_and_counted(messy, tmp_path, caplog):
     root, expected = messy
     with caplog.at_level(logging.INFO):
         builder = build(root, tmp_path)
-    assert builder.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 1}
+    assert builder.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 2}
     log = caplog.text
     for name in expected["corrupt"]:
         assert f"Skipping corrupt image {name!r}" in log
     assert "train: skipped 2 corrupt image file(s)" in log
     # The count is saved with the dataset, not only kept in memory.
     reloaded = tfds.builder("brain_tumor_mri", data_dir=str(tmp_path))
-    assert reloaded.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 1}
+    assert reloaded.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 2}
 
 
 def test_dedup_config_drops_duplicates_and_leaked_test_images(messy, tmp_path, caplog):
