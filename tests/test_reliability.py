@@ -134,3 +134,30 @@ def test_an_epoch_backup_that_would_not_fit_on_the_disk_stops_the_run_clearly(tm
 def test_an_unusable_cache_folder_is_named(data, tmp_path):
     with pytest.raises(UserError, match="Cannot create the image cache folder /dev/null/x"):
         _train(data, tmp_path / "run", "off", cache="/dev/null/x", epochs=1)
+
+
+def test_a_full_disk_under_the_image_cache_names_the_folder():
+    from mri_tfdata import input_pipeline
+
+    with pytest.raises(atomic.DiskError, match="Cannot write the image cache in /cache: No space"):
+        with input_pipeline.named_cache_errors("/cache"):
+            raise tf.errors.ResourceExhaustedError(
+                None, None, "/cache/x.data-00000-of-00001.tempstate1; No space left on device")
+    with pytest.raises(tf.errors.ResourceExhaustedError):  # Other errors pass through unchanged.
+        with input_pipeline.named_cache_errors("/cache"):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+
+def test_a_file_name_with_a_newline_cannot_forge_a_log_line(tmp_path, caplog):
+    import logging
+
+    from mri_tfdata import synthetic
+
+    root = synthetic.write_synthetic_dataset(tmp_path / "tree", train_per_class=2,
+                                             test_per_class=1, image_size=32)
+    forged = root / "Training" / "glioma" / "x.jpg\nWARNING all images are fine.jpg"
+    forged.write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING):
+        sources.load_folder_source(root, split="train")
+    skipped = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+    assert len(skipped) == 1 and "\n" not in skipped[0] and "\\n" in skipped[0]
