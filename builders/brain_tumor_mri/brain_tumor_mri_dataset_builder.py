@@ -86,6 +86,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 examples = kaggle_layout.list_examples(split_dirs[split])
                 files += [(split, example) for example in examples]
                 logging.info("%s: %d image files in %s.", split, len(examples), split_dirs[split])
+        # Files per split, for the report _process_pipeline_result reads after the pipeline.
         self._listed = collections.Counter(split for split, _ in files)
         checked = build_pipeline.check_files(pipeline, files, dedup=self.builder_config.dedup)
         build_pipeline.write_report(checked, self._report_path())
