@@ -9,9 +9,9 @@ it used Apache Beam (extracted from git at --plain_commit), one Python process; 
 the current builder without --beam_pipeline_options (Beam's in-process runner); (3) beam_multi:
 the current builder with --beam_pipeline_options (default: the DirectRunner on every core).
 Then checks that the three datasets hold the same examples (key, label, sha256, image bytes) and
-metadata. Takes about 5 minutes on the native copy on 2 cores. The last line printed is one JSON
-object: wall and CPU seconds of each build, the speed-ups over plain, the load average before and
-after (the machine may be shared: run it several times and take the median).
+metadata. Takes 5 to 10 minutes on either copy on 2 shared cores. The last line printed is one
+JSON object: wall and CPU seconds of each build, the speed-ups over plain, the load average before
+and after (the machine may be shared: run it several times and take the median).
 """
 
 import hashlib
@@ -61,7 +61,7 @@ def _plain_builder(folder: pathlib.Path) -> pathlib.Path:
 
 
 def _build(builder_dir: pathlib.Path, data_dir: pathlib.Path, options: str | None) -> dict:
-    """Runs `tfds build` once; returns its wall and CPU seconds (CPU of its worker processes too)."""
+    """Runs `tfds build` once; returns its wall and CPU seconds (its worker processes' included)."""
     command = [str(pathlib.Path(sys.executable).with_name("tfds")), "build", str(builder_dir),
                f"--manual_dir={FLAGS.data_dir}", f"--data_dir={data_dir}",
                f"--config={FLAGS.config}"]
@@ -82,8 +82,9 @@ def _contents(data_dir: pathlib.Path) -> tuple[dict, dict]:
     """({split: {key: (label, sha256, image digest)}}, metadata) of a built dataset."""
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder_from_directory(
-        str(data_dir / "brain_tumor_mri" / FLAGS.config / "1.1.0"))
+    # The one version folder each build wrote: the plain builder's version may be older.
+    (version_dir,) = (data_dir / "brain_tumor_mri" / FLAGS.config).iterdir()
+    builder = tfds.builder_from_directory(str(version_dir))
     splits = {}
     for split in builder.info.splits:
         dataset = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})

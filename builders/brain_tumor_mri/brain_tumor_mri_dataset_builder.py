@@ -130,7 +130,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return pathlib.Path(dl_manager.extract(archives[0]))
 
     def _generate_examples(self, checked, split: str):
-        """The (relpath, example) pairs of one split, taken from the files checked for all splits."""
+        """The (relpath, example) pairs of one split, from the files checked for all splits."""
         beam = tfds.core.lazy_imports.apache_beam
         return checked | f"{split.capitalize()}Examples" >> beam.FlatMap(
             build_pipeline.example_of, split=split)
