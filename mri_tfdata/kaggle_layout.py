@@ -183,14 +183,14 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
     for child in _visible_children(split_dir):
         if not child.is_dir():
             if child.suffix.lower() in IMAGE_SUFFIXES:
-                logging.warning("Ignoring %s: images must sit in a class folder.", child)
+                logging.warning("Ignoring %r: images must sit in a class folder.", str(child))
             continue
         label = class_label(child.name)
         stack = [child]
         while stack:  # Walks nested folders too, never entering hidden ones.
             folder = stack.pop()
             if not _first_visit(folder, seen):
-                logging.warning("Ignoring %s: a link to a folder already listed.", folder)
+                logging.warning("Ignoring %r: a link to a folder already listed.", str(folder))
                 continue
             for path in _visible_children(folder):
                 if path.is_dir():
