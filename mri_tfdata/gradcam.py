@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from mri_tfdata.errors import UserError
+
 # reports owns the matplotlib set-up (the Agg backend) and the atomic PNG writer.
 from mri_tfdata.reports import plt, save_figure
 
@@ -34,65 +35,99 @@ class GradCam:
 def _not_ours(classifier, missing) -> UserError:
     return UserError(
         f"Grad-CAM cannot read the model {classifier.name!r}: it has no {missing}. It needs a "
-        "classifier built by mri_tfdata (image -> backbone (preprocess -> resnet50 -> features) "
-        "-> head); pass the model.keras of an mri_tfdata training run.")
+        "classifier built by mri_tfdata (image -> backbone (preprocessing -> resnet50 -> "
+        "features) -> head); pass the model.keras of an mri_tfdata training run.")
 
 
-def _cut(classifier: keras.Model):
-    """Cuts the classifier at CONV_LAYER: (images -> maps, float32 maps -> float32 logits).
+def _float32_logits(head: keras.Model) -> keras.Model:
+    """A float32 copy of the head that ends at the logits: the same weights, no softmax.
 
-    Both halves call the classifier's own layers, so they carry its weights, frozen or
-    fine-tuned. The second half is ResNet50's global average pooling (what pooling="avg" puts
-    after CONV_LAYER; checked below), the identity "features" layer and the head up to its
-    softmax, ending at the logits: Grad-CAM differentiates the class score before the softmax,
-    because the softmax saturates on confident predictions and its gradient vanishes with it.
-    The pooling and the last layer run in float32 under every precision policy; the head's
-    hidden layers keep their policy, and its float32 standardisation (where the large factors
-    of a random backbone's features live) stays float32.
+    Grad-CAM differentiates the class score before the softmax, because the softmax saturates
+    on confident predictions and its gradient vanishes with it. Every layer is rebuilt float32,
+    so that under a mixed policy no gradient passes through float16 or bfloat16.
     """
-    try:
-        backbone = classifier.get_layer("backbone")
-        resnet, features = backbone.get_layer("resnet50"), backbone.get_layer("features")
-        preprocess, conv = backbone.get_layer("preprocess"), resnet.get_layer(CONV_LAYER)
-        head = classifier.get_layer("head")
-        last = head.get_layer("probabilities")
-    except ValueError as e:
-        raise _not_ours(classifier, f"layer it needs ({e})") from None
-    pool = resnet.layers[-1]
-    if not (isinstance(pool, keras.layers.GlobalAveragePooling2D) and pool.input is conv.output):
-        raise _not_ours(classifier, f"global average pooling right after {CONV_LAYER}")
-    to_maps = keras.Model(resnet.input, conv.output)
-    hidden = keras.Model(head.input, last.input)
+    last = head.layers[-1]
+    if not (isinstance(last, keras.layers.Dense) and last.get_config()["activation"] == "softmax"):
+        raise _not_ours(head, "softmax Dense layer at the end of its head")
 
-    def maps_of(images):
-        return to_maps(preprocess(images), training=False)
+    def rebuild(layer):
+        config = {**layer.get_config(), "dtype": "float32"}
+        if layer is last:
+            config["activation"] = "linear"
+        return layer.__class__.from_config(config)
 
-    def logits_of(maps):
-        pooled = features(keras.ops.mean(maps, axis=(1, 2)))
-        x = keras.ops.cast(hidden(pooled, training=False), "float32")
-        return keras.ops.matmul(x, keras.ops.cast(last.kernel, "float32")) + last.bias
-
-    return maps_of, logits_of
+    twin = keras.models.clone_model(head, clone_function=rebuild)
+    for layer in head.layers:
+        copy = twin.get_layer(layer.name)
+        copy.set_weights(layer.get_weights())
+        # Normalization keeps the adapted statistics as tensors derived from its variables.
+        if isinstance(copy, keras.layers.Normalization):
+            copy.finalize_state()
+    return twin
 
 
-def gradcam(classifier: keras.Model, images, *, class_index: int | None = None,
+class _Cut:
+    """The classifier cut at CONV_LAYER, from its own layers (so its weights, frozen or tuned).
+
+    maps(images) runs the preprocessing and ResNet50 up to CONV_LAYER under the model's policy;
+    probabilities(maps) finishes the classifier's own forward pass from there (ResNet50's
+    global average pooling, which pooling="avg" puts right after CONV_LAYER, then the head), so
+    the predictions explained are the classifier's; logits(maps) is the float32 path the
+    gradients are taken on.
+    """
+
+    def __init__(self, classifier: keras.Model):
+        try:
+            backbone = classifier.get_layer("backbone")
+            resnet = backbone.get_layer("resnet50")
+            conv = resnet.get_layer(CONV_LAYER)
+            self._features = backbone.get_layer("features")
+            self._head = classifier.get_layer("head")
+        except ValueError as e:
+            raise _not_ours(classifier, f"layer it needs ({e})") from None
+        self._pool = resnet.layers[-1]
+        if not (isinstance(self._pool, keras.layers.GlobalAveragePooling2D)
+                and self._pool.input is conv.output):
+            raise _not_ours(classifier, f"global average pooling right after {CONV_LAYER}")
+        # The backbone's layers are in graph order: everything before ResNet50 is the
+        # preprocessing, and the layer right before it produces ResNet50's input.
+        position = backbone.layers.index(resnet)
+        feeding = backbone.layers[max(position - 1, 0)].output
+        if position < 1 or tuple(feeding.shape) != tuple(resnet.input.shape):
+            raise _not_ours(classifier, "preprocessing in front of its ResNet50")
+        self._preprocess = keras.Model(backbone.input, feeding)
+        self._to_maps = keras.Model(resnet.input, conv.output)
+        self._logits = _float32_logits(self._head)
+
+    def maps(self, images):
+        return self._to_maps(self._preprocess(tf.cast(images, tf.float32)), training=False)
+
+    def probabilities(self, maps):
+        return self._head(self._features(self._pool(maps)), training=False)
+
+    def logits(self, maps32):
+        return self._logits(self._features(tf.reduce_mean(maps32, axis=(1, 2))), training=False)
+
+
+def gradcam(classifier: keras.Model, images, *, class_index=None,
             batch_size: int = 16) -> GradCam:
     """Computes Grad-CAM (Selvaraju et al., 2017) at CONV_LAYER for each image.
 
     For class c with logit y_c and the layer's maps A_k, the weight of map k is the spatial mean
     of dy_c/dA_k, and the heatmap is ReLU(sum_k weight_k A_k) divided by its maximum (all zeros
-    when no location speaks for c). Gradients, weights and heatmaps are float32.
+    when no location speaks for c). The maps come from the classifier under its own precision
+    policy; from them on, logits, gradients, weights and heatmaps are float32.
 
     Args:
       classifier: a classifier from model.build_classifier, as trained or loaded (any precision
-        policy; an augmentation layer is skipped, as it is at inference).
+        policy, frozen or fine-tuned; an augmentation layer is skipped, as it is at inference).
       images: uint8 [N, H, W, 3] at the classifier's input size.
-      class_index: the class to explain for every image; None explains each image's predicted
-        class.
+      class_index: the class to explain: one int for every image, N ints (one per image), or
+        None for each image's predicted class.
       batch_size: images per forward pass.
 
     Returns:
-      A GradCam.
+      A GradCam; its probabilities are the classifier's own.
 
     Raises:
       UserError: the model is not an mri_tfdata classifier.
@@ -103,25 +138,30 @@ def gradcam(classifier: keras.Model, images, *, class_index: int | None = None,
     if images.ndim != 4 or images.shape[1:] != expected:
         raise ValueError(f"images of shape {images.shape}; the classifier takes [N, *{expected}]")
     num_classes = int(classifier.output_shape[-1])
-    if class_index is not None and not 0 <= class_index < num_classes:
-        raise ValueError(f"class_index={class_index}; the classifier has {num_classes} classes")
-    maps_of, logits_of = _cut(classifier)
+    if class_index is not None:
+        chosen_all = np.broadcast_to(np.asarray(class_index, np.int32), (len(images),))
+        if chosen_all.size and not (0 <= chosen_all.min() and chosen_all.max() < num_classes):
+            raise ValueError(f"class_index={class_index}; the classifier has {num_classes} classes")
+    cut = _Cut(classifier)
     heatmaps, probabilities, classes = [], [], []
     for start in range(0, len(images), batch_size):
-        maps = tf.cast(maps_of(images[start:start + batch_size]), tf.float32)
+        maps = cut.maps(images[start:start + batch_size])
+        p = tf.cast(cut.probabilities(maps), tf.float32)
+        chosen = (tf.argmax(p, axis=1, output_type=tf.int32) if class_index is None
+                  else tf.constant(chosen_all[start:start + batch_size]))
+        maps = tf.cast(maps, tf.float32)
         with tf.GradientTape() as tape:
             tape.watch(maps)
-            logits = logits_of(maps)
-            chosen = (tf.argmax(logits, axis=1, output_type=tf.int32) if class_index is None
-                      else tf.fill([tf.shape(logits)[0]], class_index))
             # Each image's score depends on its own maps only, so one gradient of the sum gives
             # every image's gradient.
-            score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+            score = tf.reduce_sum(tf.gather(cut.logits(maps), chosen, axis=1, batch_dims=1))
         weights = tf.reduce_mean(tape.gradient(score, maps), axis=(1, 2))
         cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", maps, weights))
         heatmaps.append(tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True)))
-        probabilities.append(tf.nn.softmax(logits))
+        probabilities.append(p)
         classes.append(chosen)
+    if not heatmaps:
+        raise ValueError("no images to explain")
     return GradCam(heatmaps=np.concatenate(heatmaps).astype(np.float32),
                    probabilities=np.concatenate(probabilities).astype(np.float32),
                    classes=np.concatenate(classes).astype(np.int64))

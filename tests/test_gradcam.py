@@ -26,15 +26,21 @@ def _squares(rng, count, *, square: bool):
     return images, corners
 
 
+def _square_classifier():
+    return model.build_classifier(model.build_backbone(image_size=SIZE, weights="none"),
+                                  model.build_head(hidden_units=(16,), standardize=True,
+                                                   num_classes=2))
+
+
 @pytest.fixture(scope="module")
-def square_finder():
-    """Our classifier (random frozen ResNet50, trained head) telling squares from no squares."""
+def square_finder(tmp_path_factory):
+    """The weights of our classifier (random frozen ResNet50, trained head) telling squares from
+    no squares, trained under float32."""
     keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    backbone = model.build_backbone(image_size=SIZE, weights="none")
-    head = model.build_head(hidden_units=(16,), standardize=True, num_classes=2)
-    classifier = model.build_classifier(backbone, head)
+    classifier = _square_classifier()
+    backbone, head = classifier.get_layer("backbone"), classifier.get_layer("head")
     plain, _ = _squares(rng, 48, square=False)
     marked, _ = _squares(rng, 48, square=True)
     features = backbone.predict(np.concatenate([plain, marked]), batch_size=16, verbose=0)
@@ -42,15 +48,25 @@ def square_finder():
     model.adapt_standardization(head, features)
     head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     head.fit(features, labels, epochs=60, batch_size=16, verbose=0)
-    return classifier, rng
+    weights = tmp_path_factory.mktemp("squares") / "square_finder.weights.h5"
+    classifier.save_weights(weights)
+    return weights
 
 
-def test_the_heatmap_peaks_on_the_square(square_finder):
-    classifier, rng = square_finder
-    images, corners = _squares(rng, 30, square=True)
-    result = gradcam.gradcam(classifier, images, class_index=1)  # the evidence for "square"
-    assert np.mean(result.probabilities[:, 1] > 0.5) >= 0.9
-    assert result.heatmaps.shape == (30, 4, 4)
+def _load_square_finder(weights, policy="float32"):
+    keras.mixed_precision.set_global_policy(policy)
+    classifier = _square_classifier()
+    classifier.load_weights(weights)
+    return classifier
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_the_heatmap_peaks_on_the_square(policy, square_finder):
+    classifier = _load_square_finder(square_finder, policy)
+    images, corners = _squares(np.random.default_rng(1), 30, square=True)
+    result = gradcam.gradcam(classifier, images)  # each image's predicted class
+    assert np.mean(result.classes == 1) >= 0.9  # it sees the squares
+    assert result.heatmaps.shape == (30, 4, 4) and result.heatmaps.dtype == np.float32
     hits = 0
     for heatmap, (row, col) in zip(result.heatmaps, corners):
         # The input pixel the hottest cell is centred on (see gradcam.STRIDE).
@@ -61,11 +77,14 @@ def test_the_heatmap_peaks_on_the_square(square_finder):
 
 
 def test_the_class_to_explain_can_be_chosen(square_finder):
-    classifier, rng = square_finder
-    images, _ = _squares(rng, 3, square=True)
+    classifier = _load_square_finder(square_finder)
+    images, _ = _squares(np.random.default_rng(2), 3, square=True)
     chosen = gradcam.gradcam(classifier, images, class_index=0)
     assert (chosen.classes == 0).all()
     assert not np.allclose(chosen.heatmaps, gradcam.gradcam(classifier, images).heatmaps)
+    per_image = gradcam.gradcam(classifier, images, class_index=[0, 1, 0])
+    np.testing.assert_array_equal(per_image.classes, [0, 1, 0])
+    np.testing.assert_allclose(per_image.heatmaps[0], chosen.heatmaps[0], atol=1e-6)
     with pytest.raises(ValueError, match="class_index=2"):
         gradcam.gradcam(classifier, images, class_index=2)
 
@@ -123,16 +142,20 @@ def test_the_cut_model_is_the_classifier_under_every_policy(policy, reference):
     assert result.heatmaps.dtype == np.float32 and result.heatmaps.shape == (5, 2, 2)
     assert np.isfinite(result.heatmaps).all()
     assert result.heatmaps.min() >= 0 and np.allclose(result.heatmaps.max(axis=(1, 2)), 1)
-    # The cut model computes what the classifier computes, under the classifier's own policy.
-    direct = keras.ops.convert_to_numpy(classifier(images, training=False))
-    np.testing.assert_allclose(result.probabilities, direct,
-                               atol=1e-5 if "16" not in policy else 2e-2)
+    # The probabilities are the classifier's own, under its own policy (batched alike: 16-bit
+    # kernels round differently for another batch size).
+    direct = np.concatenate([keras.ops.convert_to_numpy(classifier(images[i:i + 2], training=False))
+                             for i in range(0, len(images), 2)])
+    np.testing.assert_allclose(result.probabilities, direct, atol=1e-5)
+    # Without a class_index each image's predicted class is explained.
+    np.testing.assert_array_equal(result.classes, result.probabilities.argmax(axis=1))
     if policy == "fine_tuned":
         # The fine-tuned weights are the ones explained.
         assert not np.allclose(result.heatmaps, expected.heatmaps, atol=1e-3)
-    else:
-        # 16-bit maps and head move the heatmaps a little, not the picture.
-        np.testing.assert_allclose(result.heatmaps, expected.heatmaps, atol=0.15)
+    elif policy == "float32":
+        np.testing.assert_allclose(result.heatmaps, expected.heatmaps, atol=1e-5)
+    # (Under 16-bit policies a random network's heatmaps can flip between near-equal cells; that
+    # they still find the evidence is test_the_heatmap_peaks_on_the_square's check.)
 
 
 def test_overlays_and_grid_are_written(tmp_path):
