@@ -2,10 +2,11 @@
 
 Writes metrics.json (accuracy, loss, per-class precision/recall/F1, sensitivity, specificity and
 ROC AUC, calibration error, Brier score, confusion matrix), errors.csv (every misclassified file)
-and confusion_matrix.png, roc.png, reliability.png and gradcam_examples.png into --out, by the code
-that ends a training run. The data flags are the training ones; the image size is the model's
-own. The split's backbone features go through the feature cache (--feature_cache), so evaluating
-the same model again decodes only the few images shown with their Grad-CAMs.
+and confusion_matrix.png, roc.png, reliability.png and gradcam_examples.png into --out, and all
+of them as TensorBoard summaries into --out/logs, by the code that ends a training run. The data
+flags are the training ones; the image size is the model's own. The split's backbone features go
+through the feature cache (--feature_cache), so evaluating the same model again decodes only the
+few images shown with their Grad-CAMs.
 """
 
 import pathlib
@@ -26,7 +27,7 @@ flags.DEFINE_bool("overwrite", False,
 
 FLAGS = flags.FLAGS
 
-_OUTPUTS = ("metrics.json", "errors.csv", *(f"{plot}.png" for plot in evaluation.PLOTS))
+_OUTPUTS = ("metrics.json", "errors.csv", *(f"{plot}.png" for plot in evaluation.PLOTS), "logs")
 
 
 def main(argv):
@@ -57,7 +58,8 @@ def main(argv):
     metrics = evaluation.evaluate_split(
         classifier, source, out_dir=out, batch_size=FLAGS.batch_size,
         cache_dir=features.resolve_cache_dir(FLAGS.feature_cache),
-        extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()})
+        extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()},
+        log_dir=out / "logs")
     logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],
                  metrics["loss"], metrics["num_examples"], out / "metrics.json")
     print(f"accuracy={metrics['accuracy']:.4f} loss={metrics['loss']:.4f} "

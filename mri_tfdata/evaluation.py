@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import features, gradcam, images, input_pipeline, reports
+from mri_tfdata import features, gradcam, images, input_pipeline, reports, summaries
 from mri_tfdata.errors import UserError
 from mri_tfdata.sources import Source
 
@@ -79,6 +79,8 @@ def check_labels(source: Source, labels: np.ndarray) -> None:
 
 def _images_at(source: Source, indices, image_size: int) -> np.ndarray:
     """The split's images at `indices`, decoded as the pipeline decodes them (no other decoded)."""
+    if not indices:
+        return np.zeros((0, image_size, image_size, 3), np.uint8)
     wanted = tf.constant(sorted(set(indices)), tf.int64)
     dataset = (source.dataset.enumerate()
                .filter(lambda i, example: tf.reduce_any(tf.equal(i, wanted)))
@@ -94,7 +96,7 @@ def write_gradcam_examples(classifier: keras.Model, source: Source, *, labels, p
 
     Correct: the first correctly classified image of each class, in the split's order (a fair
     sample, not the model's best). Mistakes: the most confident ones, what a reviewer most needs
-    to see. Each heatmap explains the predicted class.
+    to see. Each heatmap explains the predicted class (the one in its caption).
     """
     predictions = probabilities.argmax(axis=1)
     confidence = probabilities[np.arange(len(labels)), predictions]
@@ -105,11 +107,12 @@ def write_gradcam_examples(classifier: keras.Model, source: Source, *, labels, p
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")].tolist()
     picked = correct[:GRADCAM_EXAMPLES] + wrong[:GRADCAM_EXAMPLES]
     pictures = _images_at(source, picked, int(classifier.input_shape[1]))
-    heatmaps = gradcam.gradcam(classifier, pictures).heatmaps
+    heatmaps = (gradcam.gradcam(classifier, pictures, class_index=predictions[picked]).heatmaps
+                if picked else [])
     names, classes = source.names, source.class_names
     panels = [(pictures[k], heatmaps[k],
-               f"{pathlib.Path(names[i]).name}\ntrue {classes[labels[i]]}\n"
-               f"predicted {classes[predictions[i]]} {confidence[i]:.2f}")
+               (f"{pathlib.Path(names[i]).name}\ntrue {classes[labels[i]]}\n"
+                f"predicted {classes[predictions[i]]} {confidence[i]:.2f}"))
               for k, i in enumerate(picked)]
     split = len(correct[:GRADCAM_EXAMPLES])
     return gradcam.plot_grid(path, [("correct", panels[:split]), ("wrong", panels[split:])])
@@ -117,8 +120,11 @@ def write_gradcam_examples(classifier: keras.Model, source: Source, *, labels, p
 
 def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_size: int,
                    cache_dir, strategy=None, extra: dict | None = None,
-                   checked_model: keras.Model | None = None) -> dict:
+                   checked_model: keras.Model | None = None, log_dir=None,
+                   log_step: int = 0) -> dict:
     """Evaluates `classifier` on a split: metrics.json, errors.csv and the PLOTS in out_dir.
+
+    With a log_dir, the metrics and the PLOTS also go to TensorBoard (see summaries).
 
     The split's backbone features come from the feature cache (extracted and cached when
     absent), so each image is decoded at most once and a second evaluation decodes only the few
@@ -135,6 +141,9 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
       extra: more keys for metrics.json.
       checked_model: the model run on the check images, e.g. the model as saved and loaded
         again; default `classifier`.
+      log_dir: the TensorBoard folder for this evaluation (its earlier summaries are replaced),
+        e.g. WORKDIR/logs/test; None for none.
+      log_step: the step the summaries are written at.
 
     Returns:
       The metrics written.
@@ -143,7 +152,8 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
       UserError: the cached features do not belong to this split or to this model.
     """
     feature_set = features.load_or_extract(
-        source, backbone=classifier.get_layer("backbone"), image_size=int(classifier.input_shape[1]),
+        source, backbone=classifier.get_layer("backbone"),
+        image_size=int(classifier.input_shape[1]),
         batch_size=batch_size, cache_dir=cache_dir, strategy=strategy)
     check_labels(source, feature_set.labels)
     probabilities = head_probabilities(classifier.get_layer("head"), feature_set.features)
@@ -154,6 +164,10 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
     write_gradcam_examples(classifier, source, labels=feature_set.labels,
                            probabilities=probabilities,
                            path=pathlib.Path(out_dir) / "gradcam_examples.png")
+    if log_dir is not None:
+        summaries.write_evaluation(
+            log_dir, step=log_step, metrics=metrics,
+            plots={name: pathlib.Path(out_dir) / f"{name}.png" for name in PLOTS})
     logging.info("%s: accuracy %.4f, loss %.4f on %d images.", source.description,
                  metrics["accuracy"], metrics["loss"], metrics["num_examples"])
     return metrics

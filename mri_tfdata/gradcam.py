@@ -1,4 +1,4 @@
-"""Grad-CAM: where in an image the classifier found its evidence for a class, drawn over the image."""
+"""Grad-CAM: where in an image the classifier found the evidence for a class, drawn over it."""
 
 import dataclasses
 import pathlib
@@ -192,7 +192,8 @@ def _caption(result: GradCam, i: int, class_names) -> str:
     caption = f"predicted {class_names[predicted]} ({result.probabilities[i, predicted]:.3f})"
     explained = int(result.classes[i])
     if explained != predicted:
-        caption += f"\nGrad-CAM of {class_names[explained]} ({result.probabilities[i, explained]:.3f})"
+        caption += (f"\nGrad-CAM of {class_names[explained]} "
+                    f"({result.probabilities[i, explained]:.3f})")
     return caption
 
 
@@ -242,7 +243,8 @@ def save_overlays(classifier: keras.Model, images, files, out_dir, *, class_name
     return written
 
 
-def plot_grid(path, rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]]) -> pathlib.Path:
+def plot_grid(path, rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]]
+              ) -> pathlib.Path:
     """Draws rows of Grad-CAM overlays into one PNG.
 
     Args:

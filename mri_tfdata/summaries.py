@@ -22,7 +22,7 @@ def _scalars(metrics: dict) -> dict:
 
 
 def write_evaluation(log_dir, *, step: int, metrics: dict, plots: dict) -> None:
-    """Writes one evaluation as TensorBoard summaries into `log_dir`, at `step`.
+    """Writes one evaluation as TensorBoard summaries into `log_dir` at `step`, replacing any there.
 
     Args:
       log_dir: the run's folder in TensorBoard's logdir, e.g. WORKDIR/logs/test beside the
@@ -32,6 +32,11 @@ def write_evaluation(log_dir, *, step: int, metrics: dict, plots: dict) -> None:
       metrics: reports.classification_metrics' dict.
       plots: TensorBoard tag -> PNG file, e.g. {"roc": WORKDIR/roc.png}.
     """
+    log_dir = pathlib.Path(log_dir)
+    # An evaluation rewritten (a rerun after a kill, evaluate --overwrite) replaces its summaries
+    # instead of adding a second point at the same step.
+    for old in log_dir.glob("events.out.tfevents.*"):
+        old.unlink()
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default():
         for tag, value in _scalars(metrics).items():

@@ -1,4 +1,4 @@
-"""Tests for mri_tfdata.gradcam on the package's own classifier (ResNet50 + head, small and random)."""
+"""Tests for mri_tfdata.gradcam on the package's own classifier (small, weights=None)."""
 
 import keras
 import numpy as np

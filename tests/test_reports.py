@@ -1,4 +1,4 @@
-"""Tests for mri_tfdata.reports and probability_metrics: metrics against direct computations, plots."""
+"""Tests for reports and probability_metrics: metrics against direct computations, plots."""
 
 import csv
 import json
@@ -67,7 +67,8 @@ def test_write_evaluation_history_and_plots(tmp_path):
     labels = np.array([0, 1, 2, 3])
     probs = np.eye(4, dtype=np.float32)
     m = reports.write_evaluation(tmp_path, labels=labels, probabilities=probs, class_names=NAMES,
-                                 names=["a.jpg", "b.jpg", "c.jpg", "d.jpg"], extra={"split": "test"})
+                                 names=["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
+                                 extra={"split": "test"})
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["split"] == "test" and on_disk["accuracy"] == 1.0 == m["accuracy"]
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
