@@ -1,11 +1,15 @@
 """Tests for mri_tfdata.gradcam on the package's own classifier (small, weights=None)."""
 
+import csv
+
+import image_trees
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import gradcam, model
+from mri_tfdata import evaluation, gradcam, model, sources
+from mri_tfdata import images as image_io
 from mri_tfdata.errors import UserError
 
 # 128 px gives ResNet50's last block a 4 x 4 map: the smallest size at which "where" means much.
@@ -180,3 +184,84 @@ def test_a_model_that_is_not_ours_is_refused_in_one_paragraph():
     other = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
     with pytest.raises(UserError, match="needs a classifier built by mri_tfdata"):
         gradcam.gradcam(other, np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def _events(log_dir):
+    """Every summary in log_dir: tag -> [(step, plugin, value tensor)], and the event files."""
+    files = sorted(log_dir.glob("events.out.tfevents.*"))
+    found = {}
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(
+                    (event.step, value.metadata.plugin_data.plugin_name,
+                     tf.make_ndarray(value.tensor)))
+    return found, files
+
+
+def test_evaluation_writes_the_gradcam_grid_errors_and_tensorboard(tmp_path, monkeypatch):
+    root = image_trees.write_tree(tmp_path / "data", train_per_class=2, test_per_class=3, size=64)
+    train, source = (sources.load_folder_source(root, split=s) for s in ("train", "test"))
+    train_pictures, pictures = (
+        np.stack([image_io.decode_and_resize(encoded, image_size=64).numpy()
+                  for encoded, _ in split.dataset]) for split in (train, source))
+    keras.utils.set_random_seed(4)
+    classifier = _small_classifier()
+    head = classifier.get_layer("head")
+    train_features = classifier.get_layer("backbone").predict(train_pictures, verbose=0)
+    model.adapt_standardization(head, train_features)
+    # Trained with notumor and pituitary swapped: those test images become confident mistakes.
+    head.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    head.fit(train_features, np.array([0, 1, 3, 2])[train.labels], epochs=40, verbose=0)
+    drawn = []
+    plot_grid = gradcam.plot_grid
+    monkeypatch.setattr(gradcam, "plot_grid", lambda path, rows: drawn.append(rows)
+                        or plot_grid(path, rows))
+    out = tmp_path / "out"
+    out.mkdir()
+    for _ in range(2):  # the second evaluation replaces the first one's summaries
+        metrics = evaluation.evaluate_split(classifier, source, out_dir=out, batch_size=4,
+                                            cache_dir=None, log_dir=out / "logs", log_step=3)
+
+    labels = source.labels
+    probabilities = classifier.predict(pictures, verbose=0)
+    predictions = probabilities.argmax(axis=1)
+    right = predictions == labels
+    assert 0 < right.sum() < len(labels)  # the seed gives both rows something to show
+    assert metrics["accuracy"] == pytest.approx(right.mean())
+
+    # errors.csv lists exactly the misclassified files.
+    with open(out / "errors.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["file"] for r in rows) == sorted(source.names[i] for i in np.flatnonzero(~right))
+
+    # The grid: the first correct image of each class, then the most confident mistakes, each with
+    # the Grad-CAM of its predicted class.
+    correct = [int(np.flatnonzero(right & (labels == c))[0]) for c in range(4)
+               if (right & (labels == c)).any()]
+    wrong = np.flatnonzero(~right)
+    wrong = wrong[np.argsort(-probabilities[wrong].max(axis=1), kind="stable")][:4].tolist()
+    assert [label for label, _ in drawn[-1]] == ["correct", "wrong"]
+    correct_row, wrong_row = (panels for _, panels in drawn[-1])
+    ids = image_trees.ids_from_pixels(pictures)
+    for picked, panels in ((correct, correct_row), (wrong, wrong_row)):
+        assert list(image_trees.ids_from_pixels([p[0] for p in panels])) == list(ids[picked])
+        expected = gradcam.gradcam(classifier, pictures[picked], class_index=predictions[picked])
+        np.testing.assert_allclose(np.stack([p[1] for p in panels]), expected.heatmaps, atol=1e-5)
+        for i, (_, _, caption) in zip(picked, panels):
+            assert f"predicted {source.class_names[predictions[i]]}" in caption
+    for plot in evaluation.PLOTS:
+        assert (out / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / f"{plot}.png").stat().st_size > 10_000
+
+    # TensorBoard: the plots as images and the metrics as scalars, once each, at the step given.
+    found, files = _events(out / "logs")
+    assert len(files) == 1
+    for tag in evaluation.PLOTS:
+        [(step, plugin, image)] = found[tag]
+        assert (step, plugin) == (3, "images") and image[2][:4] == b"\x89PNG"
+    for tag in ("epoch_accuracy", "epoch_loss", "roc_auc/macro", "roc_auc/glioma",
+                "sensitivity/notumor", "specificity/pituitary",
+                "calibration/expected_calibration_error", "calibration/brier_score"):
+        assert [(step, plugin) for step, plugin, _ in found[tag]] == [(3, "scalars")]
+    assert float(found["epoch_accuracy"][0][2]) == pytest.approx(metrics["accuracy"])
