@@ -184,7 +184,15 @@ def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str = "") ->
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_title(title, fontsize=9)
-    ax.axis("off")
+    _frameless(ax)
+
+
+def _frameless(ax) -> None:
+    # Not axis("off"): that would also hide the y label plot_grid names its rows with.
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def _caption(result: GradCam, i: int, class_names) -> str:
@@ -256,14 +264,14 @@ def plot_grid(path, rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str
     """
     rows = [(label, panels) for label, panels in rows if panels]
     columns = max((len(panels) for _, panels in rows), default=1)
-    fig, axes = plt.subplots(max(len(rows), 1), columns, figsize=(2.6 * columns, 2.9 * len(rows)),
-                             squeeze=False)
+    # Constrained layout makes room for the three-line captions between the rows.
+    fig, axes = plt.subplots(max(len(rows), 1), columns, squeeze=False, layout="constrained",
+                             figsize=(2.6 * columns, 3.2 * max(len(rows), 1)))
     for ax in axes.ravel():
         ax.axis("off")
     for r, (label, panels) in enumerate(rows):
         for c, (image, heatmap, caption) in enumerate(panels):
+            axes[r, c].axis("on")
             draw_overlay(axes[r, c], image, heatmap, caption)
-        axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, rotation=90,
-                        ha="right", va="center", fontsize=11)
-    fig.tight_layout()
+        axes[r, 0].set_ylabel(label, fontsize=11)
     return save_figure(fig, path)
