@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mri_tfdata import atomic
 from mri_tfdata.errors import UserError
 
 # reports owns the matplotlib set-up (the Agg backend) and the atomic PNG writer.
@@ -66,14 +67,17 @@ def _float32_logits(head: keras.Model) -> keras.Model:
     return twin
 
 
-class _Cut:
-    """The classifier cut at CONV_LAYER, from its own layers (so its weights, frozen or tuned).
+class Explainer:
+    """Computes Grad-CAMs for one classifier; build it once, explain as many batches as needed.
 
-    maps(images) runs the preprocessing and ResNet50 up to CONV_LAYER under the model's policy;
-    probabilities(maps) finishes the classifier's own forward pass from there (ResNet50's
-    global average pooling, which pooling="avg" puts right after CONV_LAYER, then the head), so
-    the predictions explained are the classifier's; logits(maps) is the float32 path the
-    gradients are taken on.
+    It cuts the classifier at CONV_LAYER, using the classifier's own layers (so its weights,
+    frozen or fine-tuned): the preprocessing and ResNet50 up to CONV_LAYER give the maps under
+    the model's policy; ResNet50's global average pooling (which pooling="avg" puts right after
+    CONV_LAYER) and the head then finish the classifier's own forward pass, so the predictions
+    explained are the classifier's. The gradients are taken on a float32 copy of the head.
+
+    Raises:
+      UserError: the model is not an mri_tfdata classifier.
     """
 
     def __init__(self, classifier: keras.Model):
@@ -98,73 +102,80 @@ class _Cut:
         self._preprocess = keras.Model(backbone.input, feeding)
         self._to_maps = keras.Model(resnet.input, conv.output)
         self._logits = _float32_logits(self._head)
+        self.input_shape = tuple(classifier.input_shape[1:])
+        self.num_classes = int(classifier.output_shape[-1])
 
-    def maps(self, images):
+    def _maps(self, images):
         return self._to_maps(self._preprocess(tf.cast(images, tf.float32)), training=False)
 
-    def probabilities(self, maps):
+    def _probabilities(self, maps):
         return self._head(self._features(self._pool(maps)), training=False)
 
-    def logits(self, maps32):
+    def _logits_of(self, maps32):
         return self._logits(self._features(tf.reduce_mean(maps32, axis=(1, 2))), training=False)
+
+    def explain(self, images, *, class_index=None, batch_size: int = 16) -> GradCam:
+        """Computes Grad-CAM (Selvaraju et al., 2017) at CONV_LAYER for each image.
+
+        For class c with logit y_c and the layer's maps A_k, the weight of map k is the spatial
+        mean of dy_c/dA_k, and the heatmap is ReLU(sum_k weight_k A_k) divided by its maximum
+        (all zeros when no location speaks for c). The maps come from the classifier under its
+        own precision policy; from them on, logits, gradients, weights and heatmaps are float32.
+
+        Args:
+          images: uint8 [N, H, W, 3] at the classifier's input size, N >= 1.
+          class_index: the class to explain: one int for every image, N ints (one per image),
+            or None for each image's predicted class.
+          batch_size: images per forward pass.
+
+        Returns:
+          A GradCam; its probabilities are the classifier's own.
+
+        Raises:
+          ValueError: no images, images of the wrong shape, or a class_index out of range.
+        """
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != self.input_shape or not len(images):
+            raise ValueError(f"images of shape {images.shape}; the classifier takes "
+                             f"[N >= 1, *{self.input_shape}]")
+        if class_index is not None:
+            chosen_all = np.broadcast_to(np.asarray(class_index, np.int32), (len(images),))
+            if not (0 <= chosen_all.min() and chosen_all.max() < self.num_classes):
+                raise ValueError(f"class_index={class_index}; the classifier has "
+                                 f"{self.num_classes} classes")
+        heatmaps, probabilities, classes = [], [], []
+        for start in range(0, len(images), batch_size):
+            maps = self._maps(images[start:start + batch_size])
+            p = tf.cast(self._probabilities(maps), tf.float32)
+            chosen = (tf.argmax(p, axis=1, output_type=tf.int32) if class_index is None
+                      else tf.constant(chosen_all[start:start + batch_size]))
+            maps = tf.cast(maps, tf.float32)
+            with tf.GradientTape() as tape:
+                tape.watch(maps)
+                # Each image's score depends on its own maps only, so one gradient of the sum
+                # gives every image's gradient.
+                score = tf.reduce_sum(tf.gather(self._logits_of(maps), chosen, axis=1,
+                                                batch_dims=1))
+            weights = tf.reduce_mean(tape.gradient(score, maps), axis=(1, 2))
+            cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", maps, weights))
+            heatmaps.append(tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2),
+                                                                     keepdims=True)))
+            probabilities.append(p)
+            classes.append(chosen)
+        return GradCam(heatmaps=np.concatenate(heatmaps).astype(np.float32),
+                       probabilities=np.concatenate(probabilities).astype(np.float32),
+                       classes=np.concatenate(classes).astype(np.int64))
 
 
 def gradcam(classifier: keras.Model, images, *, class_index=None,
             batch_size: int = 16) -> GradCam:
-    """Computes Grad-CAM (Selvaraju et al., 2017) at CONV_LAYER for each image.
-
-    For class c with logit y_c and the layer's maps A_k, the weight of map k is the spatial mean
-    of dy_c/dA_k, and the heatmap is ReLU(sum_k weight_k A_k) divided by its maximum (all zeros
-    when no location speaks for c). The maps come from the classifier under its own precision
-    policy; from them on, logits, gradients, weights and heatmaps are float32.
-
-    Args:
-      classifier: a classifier from model.build_classifier, as trained or loaded (any precision
-        policy, frozen or fine-tuned; an augmentation layer is skipped, as it is at inference).
-      images: uint8 [N, H, W, 3] at the classifier's input size.
-      class_index: the class to explain: one int for every image, N ints (one per image), or
-        None for each image's predicted class.
-      batch_size: images per forward pass.
-
-    Returns:
-      A GradCam; its probabilities are the classifier's own.
+    """Grad-CAMs of `images` for `classifier` (see Explainer.explain); for a single use.
 
     Raises:
       UserError: the model is not an mri_tfdata classifier.
-      ValueError: images of the wrong shape, or a class_index out of range.
+      ValueError: no images, images of the wrong shape, or a class_index out of range.
     """
-    images = np.asarray(images)
-    expected = tuple(classifier.input_shape[1:])
-    if images.ndim != 4 or images.shape[1:] != expected:
-        raise ValueError(f"images of shape {images.shape}; the classifier takes [N, *{expected}]")
-    num_classes = int(classifier.output_shape[-1])
-    if class_index is not None:
-        chosen_all = np.broadcast_to(np.asarray(class_index, np.int32), (len(images),))
-        if chosen_all.size and not (0 <= chosen_all.min() and chosen_all.max() < num_classes):
-            raise ValueError(f"class_index={class_index}; the classifier has {num_classes} classes")
-    cut = _Cut(classifier)
-    heatmaps, probabilities, classes = [], [], []
-    for start in range(0, len(images), batch_size):
-        maps = cut.maps(images[start:start + batch_size])
-        p = tf.cast(cut.probabilities(maps), tf.float32)
-        chosen = (tf.argmax(p, axis=1, output_type=tf.int32) if class_index is None
-                  else tf.constant(chosen_all[start:start + batch_size]))
-        maps = tf.cast(maps, tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(maps)
-            # Each image's score depends on its own maps only, so one gradient of the sum gives
-            # every image's gradient.
-            score = tf.reduce_sum(tf.gather(cut.logits(maps), chosen, axis=1, batch_dims=1))
-        weights = tf.reduce_mean(tape.gradient(score, maps), axis=(1, 2))
-        cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", maps, weights))
-        heatmaps.append(tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True)))
-        probabilities.append(p)
-        classes.append(chosen)
-    if not heatmaps:
-        raise ValueError("no images to explain")
-    return GradCam(heatmaps=np.concatenate(heatmaps).astype(np.float32),
-                   probabilities=np.concatenate(probabilities).astype(np.float32),
-                   classes=np.concatenate(classes).astype(np.int64))
+    return Explainer(classifier).explain(images, class_index=class_index, batch_size=batch_size)
 
 
 def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str = "") -> None:
@@ -200,54 +211,71 @@ def _caption(result: GradCam, i: int, class_names) -> str:
     caption = f"predicted {class_names[predicted]} ({result.probabilities[i, predicted]:.3f})"
     explained = int(result.classes[i])
     if explained != predicted:
-        caption += (f"\nGrad-CAM of {class_names[explained]} "
+        caption += (f", Grad-CAM of {class_names[explained]} "
                     f"({result.probabilities[i, explained]:.3f})")
     return caption
 
 
-def _unique_png_names(files) -> list[str]:
-    """scan.jpg -> scan.png; a second scan.* from another folder -> scan-2.png, and so on."""
+def overlay_names(files) -> list[str]:
+    """One PNG name per file: scan.jpg -> scan.png; another scan.* (other folder) -> scan-2.png.
+
+    Names that differ only in case count as the same, for case-insensitive file systems.
+    """
     names, taken = [], set()
     for file in files:
         stem = pathlib.Path(file).stem or "image"
         name, n = f"{stem}.png", 1
-        while name in taken:
+        while name.lower() in taken:
             n += 1
             name = f"{stem}-{n}.png"
-        taken.add(name)
+        taken.add(name.lower())
         names.append(name)
     return names
 
 
-def save_overlays(classifier: keras.Model, images, files, out_dir, *, class_names,
-                  class_index: int | None = None) -> list[pathlib.Path]:
-    """Writes one PNG per image: the image, its Grad-CAM overlay, the predicted class.
+def write_overlay(path, image: np.ndarray, heatmap: np.ndarray, *, title: str) -> pathlib.Path:
+    """Writes one PNG: the image as the model takes it, beside it the Grad-CAM over it, titled.
+
+    Raises:
+      atomic.DiskError: the file cannot be written.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 3.7), layout="constrained")
+    left.imshow(image)
+    left.set_title(f"input ({image.shape[1]} px)", fontsize=9)
+    _frameless(left)
+    draw_overlay(right, image, heatmap, "Grad-CAM (red: most evidence)")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def save_overlays(explainer: Explainer, images, *, files, out_paths, class_names,
+                  class_index=None) -> list:
+    """Explains `images` and writes one overlay PNG per image (write_overlay).
 
     Args:
-      classifier: as for `gradcam`.
+      explainer: the classifier's Explainer.
       images: uint8 [N, H, W, 3], the images as the classifier takes them.
-      files: N file names; each PNG is named after one (scan1.jpg -> scan1.png); files already
-        in `out_dir` are replaced.
-      out_dir: the folder for the PNGs (created if missing).
+      files: N file names, for the titles.
+      out_paths: N PNG paths (see overlay_names); their folders must exist.
       class_names: the classifier's classes, in label order.
-      class_index: the class to explain; None for each image's predicted class.
+      class_index: the class to explain (an int, or N ints); None for each predicted class.
 
     Returns:
-      The paths written, in the order of `files`.
+      Per image, the Path written, or a str saying why no overlay was written (its heatmap is
+      not finite, or its file cannot be written); the other images are still drawn.
     """
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = gradcam(classifier, images, class_index=class_index)
+    result = explainer.explain(images, class_index=class_index)
     written = []
-    for i, (file, name) in enumerate(zip(files, _unique_png_names(files))):
-        fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 3.6))
-        left.imshow(images[i])
-        left.set_title("input to the model", fontsize=9)
-        left.axis("off")
-        draw_overlay(right, images[i], result.heatmaps[i], "Grad-CAM")
-        fig.suptitle(f"{pathlib.Path(file).name}: {_caption(result, i, class_names)}", fontsize=10)
-        fig.tight_layout()
-        written.append(save_figure(fig, out_dir / name))
+    for i, (file, path) in enumerate(zip(files, out_paths)):
+        if not np.isfinite(result.heatmaps[i]).all():
+            written.append("its Grad-CAM is not finite (the model overflowed on this image)")
+            continue
+        try:
+            written.append(write_overlay(
+                path, images[i], result.heatmaps[i],
+                title=f"{pathlib.Path(file).name}: {_caption(result, i, class_names)}"))
+        except atomic.DiskError as e:
+            written.append(str(e))
     return written
 
 

@@ -162,16 +162,27 @@ def test_the_cut_model_is_the_classifier_under_every_policy(policy, reference):
     # they still find the evidence is test_the_heatmap_peaks_on_the_square's check.)
 
 
-def test_overlays_and_grid_are_written(tmp_path):
+def test_overlay_names_are_unique_even_without_case():
+    assert gradcam.overlay_names(["a/scan.jpg", "b/scan.jpg", "c/Scan.JPG", "scan-2.png"]) == [
+        "scan.png", "scan-2.png", "Scan-3.png", "scan-2-2.png"]
+
+
+def test_overlays_and_grid_are_written_and_a_failed_overlay_is_reported(tmp_path):
     keras.utils.set_random_seed(0)
-    classifier = _small_classifier()
+    explainer = gradcam.Explainer(_small_classifier())
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
     files = ["a/scan.jpg", "b/scan.jpg", "other.png"]
-    paths = gradcam.save_overlays(classifier, images, files, tmp_path / "cams",
-                                  class_names=("glioma", "meningioma", "notumor", "pituitary"))
-    assert [p.name for p in paths] == ["scan.png", "scan-2.png", "other.png"]
-    assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 10_000 for p in paths)
-    result = gradcam.gradcam(classifier, images)
+    (tmp_path / "cams").mkdir()
+    out_paths = [tmp_path / "cams" / "scan.png", tmp_path / "missing" / "scan-2.png",
+                 tmp_path / "cams" / "other.png"]
+    written = gradcam.save_overlays(explainer, images, files=files, out_paths=out_paths,
+                                    class_names=("glioma", "meningioma", "notumor", "pituitary"))
+    assert written[0] == out_paths[0] and written[2] == out_paths[2]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 10_000
+               for p in (out_paths[0], out_paths[2]))
+    # The overlay that cannot be written is reported, naming its file; the others are drawn.
+    assert isinstance(written[1], str) and "scan-2.png" in written[1]
+    result = explainer.explain(images)
     grid = gradcam.plot_grid(tmp_path / "grid.png", [
         ("correct", [(images[0], result.heatmaps[0], "one")]),
         ("wrong", [(images[1], result.heatmaps[1], "two"), (images[2], result.heatmaps[2], "3")]),
