@@ -62,5 +62,10 @@ def main(argv):
           f"examples={metrics['num_examples']} metrics={out / 'metrics.json'}")
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-evaluate` command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -104,6 +104,11 @@ def main(argv: list[str]) -> None:
     print(out)
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-show-batch` command."""
     _define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -79,5 +79,10 @@ def main(argv):
                    flags_text=flags_common.flags_as_text([flags_common, __name__]))
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-train` command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

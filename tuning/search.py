@@ -292,5 +292,10 @@ def main(argv):
     logging.info("Search finished in %.0f s.", time.perf_counter() - start)
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-tune` command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()
