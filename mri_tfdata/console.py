@@ -10,8 +10,8 @@ before anything imports TensorFlow. At the default --verbosity it hides:
   * later C++ lines such as the cuInit "CUDA error (303)" on a machine without GPU (TF's level 3);
   * INFO lines that TensorFlow's own Python code logs through absl (SavedModel signature renaming,
     "Writing fingerprint", ...) and the duplicate "INFO:tensorflow:" lines of TF's own handler.
---verbosity=1 (or a TF_CPP_MIN_LOG_LEVEL set by the user) shows everything again. Importing the
-package as a library (tests, notebooks) changes nothing.
+--verbosity=1 shows everything again; a TF_CPP_MIN_LOG_LEVEL set by the user decides the C++
+level. Importing the package as a library (tests, notebooks) changes nothing.
 """
 
 import contextlib
@@ -73,9 +73,10 @@ def setup_command(argv) -> None:
     if _done or not is_command(argv):
         return
     _done = True
-    quiet = verbosity_from_argv(argv) < 1 and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    quiet = verbosity_from_argv(argv) < 1
     if quiet:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # read once, at import; 3 also hides E lines
+        # Read once, at import; 3 also hides E lines. A level the user chose is kept.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from absl import logging as absl_logging
 
         absl_logging.get_absl_handler().addFilter(_ProjectInfoOnly())

@@ -53,7 +53,7 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
     def write(tmp):
         # A functional view of the same layers is uncompiled, so no optimizer is saved
         # (save(include_optimizer=False) is silently ignored for .keras files in Keras 3).
-        keras.Model(classifier.inputs, classifier.outputs, name=classifier.name).save(tmp)
+        keras.Model(classifier.input, classifier.output, name=classifier.name).save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_FILE, json.dumps(metadata, indent=1))
 
@@ -126,12 +126,13 @@ def load_classifier(path) -> SavedClassifier:
     except Exception as e:  # noqa: BLE001 -- Keras raises many types for a bad archive.
         raise _not_ours(path, f"cannot be loaded by Keras ({type(e).__name__}: {e})") from None
     size, names = metadata["image_size"], metadata["class_names"]
-    layers = {layer.name for layer in model.layers}
-    if (tuple(model.input_shape) != (None, size, size, 3) or model.input.dtype != "uint8"
-            or tuple(model.output_shape) != (None, len(names)) or not {"backbone", "head"} <= layers):
-        raise _not_ours(path, f"does not match its own {METADATA_FILE} (input "
-                        f"{model.input_shape} {model.input.dtype}, output {model.output_shape}, "
-                        f"expected {size} px uint8 images and {len(names)} classes)")
+    inputs, outputs = getattr(model, "inputs", None) or [], getattr(model, "outputs", None) or []
+    shapes = [(tuple(t.shape), t.dtype) for t in inputs] + [tuple(t.shape) for t in outputs]
+    if (shapes != [((None, size, size, 3), "uint8"), (None, len(names))]
+            or not {"backbone", "head"} <= {layer.name for layer in model.layers}):
+        raise _not_ours(path, f"does not match its own {METADATA_FILE}: it should take {size} px "
+                        f"uint8 images and predict {len(names)} classes with a backbone and a "
+                        f"head, but has inputs and outputs {shapes}")
     return SavedClassifier(model=model, class_names=names, image_size=size, path=path)
 
 
