@@ -51,9 +51,14 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
                 "image_size": int(classifier.input_shape[1])}
 
     def write(tmp):
-        # A functional view of the same layers is uncompiled, so no optimizer is saved
-        # (save(include_optimizer=False) is silently ignored for .keras files in Keras 3).
-        keras.Model(classifier.input, classifier.output, name=classifier.name).save(tmp)
+        # Saved: a clone (new layers, the same weights) of an uncompiled view. Keras saves the
+        # optimizer of a compiled model, of a compiled model nested in it (training's fast path
+        # compiles the head) even through a view, and clones a compiled model compiled; and
+        # save(include_optimizer=False) is silently ignored for .keras files.
+        view = keras.Model(classifier.input, classifier.output, name=classifier.name)
+        clone = keras.models.clone_model(view)
+        clone.set_weights(classifier.get_weights())
+        clone.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_FILE, json.dumps(metadata, indent=1))
 

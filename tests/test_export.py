@@ -147,3 +147,27 @@ def test_model_keras_loads_with_keras_alone_in_a_fresh_interpreter(exported, tmp
                                saved.model.predict(pixels, verbose=0), atol=1e-6)
     assert saved.class_names == CLASS_NAMES and saved.image_size == SIZE
     assert pathlib.Path(saved.path) == path
+
+
+def test_model_keras_holds_no_optimizer_state(tmp_path):
+    import zipfile
+
+    import keras
+
+    from mri_tfdata import head_fit, inference, model
+
+    backbone = model.build_backbone(image_size=SIZE, weights="none")
+    head = model.build_head(hidden_units=(8,))
+    classifier = model.build_classifier(backbone, head)
+    # Training's fast path compiles and fits the head; the end-to-end path the whole classifier.
+    features = np.random.default_rng(0).normal(size=(8, model.FEATURE_DIM)).astype("float32")
+    head_fit.fit_head(head, features, np.arange(8) % 4, validation=None, learning_rate=1e-3,
+                      epochs=1, batch_size=4, verbose=0)
+    model.compile_model(classifier, learning_rate=1e-3)
+    path = inference.save_classifier(classifier, tmp_path / "model.keras", class_names="abcd")
+    assert b"optimizer" not in zipfile.ZipFile(path).read("model.weights.h5")
+    loaded = inference.load_classifier(path).model
+    images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(loaded(images, training=False),
+                                  classifier(images, training=False))
+    assert not getattr(loaded, "optimizer", None) and isinstance(loaded, keras.Model)
