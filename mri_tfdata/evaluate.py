@@ -1,4 +1,4 @@
-"""Evaluates a saved model: `mri-evaluate --model=PATH --split=test --out=DIR` (or python -m ...).
+"""Evaluates a saved model: `mri-evaluate --model=PATH --split=test --out=DIR`.
 
 Writes metrics.json (accuracy, loss, per-class precision/recall/F1, confusion matrix) and
 confusion_matrix.png into --out, by the code that ends a training run. The data flags are the

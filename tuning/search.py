@@ -1,4 +1,4 @@
-"""Searches the head with KerasTuner: `python -m tuning.search --flagfile=configs/tune.flags`.
+"""Searches the head with KerasTuner: `mri-tune --flagfile=configs/tune.flags`.
 
 Trials train the head on backbone features computed once and cached (mri_tfdata.features), so a
 trial costs seconds on a CPU. The objective is val_accuracy on a validation split carved from the
