@@ -1,12 +1,14 @@
 """Which dataset a run reads: a TFDS build, a Kaggle-layout folder or the embedded synthetic set."""
 
 import dataclasses
+import itertools
 import pathlib
 
+import numpy as np
 from absl import logging
 
 from mri_tfdata import sources, synthetic
-from mri_tfdata.errors import UserError
+from mri_tfdata.errors import FlagError, UserError
 
 SOURCES = ("tfds", "folder", "synthetic")
 
@@ -93,3 +95,39 @@ class DataSpec:
         if self.source == "synthetic":
             return f"embedded synthetic dataset in {self.synthetic_root()}"
         return f"Kaggle-layout folder {self.data_dir}"
+
+
+def check_splits(splits: dict, *, batch_size: int, allow_missing_classes: bool = False) -> None:
+    """Refuses splits that would train on nothing, on too few classes, or on the scored data.
+
+    Args:
+      splits: flag name ("train_split", "validation_split", "test_split") -> (split string,
+        sources.Source), for the splits in use; "train_split" is required.
+      batch_size: the global batch; the training split must fill one.
+      allow_missing_classes: accept a training split that lacks a class.
+
+    Raises:
+      FlagError: the batch exceeds the training split, or two splits share examples.
+      UserError: the training split lacks a class (and that is not allowed).
+    """
+    train_split, train = splits["train_split"]
+    if train.num_examples < batch_size:
+        raise FlagError(f"The training split {train_split!r} has {train.num_examples} examples, "
+                        f"fewer than one batch of {batch_size}; lower --batch_size.")
+    counts = np.bincount(train.labels, minlength=len(train.class_names))
+    missing = [name for name, count in zip(train.class_names, counts) if not count]
+    if missing and not allow_missing_classes:
+        raise UserError(
+            f"The training split {train_split!r} ({train.description}) has no example of "
+            f"{', '.join(missing)}, so the model could never predict it. Add the missing class "
+            "folder(s), or pass --allow_missing_classes to train without them.")
+    names = {flag: set(source.names) for flag, (_, source) in splits.items()}
+    for first, second in itertools.combinations(names, 2):
+        shared = names[first] & names[second]
+        if shared:
+            raise FlagError(
+                f"--{first}={splits[first][0]!r} and --{second}={splits[second][0]!r} share "
+                f"{len(shared)} example(s), e.g. {sorted(shared)[0]!r}, so the "
+                f"{second.split('_')[0]} scores would be measured on examples of the "
+                f"{first.split('_')[0]} split. Use disjoint splits, e.g. "
+                "--train_split='train[:90%]' --validation_split='train[90%:]'.")

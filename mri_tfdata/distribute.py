@@ -40,25 +40,43 @@ def _check_tf_config() -> None:
         ) from None
 
 
-class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """MultiWorkerMirroredStrategy whose `reduce` works the way Keras 3's `fit` calls it.
+class _KerasReduce:
+    """Makes a mirrored strategy's `reduce` work the way Keras 3's `fit` and `evaluate` call it.
 
-    Keras 3 (up to at least 3.15) breaks `fit` under this strategy (keras-team/keras#20585,
-    tensorflow#72388) in two places: it reduces a whole (images, labels) batch at once, which
-    the collective implementation cannot take ("Attempt to convert a value (PerReplica ...)"),
-    and it reduces scalar losses and metrics with axis=0 ("Invalid reduction dimension 0").
-    Reducing each value of the structure on its own, over replicas only for scalars, is what
-    both calls mean and what MirroredStrategy does.
+    Keras 3 (up to at least 3.15) calls `reduce` in ways the strategies cannot serve:
+
+    - To build a model it reduces the first batch of data (MEAN, axis=None), only to learn its
+      shapes (`trainer._maybe_symbolic_build`). When that batch is smaller than the global batch
+      (a validation split smaller than one batch), the replicas hold different numbers of
+      examples and the element-wise mean fails ("Inputs to operation AddN ... must have the
+      same size and shape"). Any replica's value has the shapes Keras needs, so a non-scalar
+      value reduced with axis=None is answered with this process's first replica's value.
+    - Under MultiWorkerMirroredStrategy (keras-team/keras#20585, tensorflow#72388) it reduces a
+      whole (images, labels) structure at once, which the collective implementation cannot
+      take, and scalar losses and metrics with axis=0 ("Invalid reduction dimension 0").
+      Reducing each value on its own, over replicas only for scalars, is what both calls mean.
     """
 
     def reduce(self, reduce_op, value, axis=None):
         parent = super()
 
         def reduce_one(v):
-            scalar = self.experimental_local_results(v)[0].shape.rank == 0
-            return parent.reduce(reduce_op, v, axis=None if scalar else axis)
+            first = self.experimental_local_results(v)[0]
+            if first.shape.rank == 0:
+                return parent.reduce(reduce_op, v, axis=None)
+            if axis is None:
+                return first
+            return parent.reduce(reduce_op, v, axis=axis)
 
         return tf.nest.map_structure(reduce_one, value)
+
+
+class _MirroredStrategy(_KerasReduce, tf.distribute.MirroredStrategy):
+    """MirroredStrategy that Keras 3 can fit and evaluate with a partial first batch."""
+
+
+class _MultiWorkerMirroredStrategy(_KerasReduce, tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy that Keras 3 can fit and evaluate."""
 
 
 def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
@@ -111,7 +129,7 @@ def create_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strat
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return _MirroredStrategy([d.name for d in devices])
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

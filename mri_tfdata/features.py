@@ -19,7 +19,7 @@ from mri_tfdata import atomic, console, input_pipeline, model
 
 # Part of every cache key: bump it when the extraction itself changes (resizing, preprocessing,
 # file layout), so that features computed by older code are never served.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,9 +207,17 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strateg
     return features, labels
 
 
+def _checksum(features: np.ndarray, labels: np.ndarray) -> str:
+    """A hash of the arrays' values: a file that is a valid .npz but holds other numbers fails it."""
+    digest = hashlib.sha256(np.ascontiguousarray(features, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(labels, np.int32).tobytes())
+    return digest.hexdigest()
+
+
 def _write_cache_file(path: Path, features: np.ndarray, labels: np.ndarray, key: CacheKey) -> None:
     meta = json.dumps({"digest": key.digest, "name": key.name, "count": int(len(labels)),
-                       "feature_dim": int(features.shape[1])})
+                       "feature_dim": int(features.shape[1]),
+                       "checksum": _checksum(features, labels)})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -225,11 +233,11 @@ def _read_valid(path: Path, key: CacheKey,
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
+            meta = dict(json.loads(str(data["meta"])))
             features, labels = data["features"], data["labels"]
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        logging.warning("Feature cache %s is unreadable (%s: %s), probably left half-written; "
-                        "extracting the features again.", path, type(e).__name__, e)
+    except (OSError, ValueError, TypeError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        logging.warning("Feature cache %r is unreadable (%s: %s), probably left half-written; "
+                        "extracting the features again.", str(path), type(e).__name__, e)
         return None
     count = meta.get("count")
     problems = []
@@ -237,11 +245,13 @@ def _read_valid(path: Path, key: CacheKey,
         problems.append(f"key {meta.get('digest')} != {key.digest}")
     if features.shape != (count, model.FEATURE_DIM) or labels.shape != (count,):
         problems.append(f"shapes {features.shape}/{labels.shape} != recorded count {count}")
+    elif meta.get("checksum") != _checksum(features, labels):
+        problems.append("its arrays do not match their recorded checksum")
     if count != expected_count:
         problems.append(f"{count} examples, the split has {expected_count}")
     if problems:
-        logging.warning("Feature cache %s is inconsistent (%s); extracting the features again.",
-                        path, "; ".join(problems))
+        logging.warning("Feature cache %r is inconsistent (%s); extracting the features again.",
+                        str(path), "; ".join(problems))
         return None
     return features.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
 

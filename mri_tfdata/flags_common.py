@@ -88,6 +88,8 @@ def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
             "at least 32 px. Use e.g. 64 for a quick run, 224 or 256 for the real data.")
     require(FLAGS.batch_size >= 1, f"--batch_size={FLAGS.batch_size} must be a positive number.")
     require(FLAGS.shuffle_buffer >= 1, "--shuffle_buffer must be at least 1.")
+    require(0 <= FLAGS.seed < 2**31, f"--seed={FLAGS.seed} must be between 0 and 2**31 - 1.")
+    require(bool(FLAGS.cache.strip()), "--cache must be none, memory or a folder.")
     if FLAGS.source == "folder":
         require(bool(FLAGS.data_dir), "--source=folder needs --data_dir=DIR, the folder holding "
                 "Training/<class>/ and Testing/<class>/ (the Kaggle download, unzipped).")

@@ -1,6 +1,7 @@
 """The tf.data pipeline: decode once, resize, cache uint8 images, shuffle, batch, prefetch."""
 
 import atexit
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -13,6 +14,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 from absl import logging
 
+from mri_tfdata.atomic import DiskError, disk_error
 from mri_tfdata.errors import UserError
 from mri_tfdata.images import decode_and_resize
 from mri_tfdata.sources import Source
@@ -90,7 +92,10 @@ def _file_cache(dataset: tf.data.Dataset, *, root: pathlib.Path, key: str) -> tf
     _remove_stale_partials(root, key)
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial = root / f"{key}{_PARTIAL_MARK}{owner}"
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as e:
+        raise disk_error(partial, e, what="create the image cache folder") from None
     atexit.register(shutil.rmtree, partial, True)  # Published files live on through their links.
     logging.info("Writing the file cache %s (published on completion of the first epoch).", final)
 
@@ -110,6 +115,25 @@ def _file_cache(dataset: tf.data.Dataset, *, root: pathlib.Path, key: str) -> tf
                .filter(tf.logical_not)
                .map(lambda _: zeros))
     return dataset.cache(str(partial / _CACHE_PREFIX)).concatenate(trigger)
+
+
+# What TF says when the OS refuses a write: the cause is the folder, not the pipeline.
+_DISK_TROUBLE = ("No space left on device", "Read-only file system", "Permission denied",
+                 "Disk quota exceeded")
+
+
+@contextlib.contextmanager
+def named_cache_errors(cache: str):
+    """Turns a failed write of the file cache (inside TF) into one paragraph naming the folder."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        reason = next((r for r in _DISK_TROUBLE if r in (e.message or "")), None)
+        if cache in ("none", "memory") or reason is None:
+            raise
+        raise DiskError(f"Cannot write the image cache in {cache}: {reason}. Free disk space, "
+                        "or pass --cache=memory (or another folder); the run resumes from its "
+                        "last finished epoch.") from None
 
 
 def make_dataset(source: Source, *, image_size: int, batch_size: int, training: bool,

@@ -166,7 +166,7 @@ def _image_files(folder: pathlib.Path, seen: set):
     while stack:
         current = stack.pop()
         if not _first_visit(current, seen):
-            logging.warning("Ignoring %s: a link to a folder already listed.", current)
+            logging.warning("Ignoring %r: a link to a folder already listed.", str(current))
             continue
         for path in _visible_children(current):
             if path.is_dir():
@@ -205,7 +205,7 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
     for child in _visible_children(split_dir):
         if not child.is_dir():
             if child.suffix.lower() in IMAGE_SUFFIXES:
-                logging.warning("Ignoring %s: images must sit in a class folder.", child)
+                logging.warning("Ignoring %r: images must sit in a class folder.", str(child))
             continue
         label = class_label(child.name)
         for path in _image_files(child, seen):

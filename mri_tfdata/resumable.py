@@ -1,14 +1,119 @@
 """One training phase's fit, resumable after a kill: backups, history files, TensorBoard, NaN stop."""
 
 import contextlib
+import csv
 import json
 import math
+import pathlib
+import re
+import shutil
 
 import keras
 from absl import logging
 
-from mri_tfdata import reports, workdir
+from mri_tfdata import atomic, faults, reports, workdir
 from mri_tfdata.errors import UserError
+
+_BACKUP = re.compile(r"epoch-(\d+)\.weights\.h5")
+# A loss this many times the loss of guessing uniformly (ln C) means training diverged.
+_DIVERGED = 10.0
+
+
+def _epochs_backed_up(backup_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
+    """(finished epochs, file) of every backup, newest first."""
+    found = [(int(m.group(1)), p) for p in backup_dir.glob("epoch-*.weights.h5")
+             if (m := _BACKUP.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Backs up weights and optimizer state after every epoch; a restarted fit resumes from it.
+
+    Each epoch's state is a file of its own (epoch-0007.weights.h5 after 7 epochs), published
+    whole by a rename, and the newest file that loads wins. So a kill at any moment, or a damaged
+    file, costs at most the epoch in progress. (Keras's BackupAndRestore overwrites one weights
+    file in place and records the epoch in a second file: a kill between the two, or a damaged
+    file, restores the wrong epoch or fails with a traceback.)
+    """
+
+    def __init__(self, backup_dir: pathlib.Path, *, keep: int = 2):
+        super().__init__()
+        self._dir = pathlib.Path(backup_dir)
+        self._keep = keep
+
+    def on_train_begin(self, logs=None):
+        for epochs, path in _epochs_backed_up(self._dir):
+            try:
+                if self.model.optimizer is not None and not self.model.optimizer.built:
+                    self.model.optimizer.build(self.model.trainable_variables)
+                self.model.load_weights(path)
+            except (OSError, ValueError, KeyError) as e:
+                logging.warning("The backup %r is damaged (%s); trying an earlier one.",
+                                str(path), str(e).splitlines()[0])
+                continue
+            logging.info("Resuming from %r: %d epoch(s) already finished.", str(path), epochs)
+            self.model._initial_epoch = epochs
+            return
+
+    def _check_space(self) -> None:
+        # HDF5 can crash the process on a full disk instead of raising, so look first.
+        newest = _epochs_backed_up(self._dir)
+        need = (newest[0][1].stat().st_size if newest else
+                sum(math.prod(v.shape) * 4 for v in self.model.weights) * 3)
+        free = shutil.disk_usage(self._dir).free
+        if free < 1.5 * need:
+            raise atomic.DiskError(
+                f"Only {free / 1e6:.0f} MB are free in {self._dir}, not enough for the next epoch "
+                f"backup (~{need / 1e6:.0f} MB). Free disk space, then rerun the same command: "
+                "the run resumes from its last backup.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise atomic.disk_error(self._dir, e, what="create the backup folder") from None
+        self._check_space()
+        atomic.publish(self._dir / f"epoch-{epoch + 1:04d}.weights.h5", self.model.save_weights,
+                       suffix=".weights.h5")
+        faults.point("epoch_backed_up")
+        for _, old in _epochs_backed_up(self._dir)[self._keep:]:
+            old.unlink(missing_ok=True)
+
+
+def _history_rows(out_dir: pathlib.Path) -> list[dict]:
+    """The rows logged so far: from history.json, else from history.csv; none when neither exists.
+
+    Raises:
+      UserError: both files exist and neither can be read.
+    """
+    json_path, csv_path = out_dir / "history.json", out_dir / "history.csv"
+    if not json_path.exists() and not csv_path.exists():
+        return []
+    try:
+        columns = json.loads(json_path.read_text())
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        logging.warning("%r is damaged (%s); reading the history from %r.", str(json_path), e,
+                        str(csv_path))
+    try:
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [{k: (v if k == "phase" else int(v) if k == "epoch" else float(v))
+                 for k, v in row.items()} for row in rows]
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(
+            f"The training history in {json_path} and {csv_path} is damaged ({e}). Add "
+            "--overwrite to start the run afresh, or pass another --workdir.") from None
+
+
+def _columns(rows: list[dict]) -> dict:
+    keys = ["epoch", "phase"] + sorted({k for r in rows for k in r} - {"epoch", "phase"})
+    return {k: [r.get(k) for r in rows] for k in keys} if rows else {}
+
+
+def read_history(out_dir) -> dict:
+    """The history logged so far, as column lists (history.json's layout); see _history_rows."""
+    return _columns(_history_rows(pathlib.Path(out_dir)))
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -20,55 +125,46 @@ class HistoryLog(keras.callbacks.Callback):
 
     def __init__(self, out_dir, phase: str):
         super().__init__()
-        self._out_dir = out_dir
+        self._out_dir = pathlib.Path(out_dir)
         self._phase = phase
 
-    def _rows(self) -> list[dict]:
-        path = self._out_dir / "history.json"
-        if not path.exists():
-            return []
-        columns = json.loads(path.read_text())
-        return [dict(zip(columns, values)) for values in zip(*columns.values())]
-
     def _write(self, rows: list[dict]) -> None:
-        keys = ["epoch", "phase"] + sorted({k for r in rows for k in r} - {"epoch", "phase"})
-        reports.write_history({k: [r.get(k) for r in rows] for k in keys}, self._out_dir)
+        reports.write_history(_columns(rows) or {"epoch": [], "phase": []}, self._out_dir)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._write([r for r in self._rows() if r["epoch"] <= epoch])
+        self._write([r for r in _history_rows(self._out_dir) if r["epoch"] <= epoch])
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, "phase": self._phase}
         row.update({k: float(v) for k, v in (logs or {}).items()})
-        self._write([r for r in self._rows() if r["epoch"] <= epoch] + [row])
+        self._write([r for r in _history_rows(self._out_dir) if r["epoch"] <= epoch] + [row])
 
 
 def _callbacks(run: workdir.RunDir, phase: str) -> list[keras.callbacks.Callback]:
     return [
         keras.callbacks.TerminateOnNaN(),
+        # Before the backup: a kill between the two leaves a logged epoch that is redone, and the
+        # redone epoch replaces its row.
         HistoryLog(run.path, phase),
-        # double_checkpoint: a kill while the weights file is written leaves the previous epoch's.
-        keras.callbacks.BackupAndRestore(str(run.backup_dir(phase)), double_checkpoint=True),
+        EpochBackup(run.backup_dir(phase)),
         keras.callbacks.TensorBoard(log_dir=str(run.path / "logs"), update_freq="epoch"),
     ]
 
 
-def backed_up_epochs(run: workdir.RunDir, phase: str) -> int:
-    """Epochs of `phase` that BackupAndRestore has saved (0 when none)."""
-    path = run.backup_dir(phase) / "training_metadata.json"
-    return json.loads(path.read_text())["epoch"] if path.exists() else 0
-
-
-def _check_finite(run: workdir.RunDir, learning_rate: float) -> None:
-    history = json.loads((run.path / "history.json").read_text())
-    bad = [e for e, loss in zip(history["epoch"], history["loss"])
-           if loss is None or not math.isfinite(loss)]
-    if bad:
+def _check_converged(run: workdir.RunDir, learning_rate: float, num_classes: int) -> None:
+    rows = _history_rows(run.path)
+    chance = math.log(max(num_classes, 2))
+    bad = [r for r in rows if r["loss"] is None or not math.isfinite(r["loss"])]
+    diverged = rows and rows[-1]["loss"] is not None and rows[-1]["loss"] > _DIVERGED * chance
+    if bad or diverged:
+        what = (f"the loss became NaN or infinite in epoch {bad[0]['epoch']}" if bad else
+                f"the loss diverged: it ended at {rows[-1]['loss']:.3g}, far above the "
+                f"{chance:.2f} of guessing among {num_classes} classes")
         raise UserError(
-            f"Training stopped in epoch {bad[0]}: the loss became NaN or infinite, so the weights "
-            f"are unusable. The learning rate ({learning_rate:g}) is probably too high: rerun with "
-            "a lower one (e.g. --learning_rate=1e-4, --overwrite) and keep "
-            "--standardize_features on with --weights=none.")
+            f"Training failed: {what}, so the weights are unusable. The learning rate "
+            f"({learning_rate:g}) is probably too high: rerun with a lower one (e.g. "
+            "--learning_rate=1e-4, --overwrite) and keep --standardize_features on with "
+            "--weights=none.")
 
 
 @contextlib.contextmanager
@@ -78,22 +174,19 @@ def phase(net: keras.Model, run: workdir.RunDir, name: str, *, learning_rate: fl
 
     Usage: `with phase(net, run, "head", learning_rate=lr) as callbacks: net.fit(...,
     callbacks=callbacks)`. The same context serves the end-to-end fit of the classifier and the
-    fast path's fit of the head alone: same backups, history rows and NaN check.
+    fast path's fit of the head alone: same backups, history rows and checks.
 
     Args:
       net: the model about to be fitted.
       run: the workdir (history files, backup/<phase>/, logs/).
       name: the phase; names the backup and the history rows.
-      learning_rate: the phase's learning rate, named in the NaN message.
+      learning_rate: the phase's learning rate, named in the failure message.
       max_steps_per_epoch: > 0 caps the batches of every epoch (smoke runs).
 
     Raises:
-      UserError: after the fit, when the loss became NaN or infinite.
+      UserError: after the fit, when the loss became NaN or infinite or diverged.
     """
-    done = backed_up_epochs(run, name)
-    if done:
-        logging.info("Resuming phase %s from its backup: %d epoch(s) already finished.", name, done)
-    # BackupAndRestore sets this private attribute when it restores; it would otherwise carry a
+    # EpochBackup sets this private attribute when it restores; it would otherwise carry a
     # restored epoch of the head phase into the fine-tuning fit.
     net._initial_epoch = None
     previous = keras.config.max_steps_per_epoch()
@@ -102,4 +195,4 @@ def phase(net: keras.Model, run: workdir.RunDir, name: str, *, learning_rate: fl
         yield _callbacks(run, name)
     finally:
         keras.config.set_max_steps_per_epoch(previous)
-    _check_finite(run, learning_rate)
+    _check_converged(run, learning_rate, num_classes=int(net.output_shape[-1]))

@@ -68,6 +68,15 @@ def _shard_suffix(input_context) -> str:
     return f"/shard{input_context.input_pipeline_id}of{input_context.num_input_pipelines}"
 
 
+def _tfds_index(builder, split: str) -> tuple[tuple, np.ndarray]:
+    """(filenames, labels) of a TFDS split, in order, reading neither image bytes nor pixels."""
+    records = builder.as_dataset(
+        split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False),
+        decoders=tfds.decode.PartialDecoding({"label": True, "filename": True}))
+    pairs = [(ex["filename"].decode(), int(ex["label"])) for ex in tfds.as_numpy(records)]
+    return tuple(n for n, _ in pairs), np.array([label for _, label in pairs], np.int64)
+
+
 def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str = "default",
                      name: str = "brain_tumor_mri", input_context=None) -> Source:
     """Opens a split of a built TFDS dataset without decoding its images.
@@ -120,13 +129,6 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     num_examples = int(dataset.cardinality())
 
-    def index():
-        records = builder.as_dataset(
-            split=read_split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False),
-            decoders=tfds.decode.PartialDecoding({"label": True, "filename": True}))
-        pairs = [(ex["filename"].decode(), int(ex["label"])) for ex in tfds.as_numpy(records)]
-        return tuple(n for n, _ in pairs), np.array([label for _, label in pairs], np.int64)
-
     class_names = tuple(builder.info.features["label"].names)
     data_root = str(pathlib.Path(builder.data_dir_root).expanduser().resolve())
     cache_id = (f"tfds/{name}/{config}/{builder.version}/{split}{_shard_suffix(input_context)}"
@@ -134,7 +136,7 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
     return Source(dataset=dataset, num_examples=num_examples, class_names=class_names,
                   cache_id=cache_id,
                   description=f"TFDS {name}/{config}:{builder.version} {split} in {data_root}",
-                  index=index)
+                  index=functools.partial(_tfds_index, builder, read_split))
 
 
 def _stable_order(examples: list) -> list:

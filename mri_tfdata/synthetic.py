@@ -1,6 +1,7 @@
 """Deterministic synthetic MRI-like images in the Kaggle tree, the default needing no download."""
 
 import json
+import os
 import pathlib
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ from absl import flags, logging
 from PIL import Image
 
 from mri_tfdata import cli
+from mri_tfdata.atomic import disk_error
 from mri_tfdata.errors import UserError
 from mri_tfdata.kaggle_layout import CLASS_NAMES
 
@@ -164,6 +166,17 @@ def _already_there(root: pathlib.Path, params: dict) -> bool:
     return False
 
 
+def _publish(staging: pathlib.Path, root: pathlib.Path, params: dict) -> None:
+    """Renames the finished tree into place; another process publishing it first is fine."""
+    try:
+        # Renaming over an empty folder works; over a full one it fails, and then another process
+        # (e.g. the other worker of a cluster) has just published the same tree, or another one.
+        os.rename(staging, root)
+    except OSError:
+        if not _already_there(root, params):
+            raise
+
+
 def write_synthetic_dataset(
     root: Union[str, pathlib.Path],
     *,
@@ -206,17 +219,19 @@ def write_synthetic_dataset(
     )
     if _already_there(root, params):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    except OSError as e:
+        raise disk_error(root.parent, e, what="create the synthetic dataset folder") from None
     try:
         _write_tree(staging, params)
         (staging / MARKER_NAME).write_text(json.dumps(params, sort_keys=True) + "\n")
-        if root.exists():
-            root.rmdir()  # Empty, checked above.
-        staging.rename(root)
-    except BaseException:
+        _publish(staging, root, params)
+    except OSError as e:
+        raise disk_error(root, e, what="write the synthetic dataset to") from None
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     logging.info("Wrote the synthetic dataset to %s (%s).", root, params)
     return root
 

@@ -30,6 +30,9 @@ flags.DEFINE_bool("overwrite", False,
                   "Replace the outputs of a finished (or differently configured) run in --workdir.")
 flags.DEFINE_integer("max_steps_per_epoch", 0,
                      "Cap on batches per epoch, for smoke runs; 0 = whole splits.")
+flags.DEFINE_bool("allow_missing_classes", False,
+                  "Train even when a class has no training example (refused by default: the "
+                  "model could never predict it).")
 
 FLAGS = flags.FLAGS
 
@@ -50,9 +53,6 @@ def _train_config() -> training.TrainConfig:
             "or leave both at 0.")
     require(bool(FLAGS.feature_cache.strip()), "--feature_cache must be auto, off or a folder.")
     require(FLAGS.max_steps_per_epoch >= 0, "--max_steps_per_epoch must be 0 (no cap) or more.")
-    require(not (FLAGS.validation_split and FLAGS.validation_split == FLAGS.train_split),
-            "--validation_split equals --train_split; carve it from train (e.g. train[:90%] and "
-            "train[90%:]) or validate on another split.")
     return training.TrainConfig(
         train_split=FLAGS.train_split, validation_split=FLAGS.validation_split,
         test_split=FLAGS.test_split, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
@@ -61,7 +61,8 @@ def _train_config() -> training.TrainConfig:
         fine_tune_learning_rate=FLAGS.fine_tune_learning_rate, cache=FLAGS.cache,
         feature_cache=FLAGS.feature_cache,
         shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed,
-        max_steps_per_epoch=FLAGS.max_steps_per_epoch)
+        max_steps_per_epoch=FLAGS.max_steps_per_epoch,
+        allow_missing_classes=FLAGS.allow_missing_classes)
 
 
 def main(argv):

@@ -1,17 +1,17 @@
 """Trains the classifier into a workdir: the phases (resumable), then save and evaluate."""
 
 import dataclasses
-import json
 import pathlib
 import shutil
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import (atomic, console, distribute, evaluation, features, head_fit, inference,
-                        input_pipeline, model, reports, resumable, workdir)
+from mri_tfdata import (atomic, console, dataspec, distribute, evaluation, faults, features,
+                        head_fit, inference, input_pipeline, model, reports, resumable, workdir)
 from mri_tfdata.dataspec import DataSpec
 from mri_tfdata.errors import UserError
 from mri_tfdata.model import ModelSpec
@@ -39,6 +39,7 @@ class TrainConfig:
     shuffle_buffer: int = 2048
     seed: int = 0
     max_steps_per_epoch: int = 0  # > 0 caps every epoch (smoke runs); 0 = whole splits
+    allow_missing_classes: bool = False  # train even when a class has no training example
 
 
 @dataclasses.dataclass
@@ -62,6 +63,7 @@ class _Job:
     run: workdir.RunDir
     train_source: Source
     val_source: Source | None
+    test_source: Source | None
     cache_dir: pathlib.Path | None  # the feature cache, None when off
 
 
@@ -109,7 +111,8 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
     with job.strategy.scope():
         model.compile_model(classifier, learning_rate=learning_rate)
     with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate,
-                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks:
+                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks, \
+            input_pipeline.named_cache_errors(config.cache):
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
                        epochs=epochs, callbacks=callbacks, shuffle=False,
                        verbose=console.progress_verbose())
@@ -120,72 +123,108 @@ def _checkpoint(run: workdir.RunDir, phase: str) -> pathlib.Path:
 
 
 def _end_phase(classifier: keras.Model, run: workdir.RunDir, phase: str) -> None:
-    """Keeps the phase's final weights and records it as done, so a restart never redoes it."""
+    """Keeps the phase's final weights and records it as done, so a restart never redoes it.
+
+    Each step is durable before the next removes anything: the weights, then the record, then the
+    phase's backups, which a kill before the record still resumes from (at their last epoch).
+    """
     _checkpoint(run, phase).parent.mkdir(exist_ok=True)
     atomic.publish(_checkpoint(run, phase), classifier.save_weights, suffix=".weights.h5")
+    faults.point("phase_weights_saved")
     run.mark_phase_done(phase)
+    faults.point("phase_recorded")
+    shutil.rmtree(run.backup_dir(phase), ignore_errors=True)
+
+
+def _resume_finished_phases(classifier: keras.Model, run: workdir.RunDir) -> None:
+    """After a restart, loads the weights of the last phase that finished, if any."""
+    finished = [p for p in (HEAD_PHASE, FINE_TUNE_PHASE) if run.phase_done(p)]
+    if not finished:
+        return
+    path = _checkpoint(run, finished[-1])
+    try:
+        classifier.load_weights(path)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"The weights of the finished {finished[-1]!r} phase, {path}, are missing or damaged "
+            f"({str(e).splitlines()[0]}). Add --overwrite to train the run afresh.") from None
+    logging.info("Phase %s finished earlier; its weights are loaded from %s.", finished[-1], path)
 
 
 def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) -> TrainResult:
     """Saves, evaluates the saved model on the test split, reports; marks the run done."""
     run, config = job.run, job.config
+    # Every step rewrites its outputs whole, so a rerun after a kill anywhere here redoes the
+    # steps from the top; the phase weights go only once the run is recorded as finished.
     saved_path = inference.save_classifier(classifier, run.path / inference.MODEL_FILE,
                                            class_names=class_names)
-    history = json.loads((run.path / "history.json").read_text())
+    faults.point("model_saved")
+    history = resumable.read_history(run.path)
     reports.plot_history(history, run.path)
     metrics = None
-    if config.test_split:
+    if job.test_source is not None:
         # The probabilities come from the trained head on the test features; the model as saved
         # and loaded again must agree with them on a few images.
+        counts = np.bincount(job.train_source.labels, minlength=len(class_names))
         metrics = evaluation.evaluate_split(
-            classifier, job.data.open(config.test_split), out_dir=run.path,
+            classifier, job.test_source, out_dir=run.path,
             batch_size=config.batch_size, cache_dir=job.cache_dir, strategy=job.strategy,
-            extra={"split": config.test_split, "model": str(saved_path)},
+            extra={"split": config.test_split, "model": str(saved_path),
+                   "training_examples_per_class": dict(zip(class_names, counts.tolist()))},
             checked_model=inference.load_classifier(saved_path).model)
-    # Resume state is useless once the outputs exist (BackupAndRestore already emptied backup/).
+        faults.point("evaluated")
+    run.mark_finished()
+    faults.point("finished_recorded")
     for scratch in ("backup", "checkpoints"):
         shutil.rmtree(run.path / scratch, ignore_errors=True)
-    run.mark_finished()
     logging.info("Finished in %.0f s; outputs in %s. A SavedModel for TF Serving: "
-                 "python -m mri_tfdata.export --model=%s", time.perf_counter() - start, run.path,
-                 saved_path)
+                 "mri-export --model=%s", time.perf_counter() - start, run.path, saved_path)
     return TrainResult(workdir=run.path, history=history, metrics=metrics, resumed=run.resuming)
 
 
 def _log_start(job: _Job, precision_policy: str) -> None:
     config, replicas = job.config, job.strategy.num_replicas_in_sync
     steps = job.train_source.num_examples // config.batch_size
-    if steps == 0:
-        raise UserError(f"The training split {config.train_split!r} has "
-                        f"{job.train_source.num_examples} examples, fewer than one batch of "
-                        f"{config.batch_size}; lower --batch_size.")
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
-    logging.info("Data: %s; train %r: %d examples; validation %r: %s; test %r.",
+    logging.info("Data: %s; train %r: %d examples; validation %r: %s; test %r: %s.",
                  job.data.describe(), config.train_split, job.train_source.num_examples,
                  config.validation_split,
-                 job.val_source.num_examples if job.val_source else "none", config.test_split)
+                 job.val_source.num_examples if job.val_source else "none", config.test_split,
+                 job.test_source.num_examples if job.test_source else "none")
     logging.info("Replicas: %d; global batch %d, per-replica batch %d; %d steps per epoch; "
                  "precision policy %s.", replicas, config.batch_size, config.batch_size // replicas,
                  steps, precision_policy)
 
 
-def _prepare_workdir(workdir_path, *, data: DataSpec, model_spec: ModelSpec, config: TrainConfig,
-                     strategy: tf.distribute.Strategy, precision_policy: str, overwrite: bool,
-                     flags_text: str | None) -> workdir.RunDir:
-    """Opens the run's folder (new, resumed or refused) and writes flags.txt into it."""
+def _run_phases(classifier: keras.Model, job: _Job, *, precision_policy: str, fast: bool,
+                start: float) -> TrainResult:
+    """The head phase, the optional fine-tuning phase, then the outputs; each skipped if done."""
+    run, config = job.run, job.config
+    _log_start(job, precision_policy)
+    _resume_finished_phases(classifier, run)
+    if not run.phase_done(HEAD_PHASE):
+        if fast:
+            _fit_head_on_features(classifier, job)
+        else:
+            _fit_end_to_end(classifier, job, HEAD_PHASE)
+        _end_phase(classifier, run, HEAD_PHASE)
+    if config.fine_tune_blocks and not run.phase_done(FINE_TUNE_PHASE):
+        _fit_end_to_end(classifier, job, FINE_TUNE_PHASE)
+        _end_phase(classifier, run, FINE_TUNE_PHASE)
+    return _finish(classifier, job, class_names=tuple(job.train_source.class_names), start=start)
+
+
+def _settings(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig,
+              strategy: tf.distribute.Strategy, precision_policy: str) -> dict:
+    """Everything that defines the run: a rerun resumes only a run with equal settings."""
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise UserError(f"--batch_size={config.batch_size} is not divisible by the "
                         f"{replicas} replicas; use a multiple of {replicas}.")
-    settings = {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model_spec),
-                "train": dataclasses.asdict(config), "precision": precision_policy,
-                "replicas": replicas}
-    run = workdir.prepare(distribute.output_dir(workdir_path, strategy), settings=settings,
-                          overwrite=overwrite)
-    if flags_text is not None:
-        atomic.write_atomic(run.path / "flags.txt", flags_text)
-    return run
+    return {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model_spec),
+            "train": dataclasses.asdict(config), "precision": precision_policy,
+            "replicas": replicas}
 
 
 def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir_path,
@@ -216,32 +255,32 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
       UserError: missing data, a workdir conflict, a batch larger than the split, a NaN loss.
     """
     start = time.perf_counter()
-    run = _prepare_workdir(workdir_path, data=data, model_spec=model_spec, config=config,
-                           strategy=strategy, precision_policy=precision_policy,
-                           overwrite=overwrite, flags_text=flags_text)
+    settings = _settings(data=data, model_spec=model_spec, config=config, strategy=strategy,
+                         precision_policy=precision_policy)
+    out = distribute.output_dir(workdir_path, strategy)
+    workdir.check(out, settings=settings, overwrite=overwrite)  # Refuses early; writes nothing.
     keras.utils.set_random_seed(config.seed)
     fast = features.use_fast_path(config.feature_cache, fine_tune_blocks=config.fine_tune_blocks,
                                   augment=model_spec.augment)
     data.prepare()
-    job = _Job(data=data, spec=model_spec, config=config, strategy=strategy, run=run,
-               train_source=data.open(config.train_split),
-               val_source=data.open(config.validation_split) if config.validation_split else None,
-               cache_dir=features.resolve_cache_dir(config.feature_cache))
-    _log_start(job, precision_policy)
-    class_names = tuple(job.train_source.class_names)
+    splits = {flag: data.open(getattr(config, flag))
+              for flag in ("train_split", "validation_split", "test_split") if getattr(config, flag)}
+    dataspec.check_splits({flag: (getattr(config, flag), source) for flag, source in splits.items()},
+                          batch_size=config.batch_size,
+                          allow_missing_classes=config.allow_missing_classes)
+    class_names = tuple(splits["train_split"].class_names)
     with strategy.scope():
         classifier = model.build_from_spec(model_spec, num_classes=len(class_names))
-    # A restart after a finished phase continues from that phase's weights.
-    finished = [p for p in (HEAD_PHASE, FINE_TUNE_PHASE) if run.phase_done(p)]
-    if finished:
-        classifier.load_weights(_checkpoint(run, finished[-1]))
-    if not run.phase_done(HEAD_PHASE):
-        if fast:
-            _fit_head_on_features(classifier, job)
-        else:
-            _fit_end_to_end(classifier, job, HEAD_PHASE)
-        _end_phase(classifier, run, HEAD_PHASE)
-    if config.fine_tune_blocks and not run.phase_done(FINE_TUNE_PHASE):
-        _fit_end_to_end(classifier, job, FINE_TUNE_PHASE)
-        _end_phase(classifier, run, FINE_TUNE_PHASE)
-    return _finish(classifier, job, class_names=class_names, start=start)
+    # The data and the weights are good: only now is the workdir written (and locked).
+    run = workdir.open_run(out, settings=settings, overwrite=overwrite)
+    if flags_text is not None:
+        atomic.write_atomic(run.path / "flags.txt", flags_text)
+    try:
+        return _run_phases(classifier, _Job(
+            data=data, spec=model_spec, config=config, strategy=strategy, run=run,
+            train_source=splits["train_split"], val_source=splits.get("validation_split"),
+            test_source=splits.get("test_split"),
+            cache_dir=features.resolve_cache_dir(config.feature_cache)),
+            precision_policy=precision_policy, fast=fast, start=start)
+    finally:
+        run.close()

@@ -1,15 +1,18 @@
 """A training run's output directory: start afresh, resume an unfinished run, or refuse to clobber.
 
-Re-running the same command into a workdir whose run was interrupted resumes it (Keras
-BackupAndRestore state under backup/). A finished run is never overwritten unless asked for with
-`overwrite=True`, which removes only the files a run writes (OUTPUTS); anything else in the
-folder is left alone. A non-empty folder that holds no run is refused, so that a mistyped
---workdir cannot mix outputs into, say, a home directory.
+Re-running the same command into a workdir whose run was interrupted resumes it. A finished run is
+never overwritten unless asked for with `overwrite=True`, which removes only the files a run
+writes (OUTPUTS); anything else in the folder is left alone. A non-empty folder that holds no run
+is refused, so that a mistyped --workdir cannot mix outputs into, say, a home directory. While a
+run uses its workdir it holds a lock on it, so a second run into the same folder is refused; the
+kernel releases the lock when the process dies, however it dies.
 """
 
 import dataclasses
 import datetime
+import fcntl
 import json
+import os
 import pathlib
 import shutil
 
@@ -19,6 +22,7 @@ from mri_tfdata import atomic
 from mri_tfdata.errors import UserError
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 # Everything a run writes into its workdir; --overwrite removes these and nothing else.
 OUTPUTS = (RUN_FILE, "flags.txt", "model.keras", "export", "history.json", "history.csv",
            "metrics.json", "loss.png", "accuracy.png", "confusion_matrix.png", "logs", "backup",
@@ -27,7 +31,7 @@ OUTPUTS = (RUN_FILE, "flags.txt", "model.keras", "export", "history.json", "hist
 
 @dataclasses.dataclass
 class RunDir:
-    """An output directory prepared for a run.
+    """An output directory opened for a run, and locked by it.
 
     Attributes:
       path: the directory.
@@ -38,9 +42,10 @@ class RunDir:
     path: pathlib.Path
     resuming: bool
     record: dict
+    lock_fd: int | None = None  # held open for the life of the process
 
     def backup_dir(self, phase: str) -> pathlib.Path:
-        """BackupAndRestore's directory for one training phase."""
+        """The resumable backups of one training phase."""
         return self.path / "backup" / phase
 
     def phase_done(self, phase: str) -> bool:
@@ -60,6 +65,12 @@ class RunDir:
     def _write(self) -> None:
         atomic.write_json(self.path / RUN_FILE, self.record)
 
+    def close(self) -> None:
+        """Releases the workdir's lock (the process ending releases it too)."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -70,8 +81,94 @@ def _is_worker_dir(name: str) -> bool:
     return name.startswith("worker-")
 
 
-def prepare(path, *, settings: dict, overwrite: bool = False) -> RunDir:
-    """Creates or reopens a workdir for a run with `settings`.
+def _read_record(path: pathlib.Path, *, overwrite: bool) -> dict | None:
+    """run.json's contents, None when there is none; a damaged one is refused by name, unless
+    the run is to be overwritten anyway."""
+    run_file = path / RUN_FILE
+    if not run_file.exists():
+        return None
+    try:
+        record = json.loads(run_file.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+            raise ValueError("not a run record")
+    except (OSError, ValueError) as e:
+        if overwrite:
+            return {"status": "damaged", "settings": {}}
+        raise UserError(
+            f"{run_file} is damaged ({e}), so the state of the run in --workdir={path} is "
+            "unknown. Add --overwrite to start that run afresh, or pass another --workdir.") \
+            from None
+    return record
+
+
+def _differences(recorded, wanted, prefix: str = "") -> list[str]:
+    """`--name (old -> new)` for every setting that differs, however deeply nested."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        return [d for key in sorted(set(recorded) | set(wanted))
+                for d in _differences(recorded.get(key), wanted.get(key), key)]
+    if recorded == wanted:
+        return []
+    return [f"--{prefix} ({recorded!r} -> {wanted!r})"]
+
+
+def check(path, *, settings: dict, overwrite: bool = False) -> None:
+    """Refuses early, writing nothing, a workdir the run could not use.
+
+    Raises:
+      UserError: the folder is a file, holds a finished run (without overwrite), an unfinished run
+        with other settings (without overwrite), a damaged run.json, or files that are not a run's.
+    """
+    path = pathlib.Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--workdir={path} is a file; pass a directory (it is created if missing).")
+    record = _read_record(path, overwrite=overwrite)
+    if record is None and path.exists():
+        others = sorted(p.name for p in path.iterdir()
+                        if not _is_worker_dir(p.name) and p.name != LOCK_FILE)
+        if others:
+            raise UserError(
+                f"--workdir={path} is not empty ({', '.join(others[:5])}"
+                f"{', ...' if len(others) > 5 else ''}) and holds no training run. Pass a new or "
+                "empty directory; existing files are never overwritten.")
+    if record is None or overwrite:
+        return
+    if record.get("status") == "finished":
+        raise UserError(
+            f"--workdir={path} already holds a finished run (see {path / 'metrics.json'}). "
+            "Pass another --workdir, or add --overwrite to replace its outputs.")
+    changed = _differences(record["settings"], json.loads(json.dumps(settings)))
+    if changed:
+        raise UserError(
+            f"--workdir={path} holds an unfinished run with other settings: "
+            f"{'; '.join(changed)}. Rerun with its flags to resume it (see "
+            f"{path / 'flags.txt'}), pass another --workdir, or add --overwrite to start afresh.")
+
+
+def _lock(path: pathlib.Path) -> int:
+    """Takes the workdir's lock, or refuses when a live process holds it."""
+    lock_path = path / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise atomic.disk_error(lock_path, e, what="create the lock file") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(
+            f"Another run (process {holder}) is using --workdir={path} right now. Wait for it to "
+            "finish, stop it, or pass another --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def open_run(path, *, settings: dict, overwrite: bool = False) -> RunDir:
+    """Creates or reopens a workdir for a run with `settings`, and locks it.
+
+    Call once the data and the model are known to be good, so that a run failing at start-up
+    leaves no trace (see `check` for the early refusal).
 
     Args:
       path: the workdir.
@@ -83,48 +180,38 @@ def prepare(path, *, settings: dict, overwrite: bool = False) -> RunDir:
       The RunDir.
 
     Raises:
-      UserError: the folder holds a finished run (without overwrite), an unfinished run with other
-        settings (without overwrite), or files that are not a run's.
+      UserError: as `check`, or another live run holds the workdir.
     """
     path = pathlib.Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--workdir={path} is a file; pass a directory (it is created if missing).")
-    run_file = path / RUN_FILE
-    record = json.loads(run_file.read_text()) if run_file.exists() else None
-    if record is None and path.exists():
-        others = sorted(p.name for p in path.iterdir() if not _is_worker_dir(p.name))
-        if others:
-            raise UserError(
-                f"--workdir={path} is not empty ({', '.join(others[:5])}"
-                f"{', ...' if len(others) > 5 else ''}) and holds no training run. Pass a new or "
-                "empty directory; existing files are never overwritten.")
+    check(path, settings=settings, overwrite=overwrite)  # Before the lock file is created.
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise atomic.disk_error(path, e, what="create the workdir") from None
+    lock_fd = _lock(path)
+    try:
+        return _open_locked(path, lock_fd, settings=settings, overwrite=overwrite)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _open_locked(path: pathlib.Path, lock_fd: int, *, settings: dict, overwrite: bool) -> RunDir:
+    # Checked again under the lock: another run may have started or finished meanwhile.
+    check(path, settings=settings, overwrite=overwrite)
+    record = _read_record(path, overwrite=overwrite)
+    if record is not None and not overwrite:
+        logging.info("Resuming the unfinished run in %s.", path)
+        return RunDir(path=path, resuming=True, record=record, lock_fd=lock_fd)
     if record is not None:
-        same = record.get("settings") == json.loads(json.dumps(settings))
-        if record.get("status") == "finished" and not overwrite:
-            raise UserError(
-                f"--workdir={path} already holds a finished run (see {path / 'metrics.json'}). "
-                "Pass another --workdir, or add --overwrite to replace its outputs.")
-        if record.get("status") != "finished" and not same and not overwrite:
-            changed = sorted(k for k in set(settings) | set(record.get("settings", {}))
-                             if settings.get(k) != record.get("settings", {}).get(k))
-            raise UserError(
-                f"--workdir={path} holds an unfinished run with other settings (changed: "
-                f"{', '.join(changed)}). Rerun with the same flags to resume it (see "
-                f"{path / 'flags.txt'}), pass another --workdir, or add --overwrite to start "
-                "afresh.")
-        if overwrite:
-            for name in OUTPUTS:
-                target = path / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-            logging.info("--overwrite: removed the previous run's outputs from %s.", path)
-        else:
-            logging.info("Resuming the unfinished run in %s.", path)
-            return RunDir(path=path, resuming=True, record=record)
-    path.mkdir(parents=True, exist_ok=True)
-    run = RunDir(path=path, resuming=False,
+        for name in OUTPUTS:
+            target = path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        logging.info("--overwrite: removed the previous run's outputs from %s.", path)
+    run = RunDir(path=path, resuming=False, lock_fd=lock_fd,
                  record={"status": "running", "started": _now(), "settings": settings,
                          "phases_done": []})
     run._write()

@@ -68,6 +68,15 @@ def truncated_jpeg(seed: int) -> bytes:
     return data[: len(data) * 3 // 4]
 
 
+def bad_crc_png(seed: int) -> bytes:
+    """A PNG whose pixel data fails its checksum: the header is intact, only a decode notices."""
+    data = bytearray(png_bytes(Image.fromarray(pixels(seed))))
+    idat = data.index(b"IDAT")
+    length = int.from_bytes(data[idat - 4:idat], "big")
+    data[idat + 4 + length] ^= 0xFF  # The first byte of the IDAT chunk's CRC.
+    return bytes(data)
+
+
 def write(path: pathlib.Path, data: bytes) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -110,6 +119,7 @@ def write_messy_tree(root: pathlib.Path) -> dict:
         write(train / "pituitary_tumor/text.jpg", b"this is a text file, not a JPEG\n"),
         write(train / "pituitary_tumor/zero.jpg", b""),
         write(test / "glioma/truncated.jpg", truncated_jpeg(7)),
+        write(test / "notumor/bad_crc.png", bad_crc_png(8)),
     ]
     expected_test = {}
     for label, name in enumerate(["glioma", "meningioma", "notumor", "pituitary"]):

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 import builders.brain_tumor_mri  # noqa: F401  (registers "brain_tumor_mri" with TFDS)
 import kaggle_trees
 from builders.brain_tumor_mri import brain_tumor_mri_dataset_builder
+from mri_tfdata import kaggle_layout
 from mri_tfdata.errors import UserError
 
 BUILDER_DIR = pathlib.Path(brain_tumor_mri_dataset_builder.__file__).parent
@@ -86,14 +87,14 @@ def test_corrupt_files_are_skipped_logged_and_counted(messy, tmp_path, caplog):
     root, expected = messy
     with caplog.at_level(logging.INFO):
         builder = build(root, tmp_path)
-    assert builder.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 1}
+    assert builder.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 2}
     log = caplog.text
     for name in expected["corrupt"]:
         assert f"Skipping corrupt image {name!r}" in log
     assert "train: skipped 2 corrupt image file(s)" in log
     # The count is saved with the dataset, not only kept in memory.
     reloaded = tfds.builder("brain_tumor_mri", data_dir=str(tmp_path))
-    assert reloaded.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 1}
+    assert reloaded.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 2}
 
 
 def test_dedup_config_drops_duplicates_and_leaked_test_images(messy, tmp_path, caplog):
@@ -177,18 +178,45 @@ def test_importing_the_package_registers_the_builder():
     ]
 
 
-def test_tfds_build_command_builds_the_dummy_data(tmp_path):
-    # The command the README gives, run as a user would (a separate process, the `tfds` CLI).
-    tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
-    command = [
-        str(tfds_cli),
-        "build",
-        str(BUILDER_DIR),
-        f"--manual_dir={BUILDER_DIR / 'dummy_data'}",
-        f"--data_dir={tmp_path}",
-        "--config=dedup",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+# The README's local build on every core, with 2 worker processes rather than one per core
+# (direct_num_workers=0), so that the test costs the same on any machine.
+EVERY_CORE = "runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"
+
+
+def tfds_build(manual_dir, data_dir, *options):
+    """Runs the README's `tfds build` command as a user would: the `tfds` CLI, a new process."""
+    command = [str(pathlib.Path(sys.executable).with_name("tfds")), "build", str(BUILDER_DIR),
+               f"--manual_dir={manual_dir}", f"--data_dir={data_dir}", "--config=dedup", *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(examples(tmp_path, "test", "dedup")) == 8
-    assert len(examples(tmp_path, "train", "dedup")) == 12
+
+
+def test_tfds_build_on_one_and_on_every_core_stores_what_the_plain_builder_stored(tmp_path):
+    dummy = BUILDER_DIR / "dummy_data"
+    tfds_build(dummy, tmp_path / "one")
+    tfds_build(dummy, tmp_path / "every", f"--beam_pipeline_options={EVERY_CORE}")
+    # What the builder stored before it used Beam: every file, keyed by its relpath, labelled by
+    # its folder, with its own bytes; in dedup the test copy of a training image is dropped.
+    files = {path.relative_to(dummy).as_posix(): path.read_bytes()
+             for path in sorted(dummy.rglob("*.jpg"))}
+    train = {name for name in files if name.startswith("Training/")}
+    expected = {"train": train,
+                "test": {name for name in files if name not in train
+                         and files[name] not in {files[t] for t in train}}}
+    assert (len(expected["train"]), len(expected["test"])) == (12, 8)
+    for data_dir in (tmp_path / "one", tmp_path / "every"):
+        for split in ("train", "test"):
+            got = examples(data_dir, split, "dedup", decode_images=False)
+            assert set(got) == expected[split]
+            for name, ex in got.items():
+                assert ex["image"] == files[name]
+                assert ex["sha256"].decode() == hashlib.sha256(files[name]).hexdigest()
+                assert int(ex["label"]) == kaggle_layout.CLASS_NAMES.index(name.split("/")[1])
+        # Counted by the worker processes, saved with the dataset by the launching one.
+        assert tfds.builder("brain_tumor_mri/dedup", data_dir=str(data_dir)).info.metadata == {
+            "skipped_corrupt_files": {"train": 0, "test": 0},
+            "dedup_dropped": {
+                "train": {"duplicates_within_split": 0, "in_earlier_split": 0},
+                "test": {"duplicates_within_split": 0, "in_earlier_split": 1},
+            },
+        }

@@ -96,14 +96,6 @@ def test_the_hash_is_the_original_files(tmp_path):
 # --- refused -----------------------------------------------------------------------------------
 
 
-def _png_with_bad_checksum() -> bytes:
-    data = bytearray(kaggle_trees.png_bytes(Image.fromarray(kaggle_trees.pixels(6))))
-    idat = data.index(b"IDAT")
-    length = struct.unpack(">I", data[idat - 4:idat])[0]
-    data[idat + 4 + length] ^= 0xFF  # The first byte of the IDAT chunk's CRC.
-    return bytes(data)
-
-
 def _png_cut_inside_its_data() -> bytes:
     """Header and chunk structure intact, the compressed rows cut short (and the CRC redone)."""
     rows = b"".join(b"\x00" + bytes(kaggle_trees.pixels(7)[r].tobytes())
@@ -130,7 +122,7 @@ def _jpeg_with_garbled_middle() -> bytes:
 
 
 UNDECODABLE = {
-    "png_bad_checksum": _png_with_bad_checksum,
+    "png_bad_checksum": lambda: kaggle_trees.bad_crc_png(6),
     "png_cut_short": _png_cut_inside_its_data,
     "jpeg_garbled_middle": _jpeg_with_garbled_middle,
     "jpeg_truncated": lambda: kaggle_trees.truncated_jpeg(7),

@@ -32,4 +32,6 @@ def test_the_library_imports_neither_the_builder_nor_tuning():
 def test_the_builder_uses_the_librarys_image_checks():
     builder = ROOT / "builders" / "brain_tumor_mri" / "brain_tumor_mri_dataset_builder.py"
     assert "mri_tfdata" in _imported_modules(builder)
-    assert "images.read_image" in builder.read_text()
+    assert "build_pipeline." in builder.read_text()
+    steps = (ROOT / "mri_tfdata" / "build_pipeline.py").read_text()
+    assert "images.read_file(" in steps and "images.prepare_image(" in steps

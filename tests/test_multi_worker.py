@@ -80,3 +80,75 @@ def test_two_workers_train_in_sync():
 
 if __name__ == "__main__":
     _worker()
+
+
+# The whole demo at the smallest size, written to flags the tests below share.
+DEMO = ["--source=synthetic", "--synthetic_train_per_class=8", "--synthetic_test_per_class=3",
+        "--image_size=32", "--weights=none", "--head_units=16", "--batch_size=8", "--epochs=2",
+        "--precision=float32"]
+
+
+def _evaluate(model, data_dir, out):
+    result = subprocess.run(
+        [sys.executable, "-m", "mri_tfdata.evaluate", f"--model={model}", "--source=synthetic",
+         f"--data_dir={data_dir}", "--synthetic_train_per_class=8", "--synthetic_test_per_class=3",
+         "--split=test", "--feature_cache=off", f"--out={out}"],
+        capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _same_metrics(trained, evaluated):
+    assert trained["num_examples"] == evaluated["num_examples"] == 12
+    assert trained["confusion_matrix"] == evaluated["confusion_matrix"]
+    assert trained["loss"] == pytest.approx(evaluated["loss"], rel=1e-4)
+
+
+def test_two_workers_run_the_whole_demo_from_an_empty_cache(tmp_path):
+    """Both workers generate the data and the features at once; each test image counts once."""
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    common = [*DEMO, f"--data_dir={tmp_path / 'data'}", f"--feature_cache={tmp_path / 'f'}",
+              f"--workdir={tmp_path / 'run'}", "--strategy=multi_worker"]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": ""}
+        log = open(tmp_path / f"worker{index}.log", "w")
+        processes.append(subprocess.Popen([sys.executable, "-m", "mri_tfdata.train", *common],
+                                          env=env, stdout=log, stderr=log))
+    try:
+        for index, p in enumerate(processes):
+            p.wait(timeout=TIMEOUT_S * 2)
+            assert p.returncode == 0, (tmp_path / f"worker{index}.log").read_text()[-3000:]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    _same_metrics(trained, _evaluate(tmp_path / "run" / "model.keras", tmp_path / "data",
+                                     tmp_path / "eval"))
+
+
+_TWO_CPUS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from mri_tfdata import cli, train
+sys.argv = ["train", *sys.argv[1:]]
+cli.run(train.main)
+"""
+
+
+def test_mirrored_over_two_logical_cpus_counts_each_test_image_once(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", _TWO_CPUS, *DEMO, "--strategy=mirrored",
+         f"--data_dir={tmp_path / 'data'}", f"--feature_cache={tmp_path / 'f'}",
+         f"--workdir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=TIMEOUT_S * 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MirroredStrategy with 2 replica(s)" in result.stderr
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    _same_metrics(trained, _evaluate(tmp_path / "run" / "model.keras", tmp_path / "data",
+                                     tmp_path / "eval"))

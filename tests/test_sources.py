@@ -3,6 +3,7 @@
 import collections
 import hashlib
 import logging
+import os
 import pathlib
 
 import numpy as np
@@ -12,6 +13,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import image_trees
+import kaggle_trees
 from mri_tfdata import sources
 from mri_tfdata.errors import UserError
 
@@ -100,10 +102,13 @@ def test_folder_skips_junk_and_reports_corrupt_files(tmp_path, caplog):
     (glioma / ".ipynb_checkpoints").mkdir()
     (glioma / ".ipynb_checkpoints" / "stray.jpg").write_bytes(good)
     (glioma / "notes.txt").write_text("junk")
+    (glioma / "bad_crc.png").write_bytes(kaggle_trees.bad_crc_png(3))  # Only a decode tells.
+    os.mkfifo(glioma / "fifo.jpg")  # Would block a plain read forever.
+    os.symlink(glioma, glioma / "loop")  # Would list every file again, and again.
     with caplog.at_level(logging.WARNING):
         source = sources.load_folder_source(root, split="train")
     assert source.num_examples == 8
-    for name in ("truncated.jpg", "not_an_image.jpg", "empty.png"):
+    for name in ("truncated.jpg", "not_an_image.jpg", "empty.png", "bad_crc.png", "fifo.jpg"):
         assert name in caplog.text
     assert "stray.jpg" not in caplog.text
     assert len(decoded(source)) == 8  # Every remaining file decodes.

@@ -1,6 +1,11 @@
-"""Tests for mri_tfdata.workdir: fresh start, resume, refusal to clobber, --overwrite."""
+"""Tests for mri_tfdata.workdir: fresh start, resume, refusals, damaged state, the lock."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -10,31 +15,40 @@ from mri_tfdata.errors import UserError
 SETTINGS = {"train": {"epochs": 3}, "model": {"image_size": 64}}
 
 
+def _open(path, **kwargs):
+    run = workdir.open_run(path, **kwargs)
+    run.close()
+    return run
+
+
 def test_fresh_then_resume_with_same_settings(tmp_path):
-    run = workdir.prepare(tmp_path / "run", settings=SETTINGS)
+    run = workdir.open_run(tmp_path / "run", settings=SETTINGS)
     assert not run.resuming and run.path.is_dir()
     run.mark_phase_done("head")
-    again = workdir.prepare(tmp_path / "run", settings=json.loads(json.dumps(SETTINGS)))
+    run.close()
+    again = _open(tmp_path / "run", settings=json.loads(json.dumps(SETTINGS)))
     assert again.resuming and again.phase_done("head") and not again.phase_done("fine_tune")
 
 
-def test_unfinished_run_with_other_settings_is_refused(tmp_path):
-    workdir.prepare(tmp_path / "run", settings=SETTINGS)
+def test_unfinished_run_with_other_settings_is_refused_naming_each_flag(tmp_path):
+    _open(tmp_path / "run", settings=SETTINGS)
     other = {"train": {"epochs": 5}, "model": {"image_size": 64}}
-    with pytest.raises(UserError, match=r"other settings \(changed: train\).*--overwrite"):
-        workdir.prepare(tmp_path / "run", settings=other)
-    assert not workdir.prepare(tmp_path / "run", settings=other, overwrite=True).resuming
+    for refuse in (workdir.check, workdir.open_run):
+        with pytest.raises(UserError, match=r"other settings: --epochs \(3 -> 5\)\. .*--overwrite"):
+            refuse(tmp_path / "run", settings=other)
+    assert not _open(tmp_path / "run", settings=other, overwrite=True).resuming
 
 
 def test_finished_run_needs_overwrite_which_keeps_foreign_files(tmp_path):
-    run = workdir.prepare(tmp_path / "run", settings=SETTINGS)
+    run = workdir.open_run(tmp_path / "run", settings=SETTINGS)
     (run.path / "model.keras").write_text("old model")
     (run.path / "logs").mkdir()
     (run.path / "notes.txt").write_text("the user's own file")
     run.mark_finished()
+    run.close()
     with pytest.raises(UserError, match="already holds a finished run.*--overwrite"):
-        workdir.prepare(tmp_path / "run", settings=SETTINGS)
-    fresh = workdir.prepare(tmp_path / "run", settings=SETTINGS, overwrite=True)
+        workdir.check(tmp_path / "run", settings=SETTINGS)
+    fresh = _open(tmp_path / "run", settings=SETTINGS, overwrite=True)
     assert not fresh.resuming
     assert not (fresh.path / "model.keras").exists() and not (fresh.path / "logs").exists()
     assert (fresh.path / "notes.txt").read_text() == "the user's own file"
@@ -44,6 +58,48 @@ def test_non_empty_folder_without_a_run_is_refused(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
     for overwrite in (False, True):
         with pytest.raises(UserError, match="not empty.*thesis.tex.*holds no training run"):
-            workdir.prepare(tmp_path, settings=SETTINGS, overwrite=overwrite)
-    assert (tmp_path / "thesis.tex").read_text() == "precious"
-    assert not (tmp_path / workdir.RUN_FILE).exists()
+            workdir.open_run(tmp_path, settings=SETTINGS, overwrite=overwrite)
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]  # Nothing written there.
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", '{"status": "running"}'])
+def test_a_damaged_run_file_is_refused_by_name_unless_overwritten(tmp_path, content):
+    _open(tmp_path / "run", settings=SETTINGS)
+    (tmp_path / "run" / workdir.RUN_FILE).write_text(content)
+    with pytest.raises(UserError, match=r"run\.json is damaged.*--overwrite"):
+        workdir.check(tmp_path / "run", settings=SETTINGS)
+    assert not _open(tmp_path / "run", settings=SETTINGS, overwrite=True).resuming
+
+
+def test_a_second_live_run_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    first = workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    with pytest.raises(UserError, match=f"Another run \\(process {os.getpid()}\\) is using"):
+        workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    first.close()
+    # A process that holds the lock and is killed: the kernel releases its lock.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mri_tfdata import workdir; "
+         f"workdir.open_run({str(tmp_path / 'run')!r}, settings={SETTINGS!r}); "
+         "print('locked', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"process {holder.pid}"):
+            workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.time() + 10
+    assert _open(tmp_path / "run", settings=SETTINGS).resuming
+    assert time.time() < deadline
+
+
+def test_a_read_only_workdir_is_one_paragraph_naming_it(tmp_path):
+    if os.geteuid() == 0:
+        # root writes anywhere; a path under a file fails the same way for everyone.
+        target = tmp_path / "file" / "run"
+        (tmp_path / "file").write_text("not a folder")
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = tmp_path / "ro" / "run"
+    with pytest.raises(UserError, match=f"Cannot create the workdir {target}"):
+        workdir.open_run(target, settings=SETTINGS)

@@ -1,17 +1,15 @@
 """The `brain_tumor_mri` TFDS builder: the Kaggle Brain Tumor MRI Dataset, read from manual_dir."""
 
+import collections
 import dataclasses
-import hashlib
+import os
 import pathlib
 
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mri_tfdata import images, kaggle_layout
+from mri_tfdata import build_pipeline, kaggle_layout
 from mri_tfdata.errors import UserError
-
-# Earlier splits win when de-duplicating: an image of train is dropped from validation and test.
-_SPLIT_ORDER = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(eq=False)
@@ -76,20 +74,35 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
+        # With a `pipeline` argument TFDS builds with Apache Beam: reading and checking the files
+        # is shared by all splits (dedup compares them across splits), then each split takes its
+        # own. See README.md, "Build it once with TFDS", for runners.
         split_dirs = kaggle_layout.find_split_dirs(self._data_root(dl_manager))
-        files = {}
-        for split in _SPLIT_ORDER:
+        files = []
+        for split in build_pipeline.SPLIT_ORDER:
             if split in split_dirs:
+                # Listed here, not on workers: it takes a second, and a bad tree fails at once.
                 examples = kaggle_layout.list_examples(split_dirs[split])
-                # Hashed up front only for dedup, which must see every file before keeping any.
-                files[split] = [(example, _sha256(example.path) if self.builder_config.dedup
-                                 else None) for example in examples]
+                files += [(split, example) for example in examples]
                 logging.info("%s: %d image files in %s.", split, len(examples), split_dirs[split])
-        if self.builder_config.dedup:
-            files = self._deduplicate(files)
-        self.info.metadata["skipped_corrupt_files"] = {}
-        return {split: self._generate_examples(split, pairs) for split, pairs in files.items()}
+        # Files per split, for the report _process_pipeline_result reads after the pipeline.
+        self._listed = collections.Counter(split for split, _ in files)
+        checked = build_pipeline.check_files(pipeline, files, dedup=self.builder_config.dedup)
+        build_pipeline.write_report(checked, self._report_path())
+        return {split: self._generate_examples(checked, split) for split in self._listed}
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        # Runs after the pipeline and before TFDS saves the metadata with the dataset.
+        del pipeline_result
+        metadata = build_pipeline.read_report(
+            self._report_path(), self._listed, dedup=self.builder_config.dedup)
+        self.info.metadata.update(metadata)
+
+    def _report_path(self) -> str:
+        # In the dataset's folder while it is built (a temporary one TFDS renames when done), so
+        # that every worker of a distributed runner can write it where the driver reads it.
+        return os.path.join(self.data_dir, f"{self.name}-report.json")
 
     def _data_root(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
         """Returns the unpacked tree in manual_dir, or else the extracted zip archive in it."""
@@ -116,73 +129,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         logging.info("Extracting %s.", archives[0])
         return pathlib.Path(dl_manager.extract(archives[0]))
 
-    def _deduplicate(self, files: dict) -> dict:
-        """Keeps the first file (in split order, then path order) of every sha256."""
-        seen_in_earlier_splits = set()
-        kept_files, dropped = {}, {}
-        for split, pairs in files.items():
-            kept, seen, leaked, duplicates = [], set(), 0, 0
-            for example, digest in pairs:
-                if digest is None:
-                    kept.append((example, digest))  # Unreadable: generation reports it.
-                elif digest in seen_in_earlier_splits:
-                    leaked += 1
-                    logging.info(
-                        "dedup: dropping %s, it also occurs in an earlier split.", example.relpath
-                    )
-                elif digest in seen:
-                    duplicates += 1
-                    logging.info(
-                        "dedup: dropping %s, a duplicate within %s.", example.relpath, split
-                    )
-                else:
-                    seen.add(digest)
-                    kept.append((example, digest))
-            seen_in_earlier_splits |= seen
-            kept_files[split] = kept
-            dropped[split] = {"duplicates_within_split": duplicates, "in_earlier_split": leaked}
-            logging.warning(
-                "dedup: %s: dropped %d duplicate(s) within the split and %d image(s) "
-                "also in an earlier split; %d of %d kept.",
-                split,
-                duplicates,
-                leaked,
-                len(kept),
-                len(pairs),
-            )
-        self.info.metadata["dedup_dropped"] = dropped
-        return kept_files
-
-    def _generate_examples(self, split: str, pairs: list):
-        """Yields (relpath, example), skipping and logging corrupt files one by one."""
-        skipped = []
-        for example, _ in pairs:
-            try:
-                image = images.read_image(example.path)
-            except (images.CorruptImageError, OSError) as e:
-                logging.warning("Skipping corrupt image %r: %s", example.relpath, e)
-                skipped.append(example.relpath)
-                continue
-            yield example.relpath, {
-                "image": image.data,
-                "label": example.label,
-                "filename": example.relpath,
-                "sha256": image.sha256,
-            }
-        # Recorded when the split is done, so the metadata saved with the dataset holds the count.
-        self.info.metadata["skipped_corrupt_files"][split] = len(skipped)
-        log = logging.warning if skipped else logging.info
-        log(
-            "%s: skipped %d corrupt image file(s)%s",
-            split,
-            len(skipped),
-            f": {', '.join(skipped)}" if skipped else ".",
-        )
-
-
-def _sha256(path: pathlib.Path) -> str | None:
-    """The file's hash, or None when it cannot be read (generation then skips and reports it)."""
-    try:
-        return hashlib.sha256(images.read_file(path)).hexdigest()
-    except (images.CorruptImageError, OSError):
-        return None
+    def _generate_examples(self, checked, split: str):
+        """The (relpath, example) pairs of one split, from the files checked for all splits."""
+        beam = tfds.core.lazy_imports.apache_beam
+        return checked | f"{split.capitalize()}Examples" >> beam.FlatMap(
+            build_pipeline.example_of, split=split)

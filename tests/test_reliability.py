@@ -1,0 +1,163 @@
+"""What users can break, and what they get: a correct result, a named skip, or one paragraph."""
+
+import errno
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mri_tfdata import atomic, dataspec, features, resumable, sources, training, workdir
+from mri_tfdata.errors import FlagError, UserError
+from mri_tfdata.model import ModelSpec
+
+SPEC = ModelSpec(image_size=32, weights="none", head_units=(16,))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    spec = dataspec.DataSpec(source="synthetic", data_dir=str(tmp_path_factory.mktemp("synth")),
+                             synthetic_train_per_class=8, synthetic_test_per_class=2,
+                             synthetic_image_size=32)
+    spec.prepare()
+    return spec
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+def _train(data, workdir_path, feature_cache, model_spec=SPEC, **config):
+    config = training.TrainConfig(**{"batch_size": 4, "epochs": 2,
+                                     "feature_cache": str(feature_cache), **config})
+    keras.mixed_precision.set_global_policy("float32")
+    return training.train(data=data, model_spec=model_spec, config=config,
+                          workdir_path=workdir_path, strategy=tf.distribute.get_strategy(),
+                          precision_policy="float32")
+
+
+def test_a_run_that_fails_at_start_leaves_no_trace_and_the_fix_then_runs(data, tmp_path,
+                                                                          feature_cache):
+    run = tmp_path / "run"
+    bad_weights = ModelSpec(image_size=32, weights=str(tmp_path / "missing.h5"), head_units=(16,))
+    with pytest.raises(UserError, match="neither 'imagenet', 'none' nor an existing file"):
+        _train(data, run, feature_cache, model_spec=bad_weights)
+    with pytest.raises(UserError, match="Invalid split"):
+        _train(data, run, feature_cache, test_split="tset")
+    assert not run.exists()  # Nothing claims the folder: the corrected command just runs.
+    result = _train(data, run, feature_cache, epochs=1, learning_rate=1e-6)
+    assert not result.resumed and result.metrics["num_examples"] == 8
+    # A run diverging is a failure with the cause, not a finished run with chance accuracy.
+    with pytest.raises(UserError, match="Training failed: the loss (diverged|became NaN).*"
+                                        "learning rate \\(1e\\+06\\)"):
+        _train(data, tmp_path / "diverged", feature_cache, learning_rate=1e6, epochs=3)
+
+
+def test_a_missing_class_is_refused_unless_allowed_and_then_recorded(tmp_path, feature_cache):
+    from mri_tfdata import synthetic
+    import shutil
+
+    root = synthetic.write_synthetic_dataset(tmp_path / "tree", train_per_class=8,
+                                             test_per_class=2, image_size=32)
+    shutil.rmtree(root / "Training" / "pituitary")
+    data = dataspec.DataSpec(source="folder", data_dir=str(root))
+    with pytest.raises(UserError, match="no example of pituitary.*--allow_missing_classes"):
+        _train(data, tmp_path / "run", feature_cache)
+    assert not (tmp_path / "run").exists()
+    result = _train(data, tmp_path / "run", feature_cache, epochs=1, allow_missing_classes=True)
+    assert result.metrics["training_examples_per_class"]["pituitary"] == 0
+    assert result.metrics["training_examples_per_class"]["glioma"] > 0
+
+
+def _source(names, labels=None):
+    labels = np.arange(len(names)) % 4 if labels is None else np.asarray(labels)
+    return sources.Source(dataset=None, num_examples=len(names), class_names=("a", "b", "c", "d"),
+                          cache_id="x", description="test split",
+                          index=lambda: (tuple(names), labels))
+
+
+def test_overlapping_or_too_small_splits_are_flag_errors():
+    train = _source([f"f{i}" for i in range(8)])
+    dataspec.check_splits({"train_split": ("train[:60%]", train)}, batch_size=8)
+    with pytest.raises(FlagError, match="fewer than one batch of 16"):
+        dataspec.check_splits({"train_split": ("train", train)}, batch_size=16)
+    overlapping = _source(["f7", "f8"])
+    with pytest.raises(FlagError, match="--train_split='train\\[:60%\\]' and "
+                                        "--validation_split='train\\[50%:\\]' share 1"):
+        dataspec.check_splits({"train_split": ("train[:60%]", train),
+                               "validation_split": ("train[50%:]", overlapping)}, batch_size=4)
+
+
+def test_a_feature_cache_file_with_other_numbers_is_not_served(tmp_path):
+    key = features.CacheKey(name="x", digest="d" * 16)
+    path = tmp_path / key.filename
+    values = np.ones((3, 2048), np.float32)
+    features._write_cache_file(path, values, np.arange(3), key)
+    assert features._read_valid(path, key, expected_count=3) is not None
+    # A valid .npz with the same metadata and other numbers (e.g. written by a buggy tool).
+    with np.load(path) as stored:
+        meta = stored["meta"]
+    np.savez(path, features=values * 2, labels=np.arange(3), meta=meta)
+    assert features._read_valid(path, key, expected_count=3) is None
+
+
+def test_a_full_disk_is_one_paragraph_naming_the_file(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(atomic.DiskError, match=f"Cannot write {tmp_path / 'f.npz'}: No space "
+                                               "left on device. Free disk space"):
+        features._write_cache_file(tmp_path / "f.npz", np.ones((1, 2048)), np.zeros(1),
+                                   features.CacheKey("x", "d"))
+    assert list(tmp_path.iterdir()) == []  # No temp file left behind.
+
+
+def test_an_epoch_backup_that_would_not_fit_on_the_disk_stops_the_run_clearly(tmp_path,
+                                                                               monkeypatch):
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="softmax")])
+    net.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    run = workdir.open_run(tmp_path / "run", settings={})
+    monkeypatch.setattr(resumable.shutil, "disk_usage", lambda path: type(
+        "Usage", (), {"free": 1000})())
+    x, y = np.zeros((8, 4), np.float32), np.zeros(8)
+    with pytest.raises(atomic.DiskError, match="Only 0 MB are free in .*backup.*rerun the same"):
+        with resumable.phase(net, run, "head", learning_rate=1e-3) as callbacks:
+            net.fit(x, y, epochs=2, callbacks=callbacks, verbose=0)
+    run.close()
+    # The first backup fitted; the second would not: the last good one stays for the rerun.
+    assert [p.name for p in (tmp_path / "run" / "backup" / "head").iterdir()] == [
+        "epoch-0001.weights.h5"]
+
+
+def test_an_unusable_cache_folder_is_named(data, tmp_path):
+    with pytest.raises(UserError, match="Cannot create the image cache folder /dev/null/x"):
+        _train(data, tmp_path / "run", "off", cache="/dev/null/x", epochs=1)
+
+
+def test_a_full_disk_under_the_image_cache_names_the_folder():
+    from mri_tfdata import input_pipeline
+
+    with pytest.raises(atomic.DiskError, match="Cannot write the image cache in /cache: No space"):
+        with input_pipeline.named_cache_errors("/cache"):
+            raise tf.errors.ResourceExhaustedError(
+                None, None, "/cache/x.data-00000-of-00001.tempstate1; No space left on device")
+    with pytest.raises(tf.errors.ResourceExhaustedError):  # Other errors pass through unchanged.
+        with input_pipeline.named_cache_errors("/cache"):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+
+def test_a_file_name_with_a_newline_cannot_forge_a_log_line(tmp_path, caplog):
+    import logging
+
+    from mri_tfdata import synthetic
+
+    root = synthetic.write_synthetic_dataset(tmp_path / "tree", train_per_class=2,
+                                             test_per_class=1, image_size=32)
+    forged = root / "Training" / "glioma" / "x.jpg\nWARNING all images are fine.jpg"
+    forged.write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING):
+        sources.load_folder_source(root, split="train")
+    skipped = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+    assert len(skipped) == 1 and "\n" not in skipped[0] and "\\n" in skipped[0]
