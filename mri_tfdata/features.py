@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import atomic, input_pipeline, model
+from mri_tfdata import atomic, console, input_pipeline, model
 
 # Part of every cache key: bump it when the extraction itself changes (resizing, preprocessing,
 # file layout), so that features computed by older code are never served.
@@ -191,7 +191,8 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strateg
         dataset = dataset.with_options(options)
     distributed = strategy.experimental_distribute_dataset(dataset)
     step = _extraction_step(backbone, strategy, distributed.element_spec)
-    progbar = keras.utils.Progbar(num_examples, unit_name="image")
+    progbar = keras.utils.Progbar(num_examples, unit_name="image",
+                                  verbose=console.progress_verbose())
     all_features, all_labels = [], []
     start = time.perf_counter()
     for batch in distributed:

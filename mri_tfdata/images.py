@@ -94,6 +94,10 @@ def check_header(data, max_pixels: int = MAX_PIXELS) -> tuple[str, str, int, int
         # Lazy: parses the header, decodes no pixel.
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
             image_format, mode, (width, height) = img.format, img.mode, img.size
+    except Image.UnidentifiedImageError:
+        # Pillow's own message names a BytesIO object, not the file: say it in words.
+        raise CorruptImageError("not an image file (unknown format or damaged header)") \
+            from None
     except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(f"not a readable image ({e})") from None
     if width * height > max_pixels:
@@ -155,8 +159,19 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
     return image
 
 
+def resize(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Resizes uint8 images [H, W, 3] or [N, H, W, 3] (bilinear) to uint8 squares of `image_size`.
+
+    The one resize of the input pipeline and of the serving export, so that a served image of any
+    size reaches the model exactly as a training image does.
+    """
+    resized = tf.image.resize(images, [image_size, image_size], method="bilinear")
+    # Round instead of truncating, so the resize does not darken the image by half a grey level.
+    return tf.cast(tf.round(resized), tf.uint8)
+
+
 def decode_and_resize(encoded: tf.Tensor, *, image_size: int) -> tf.Tensor:
-    """Decodes a JPEG or PNG to RGB and resizes it (bilinear) to a square uint8 image.
+    """Decodes a JPEG or PNG to RGB and resizes it to a square uint8 image.
 
     Args:
       encoded: tf.string scalar with JPEG or PNG bytes.
@@ -165,9 +180,7 @@ def decode_and_resize(encoded: tf.Tensor, *, image_size: int) -> tf.Tensor:
     Returns:
       uint8 tensor [image_size, image_size, 3].
     """
-    resized = tf.image.resize(decode(encoded), [image_size, image_size], method="bilinear")
-    # Round instead of truncating, so the resize does not darken the image by half a grey level.
-    return tf.cast(tf.round(resized), tf.uint8)
+    return resize(decode(encoded), image_size)
 
 
 def check_decodes(data: bytes) -> None:

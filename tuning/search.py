@@ -1,4 +1,4 @@
-"""Searches the head with KerasTuner: `python -m tuning.search --flagfile=configs/tune.flags`.
+"""Searches the head with KerasTuner: `mri-tune --flagfile=configs/tune.flags`.
 
 Trials train the head on backbone features computed once and cached (mri_tfdata.features), so a
 trial costs seconds on a CPU. The objective is val_accuracy on a validation split carved from the
@@ -23,7 +23,8 @@ import keras
 import numpy as np
 from absl import flags, logging
 
-from mri_tfdata import cli, distribute, features, flags_common, kaggle_layout, model, precision
+from mri_tfdata import (cli, console, distribute, features, flags_common, kaggle_layout, model,
+                        precision)
 from mri_tfdata.cli import require
 from mri_tfdata.errors import UserError
 from tuning import project, results, selection, tuners
@@ -132,7 +133,8 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
 
 def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[str, str]:
     """train.py's flags for the chosen head: the search's data/model flags plus its values."""
-    lines = {flag.name: flag.serialize() for flag in FLAGS.get_flags_for_module(flags_common)}
+    lines = {flag.name: flags_common.serialize(flag)
+             for flag in FLAGS.get_flags_for_module(flags_common)}
     values = {
         "head_units": ",".join(map(str, best.head_units)),
         # Rounded: a stepped hp.Float gives values like 0.30000000000000004.
@@ -282,7 +284,7 @@ def main(argv):
     if role == "chief":
         logging.info("Chief: serving the oracle on %s:%s until the workers have run every trial.",
                      os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
-    tuner.search(epochs=FLAGS.epochs, verbose=1)
+    tuner.search(epochs=FLAGS.epochs, verbose=console.progress_verbose())
     if role == "worker":
         logging.info("Worker %s: no trials left; the chief writes the results.",
                      os.environ["KERASTUNER_TUNER_ID"])
@@ -292,5 +294,10 @@ def main(argv):
     logging.info("Search finished in %.0f s.", time.perf_counter() - start)
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-tune` command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()
