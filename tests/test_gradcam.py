@@ -170,9 +170,13 @@ def test_overlay_names_are_unique_even_without_case():
         "scan.png", "scan-2.png", "Scan-3.png", "scan-2-2.png"]
 
 
-def test_overlays_and_grid_are_written_and_a_failed_overlay_is_reported(tmp_path):
+def test_overlays_and_grid_are_written_and_a_failed_overlay_is_reported(tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)
     explainer = gradcam.Explainer(_small_classifier())
+    titles = []
+    write_overlay = gradcam.write_overlay
+    monkeypatch.setattr(gradcam, "write_overlay", lambda path, image, heatmap, *, title: (
+        titles.append(title) or write_overlay(path, image, heatmap, title=title)))
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
     files = ["a/scan.jpg", "b/scan.jpg", "other.png"]
     (tmp_path / "cams").mkdir()
@@ -186,6 +190,10 @@ def test_overlays_and_grid_are_written_and_a_failed_overlay_is_reported(tmp_path
     # The overlay that cannot be written is reported, naming its file; the others are drawn.
     assert isinstance(written[1], str) and "scan-2.png" in written[1]
     result = explainer.explain(images)
+    # Each title names the file, the predicted class and its probability.
+    names = ("glioma", "meningioma", "notumor", "pituitary")
+    for title, file, p in zip(titles, files, result.probabilities):
+        assert title == f"{file.split('/')[-1]}: predicted {names[p.argmax()]} ({p.max():.3f})"
     grid = gradcam.plot_grid(tmp_path / "grid.png", [
         ("correct", [(images[0], result.heatmaps[0], "one")]),
         ("wrong", [(images[1], result.heatmaps[1], "two"), (images[2], result.heatmaps[2], "3")]),
