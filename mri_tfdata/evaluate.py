@@ -23,7 +23,7 @@ flags.DEFINE_string("split", "test", "The split to evaluate (TFDS split syntax).
 flags.DEFINE_string("out", None,
                     "Directory for metrics.json, errors.csv and the plots (created if missing).")
 flags.DEFINE_bool("overwrite", False,
-                  "Replace the metrics, errors.csv and the plots already in --out.")
+                  "Replace the metrics, errors.csv, the plots and logs/ already in --out.")
 
 FLAGS = flags.FLAGS
 
