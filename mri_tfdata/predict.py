@@ -129,9 +129,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", 32, "Images classified per forward pass.")
     flags.DEFINE_string("output", None, "Write the results to this .jsonl or .csv file instead of "
                         "stdout (with a progress bar on a terminal).")
-    flags.DEFINE_string("gradcam", None, "Also write one Grad-CAM overlay PNG per image into this "
-                        "folder (created if missing): the image, where the model found its "
-                        "evidence for the predicted class, the class and its probability.")
+    flags.DEFINE_string("gradcam", None, "Folder for a Grad-CAM overlay PNG per image (created if "
+                        "missing): the image, where the model found its evidence for the "
+                        "predicted class, the class and its probability.")
     flags.DEFINE_bool("overwrite", False, "Replace --output and --gradcam overlays that exist.")
 
 
