@@ -135,10 +135,11 @@ def _define_flags() -> None:
     flags.DEFINE_bool("overwrite", False, "Replace --output and --gradcam overlays that exist.")
 
 
-def _prepare_gradcam_dir(folder: pathlib.Path, paths: list[pathlib.Path]) -> None:
+def _prepare_gradcam_dir(folder: pathlib.Path, paths: list[pathlib.Path], *,
+                         overwrite: bool) -> None:
     """Creates the --gradcam folder, or refuses to replace overlays in it without --overwrite."""
     existing = [p.name for p in paths if p.exists()]
-    if existing and not FLAGS.overwrite:
+    if existing and not overwrite:
         raise UserError(f"--gradcam={folder} already holds {len(existing)} of the overlay files "
                         f"this command would write ({', '.join(existing[:3])}"
                         f"{', ...' if len(existing) > 3 else ''}); pass another --gradcam, or "
@@ -168,7 +169,8 @@ def main(argv):
     saved = inference.load_classifier(FLAGS.model)
     files = find_images(argv[1:])
     if gradcam_dir:
-        _prepare_gradcam_dir(gradcam_dir, overlay_paths(files, gradcam_dir))
+        _prepare_gradcam_dir(gradcam_dir, overlay_paths(files, gradcam_dir),
+                             overwrite=FLAGS.overwrite)
     logging.info("Classifying %d files with %s.", len(files), saved.path)
     # On stdout the lines themselves show the progress; a bar only when they go to a file.
     bar = (keras.utils.Progbar(len(files), unit_name="file")
