@@ -21,7 +21,7 @@ from mri_tfdata.sources import Source
 
 # Part of every file-cache key: bump it when decode_and_resize changes its pixels, so that caches
 # written by an older version are not served.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: JPEGs decoded at a DCT scale
 _CACHE_PREFIX = "cache"  # tf.data writes <dir>/cache.index and <dir>/cache.data-*.
 _PARTIAL_MARK = ".partial-"
 
