@@ -112,8 +112,7 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
     with job.strategy.scope():
         model.compile_model(classifier, learning_rate=learning_rate)
     with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate,
-                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks, \
-            input_pipeline.named_cache_errors(config.cache):
+                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks:
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
                        epochs=epochs, callbacks=callbacks, shuffle=False, verbose=2)
 
