@@ -159,11 +159,13 @@ def _extraction_step(backbone: keras.Model, strategy, element_spec):
         def step(batch):
             def replica_fn(images, labels, valid):
                 # float32 storage whatever the policy: bfloat16/float16 values are exact in float32.
+                # The mask travels as int32: collective gathers do not take booleans.
                 return (tf.cast(backbone_ref()(images, training=False), tf.float32),
-                        tf.cast(labels, tf.int32), valid)
+                        tf.cast(labels, tf.int32), tf.cast(valid, tf.int32))
 
             features, labels, valid = (strategy.gather(t, axis=0)
                                        for t in strategy.run(replica_fn, args=batch))
+            valid = tf.cast(valid, tf.bool)
             return tf.boolean_mask(features, valid), tf.boolean_mask(labels, valid)
 
         steps[key] = step
