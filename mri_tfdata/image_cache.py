@@ -13,7 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from mri_tfdata import faults
-from mri_tfdata.atomic import DiskError
+from mri_tfdata.atomic import DiskError, disk_error
 
 # Part of the manifest: bump it when the folder's layout changes. (What the pixels are is part of
 # the folder's name, the key, which input_pipeline derives.)
@@ -112,8 +112,7 @@ def _build(decoded: tf.data.Dataset, root: pathlib.Path, key: str, *, count: int
     try:
         partial.mkdir(parents=True)
     except OSError as e:
-        raise DiskError(f"Cannot create the image cache folder {partial}: "
-                        f"{e.strerror or e}.") from None
+        raise disk_error(partial, e, what="create the image cache folder") from None
     logging.info("Writing the image cache %s (one decoding pass over %d images).",
                  root / key, count)
     try:
