@@ -1,5 +1,7 @@
-"""The file cache of decoded images: raw chunk files, published whole, checked, read in parallel."""
+"""The file cache of decoded images: one raw array, published whole, checked, read in parallel."""
 
+import concurrent.futures
+import dataclasses
 import errno
 import json
 import os
@@ -7,6 +9,7 @@ import pathlib
 import shutil
 import socket
 import uuid
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -19,14 +22,24 @@ from mri_tfdata.atomic import DiskError, disk_error
 # the folder's name, the key, which input_pipeline derives.)
 LAYOUT = 1
 MANIFEST = "manifest.json"
+IMAGES = "images.u8"  # uint8 [count, size, size, 3], C order, no header
 PARTIAL_MARK = ".partial-"
-# Bytes of images per chunk file: large enough that reading one is a single sequential read, small
-# enough that the parallel readers hold a few chunks, not the split, in memory.
-_CHUNK_BYTES = 16 * 1024 * 1024
+# The images are written and checksummed in segments of about this many bytes: a few decoded
+# batches in flight while writing, and as many checksums as there are cores to spread them over.
+_SEGMENT_BYTES = 16 * 1024 * 1024
 
 
 class _Damaged(Exception):
     """The cache folder exists but is not a complete, intact cache of this key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedImages:
+    """A complete cache, opened: the images memory-mapped (read from the page cache), in order."""
+
+    images: np.ndarray  # uint8 [count, size, size, 3], a read-only memory map
+    labels: np.ndarray  # int32 [count]
+    folder: pathlib.Path
 
 
 def _disk_error(root: pathlib.Path, error: OSError) -> DiskError:
@@ -34,11 +47,6 @@ def _disk_error(root: pathlib.Path, error: OSError) -> DiskError:
     return DiskError(f"Cannot write the image cache in {root}: {reason}. Free disk space, or pass "
                      "--cache=memory (or another folder); the run resumes from its last finished "
                      "epoch.")
-
-
-def _fingerprint(images: tf.Tensor) -> str:
-    """A 64-bit hash of a chunk's pixels (TF's own, so the reader checks it in the graph)."""
-    return tf.fingerprint(tf.reshape(images, [1, -1]))[0].numpy().tobytes().hex()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -76,23 +84,22 @@ def _fsync(path: pathlib.Path) -> None:
 
 def _write(decoded: tf.data.Dataset, partial: pathlib.Path, *, key: str, count: int,
            image_size: int) -> None:
-    """Writes every (image, label) of `decoded`, in order, as chunk files and a manifest."""
-    per_chunk = max(1, _CHUNK_BYTES // (image_size * image_size * 3))
-    chunks, labels = [], []
-    for index, (images, chunk_labels) in enumerate(decoded.batch(per_chunk).prefetch(1)):
-        name = f"images-{index:05d}.u8"
-        with open(partial / name, "wb") as f:
-            f.write(images.numpy().tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        chunks.append({"file": name, "count": int(images.shape[0]),
-                       "fingerprint": _fingerprint(images)})
-        labels += chunk_labels.numpy().tolist()
-        faults.point("image_cache_chunk_written")
+    """Writes every (image, label) of `decoded`, in order, as the images file and a manifest."""
+    per_segment = max(1, _SEGMENT_BYTES // (image_size * image_size * 3))
+    checksums, labels = [], []
+    with open(partial / IMAGES, "wb") as f:
+        for images, segment_labels in decoded.batch(per_segment).prefetch(1):
+            data = images.numpy().tobytes()
+            f.write(data)
+            checksums.append(zlib.crc32(data))
+            labels += segment_labels.numpy().tolist()
+            faults.point("image_cache_segment_written")
+        f.flush()
+        os.fsync(f.fileno())
     if len(labels) != count:
         raise RuntimeError(f"the source yielded {len(labels)} images; it declares {count}")
     manifest = {"layout": LAYOUT, "key": key, "count": count, "image_size": image_size,
-                "chunks": chunks, "labels": labels}
+                "segment_images": per_segment, "crc32": checksums, "labels": labels}
     with open(partial / MANIFEST, "w") as f:
         json.dump(manifest, f)
         f.flush()
@@ -137,12 +144,17 @@ def _build(decoded: tf.data.Dataset, root: pathlib.Path, key: str, *, count: int
     logging.info("Image cache complete: %s", root / key)
 
 
-def _read_manifest(folder: pathlib.Path, *, key: str, count: int, image_size: int) -> dict:
-    """The manifest of a complete, intact cache; _Damaged (saying why) for anything else."""
+def _open(folder: pathlib.Path, *, key: str, count: int, image_size: int) -> CachedImages:
+    """Opens a complete, intact cache; _Damaged (saying why) for anything else.
+
+    Checks the manifest against the key, the sizes against the manifest, and every segment's
+    CRC-32 (in parallel threads: zlib releases the GIL), which catches bytes changed in place.
+    That reads the file once, at memory speed, when it is opened, not every epoch.
+    """
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        chunks, labels = manifest["chunks"], manifest["labels"]
-        counts = [int(chunk["count"]) for chunk in chunks]
+        labels = np.array(manifest["labels"], np.int32)
+        checksums, per_segment = manifest["crc32"], int(manifest["segment_images"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _Damaged(f"its manifest is missing or unreadable ({type(e).__name__}: {e})") \
             from None
@@ -150,49 +162,22 @@ def _read_manifest(folder: pathlib.Path, *, key: str, count: int, image_size: in
     for field, value in expected.items():
         if manifest.get(field) != value:
             raise _Damaged(f"its manifest says {field}={manifest.get(field)!r}, not {value!r}")
-    if sum(counts) != count or len(labels) != count:
-        raise _Damaged(f"its manifest lists {sum(counts)} images and {len(labels)} labels, "
-                       f"not {count}")
-    image_bytes = image_size * image_size * 3
-    for chunk, n in zip(chunks, counts):
-        path = folder / chunk["file"]
-        size = path.stat().st_size if path.is_file() else None
-        if size != n * image_bytes:
-            raise _Damaged(f"{path.name} holds {size} bytes, not {n * image_bytes}")
-    return manifest
-
-
-def _chunks(folder: pathlib.Path, manifest: dict, image_size: int) -> tf.data.Dataset:
-    """(images uint8 [n, size, size, 3], labels int32 [n], fingerprint) per chunk file, in order."""
-    counts = np.array([int(chunk["count"]) for chunk in manifest["chunks"]], np.int64)
-    starts = np.cumsum(counts) - counts
-    paths = [str(folder / chunk["file"]) for chunk in manifest["chunks"]]
-    labels = tf.constant(manifest["labels"], tf.int32)
-
-    def read(path, start, n):
-        images = tf.reshape(tf.io.decode_raw(tf.io.read_file(path), tf.uint8),
-                            [n, image_size, image_size, 3])
-        return images, labels[start:start + n]
-
-    return tf.data.Dataset.from_tensor_slices((paths, starts, counts)).map(
-        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def _verify(folder: pathlib.Path, manifest: dict, image_size: int) -> None:
-    """Reads every chunk once, in parallel, and compares its fingerprint with the manifest's.
-
-    About the cost of one warm epoch; it catches bytes changed in place, which sizes do not.
-    """
-    hashes = _chunks(folder, manifest, image_size).map(
-        lambda images, _: tf.fingerprint(tf.reshape(images, [1, -1]))[0],
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    try:
-        found = [h.tobytes().hex() for h in hashes.as_numpy_iterator()]
-    except tf.errors.OpError as e:
-        raise _Damaged(f"a chunk cannot be read ({e.message.splitlines()[0]})") from None
-    for chunk, fingerprint in zip(manifest["chunks"], found):
-        if fingerprint != chunk["fingerprint"]:
-            raise _Damaged(f"{chunk['file']} does not match its recorded fingerprint")
+    if labels.shape != (count,) or len(checksums) != -(-count // per_segment):
+        raise _Damaged(f"its manifest lists {len(labels)} labels and {len(checksums)} checksums "
+                       f"for {count} images")
+    path = folder / IMAGES
+    size = path.stat().st_size if path.is_file() else None
+    if size != count * image_size * image_size * 3:
+        raise _Damaged(f"{IMAGES} holds {size} bytes, not {count * image_size * image_size * 3}")
+    images = np.memmap(path, np.uint8, mode="r", shape=(count, image_size, image_size, 3))
+    segments = [images[i:i + per_segment] for i in range(0, count, per_segment)]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        found = list(pool.map(lambda segment: zlib.crc32(segment), segments))
+    bad = [i for i, (a, b) in enumerate(zip(found, checksums)) if a != b]
+    if bad:
+        raise _Damaged(f"{len(bad)} segment(s) of {IMAGES} do not match their CRC-32, the first "
+                       f"holding images {bad[0] * per_segment} onwards")
+    return CachedImages(images=images, labels=labels, folder=folder)
 
 
 def _discard(folder: pathlib.Path) -> None:
@@ -205,21 +190,13 @@ def _discard(folder: pathlib.Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _open(folder: pathlib.Path, *, key: str, count: int, image_size: int) -> tf.data.Dataset:
-    manifest = _read_manifest(folder, key=key, count=count, image_size=image_size)
-    _verify(folder, manifest, image_size)
-    logging.info("Reading the image cache %s (%d images).", folder, count)
-    return _chunks(folder, manifest, image_size).unbatch()
-
-
 def open_or_build(decoded: tf.data.Dataset, *, root: pathlib.Path, key: str, count: int,
-                  image_size: int) -> tf.data.Dataset:
-    """The examples of `decoded`, in its order, from the cache root/key; built first if needed.
+                  image_size: int) -> CachedImages:
+    """Opens the cache root/key of the examples of `decoded`, building it first if needed.
 
     An absent cache is written now, in one pass over `decoded` (its parallel decoding is the
     cold epoch's work). A cache that is incomplete, of another layout or key, truncated or
-    changed on disk is logged, removed and rebuilt. Reading runs one parallel map over the chunk
-    files, so a warm epoch runs at about the memory cache's rate.
+    changed on disk is logged, removed and rebuilt.
 
     Args:
       decoded: (uint8 image [image_size, image_size, 3], int32 label) examples, in source order.
@@ -229,7 +206,7 @@ def open_or_build(decoded: tf.data.Dataset, *, root: pathlib.Path, key: str, cou
       image_size: side of the images.
 
     Returns:
-      A tf.data.Dataset of (uint8 image, int32 label), in the order of `decoded`.
+      The opened cache, its examples in the order of `decoded` (read them with `batches`).
 
     Raises:
       DiskError: the cache cannot be written (full disk, read-only folder); nothing is left.
@@ -247,3 +224,62 @@ def open_or_build(decoded: tf.data.Dataset, *, root: pathlib.Path, key: str, cou
     except _Damaged as e:  # Damaged right after it was written: the folder is not usable.
         raise DiskError(f"The image cache {folder} does not read back as written ({e}); check "
                         "the disk, or pass --cache=memory.") from None
+
+
+def _aligned(count: int, shape: list) -> np.ndarray:
+    """An uninitialised uint8 array at a 64-byte boundary, which TF adopts without copying it."""
+    size = count * int(np.prod(shape))
+    buffer = np.empty(size + 64, np.uint8)
+    offset = -buffer.ctypes.data % 64
+    return buffer[offset:offset + size].reshape(count, *shape)
+
+
+def batches(cached: CachedImages, *, batch_size: int, training: bool,
+            seed: int | None = None) -> tf.data.Dataset:
+    """Batches of (uint8 images, int32 labels) read from an opened cache by a parallel map.
+
+    Each batch is one copy out of the page cache, made by numpy in a tf.data worker thread, so a
+    warm epoch costs about what one from the memory cache does.
+
+    Args:
+      cached: from `open_or_build`.
+      batch_size: examples per batch.
+      training: a new random permutation of all examples every epoch (a full shuffle, where the
+        memory cache's buffer shuffles within 1,024 examples), batches of exactly batch_size;
+        otherwise the cache's order with a last, partial batch.
+      seed: the permutation's seed; None for a different order in every run.
+
+    Returns:
+      A tf.data.Dataset of (uint8 [batch, size, size, 3], int32 [batch]).
+    """
+    images, labels = cached.images, cached.labels
+    count, shape = len(labels), list(images.shape[1:])
+
+    def gather(indices):
+        indices = np.sort(indices)  # Reads in file order; a batch's inner order does not matter.
+        # mode="clip": "raise" would copy through a buffer (numpy's take docs); they are valid.
+        out = np.take(images, indices, axis=0, out=_aligned(len(indices), shape), mode="clip")
+        return out, labels[indices]
+
+    def take(start):
+        rows = images[start:start + batch_size]
+        out = _aligned(len(rows), shape)
+        out[...] = rows
+        return out, labels[start:start + batch_size]
+
+    def read(fn, arg):
+        x, y = tf.numpy_function(fn, [arg], [tf.uint8, tf.int32], stateful=False)
+        size = batch_size if training else None
+        return tf.ensure_shape(x, [size, *shape]), tf.ensure_shape(y, [size])
+
+    if training:
+        dataset = (tf.data.Dataset.range(count)
+                   .shuffle(count, seed=seed, reshuffle_each_iteration=True)
+                   .batch(batch_size, drop_remainder=True)
+                   .map(lambda indices: read(gather, indices),
+                        num_parallel_calls=tf.data.AUTOTUNE))
+    else:
+        dataset = tf.data.Dataset.range(0, count, batch_size).map(
+            lambda start: read(take, start), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+    return dataset

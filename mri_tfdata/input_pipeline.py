@@ -30,8 +30,9 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     """Builds the input pipeline of one split for one replica (or one device).
 
     source -> decode + resize (parallel) -> cache -> shuffle -> batch -> prefetch. The cache holds
-    decoded uint8 images, so after the first epoch no JPEG is decoded again; a file cache that
-    does not exist yet is written here, in one parallel decoding pass (see image_cache). Images
+    decoded uint8 images, so after the first epoch no JPEG is decoded again. A file cache that
+    does not exist yet is written here, in one parallel decoding pass; its batches are then read
+    straight from the file, shuffled as a full permutation (see image_cache). Images
     stay uint8: the float conversion and ResNet preprocessing run inside the model, on the
     accelerator.
 
@@ -39,12 +40,14 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
       source: The split to read (see mri_tfdata.sources).
       image_size: Side of the square output images in pixels.
       batch_size: Batch size of this pipeline (per replica under a strategy).
-      training: Shuffle examples (reshuffled every epoch) and drop the last partial batch; off
-        for evaluation, which keeps the source order and every example.
+      training: Shuffle examples (reshuffled every epoch; within `shuffle_buffer` examples, or
+        over the whole split from a file cache) and drop the last partial batch; off for
+        evaluation, which keeps the source order and every example.
       cache: "none", "memory", or a folder for a file cache that survives processes. The file
         cache is keyed by the source's cache_id and image_size, so a change never serves stale
         images; it becomes visible only when complete, and a damaged one is rebuilt.
-      shuffle_buffer: Number of examples in the shuffle buffer (capped at the split size).
+      shuffle_buffer: Number of examples in the shuffle buffer (capped at the split size); unused
+        with a file cache.
       seed: Shuffle seed; with a seed the order is reproducible (and tf.data deterministic),
         without one it differs between runs.
 
@@ -63,22 +66,25 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     # that rely on the source order, so it is always written in that order.
     dataset = source.dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=deterministic or cache not in ("none", "memory"))
-    if cache == "memory":
-        dataset = dataset.cache()
-    elif cache != "none":
+    if cache not in ("none", "memory"):
         root = pathlib.Path(cache).expanduser()
         if root.exists() and not root.is_dir():
             raise UserError(f"--cache={cache} is a file; pass 'none', 'memory' or a folder for "
                             "the decoded-image cache.")
-        dataset = image_cache.open_or_build(dataset, root=root, key=_cache_key(source, image_size),
-                                            count=source.num_examples, image_size=image_size)
-    if training:
-        # Shuffle examples after the cache (a cached order would otherwise repeat every epoch)
-        # and before batching, so batches differ in composition, not just in order.
-        dataset = dataset.shuffle(max(1, min(shuffle_buffer, source.num_examples)), seed=seed,
-                                  reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=training,
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        cached = image_cache.open_or_build(dataset, root=root, key=_cache_key(source, image_size),
+                                           count=source.num_examples, image_size=image_size)
+        # Batches come straight out of the file (a full shuffle of the split for training).
+        dataset = image_cache.batches(cached, batch_size=batch_size, training=training, seed=seed)
+    else:
+        if cache == "memory":
+            dataset = dataset.cache()
+        if training:
+            # Shuffle examples after the cache (a cached order would otherwise repeat every
+            # epoch) and before batching, so batches differ in composition, not just in order.
+            dataset = dataset.shuffle(max(1, min(shuffle_buffer, source.num_examples)),
+                                      seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size, drop_remainder=training,
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
     options = tf.data.Options()

@@ -135,15 +135,15 @@ def test_file_cache_keys_differ_by_split_and_size(tree, tmp_path):
     assert len(cache_entries(cache)) == 4
 
 
-@pytest.mark.parametrize("kill_at", ["image_cache_chunk_written@2", "image_cache_written"])
+@pytest.mark.parametrize("kill_at", ["image_cache_segment_written@2", "image_cache_written"])
 def test_a_writer_killed_at_any_point_leaves_no_cache_and_the_next_run_rebuilds_it(
         tree, tmp_path, kill_at):
     cache = tmp_path / "cache"
     # SIGKILL (faults.point) in the middle of the writing, or after the last fsync but before the
-    # rename: no cleanup runs. Chunks of 5 images, so there are several.
+    # rename: no cleanup runs. Segments of 5 images, so there are several.
     code = f"""
         from mri_tfdata import image_cache, input_pipeline, sources
-        image_cache._CHUNK_BYTES = 16 * 16 * 3 * 5
+        image_cache._SEGMENT_BYTES = 16 * 16 * 3 * 5
         source = sources.load_folder_source({str(tree)!r}, split="train")
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
                                     cache={str(cache)!r})
@@ -154,7 +154,7 @@ def test_a_writer_killed_at_any_point_leaves_no_cache_and_the_next_run_rebuilds_
     assert result.returncode == -9, result.stderr[-3000:]
     assert cache_entries(cache) == []
     (partial,) = cache_entries(cache, partial=True)
-    assert (cache / partial / "images-00000.u8").exists()
+    assert (cache / partial / image_cache.IMAGES).exists()  # killed while writing it
     source = sources.load_folder_source(tree, split="train")
     want, want_labels, _ = epoch(input_pipeline.make_dataset(source, image_size=16, batch_size=4,
                                                              training=False))
@@ -168,22 +168,37 @@ def test_a_writer_killed_at_any_point_leaves_no_cache_and_the_next_run_rebuilds_
     np.testing.assert_array_equal(labels, want_labels)
 
 
-def test_the_file_cache_serves_what_the_memory_pipeline_does_bit_for_bit_in_order(tree, tmp_path,
-                                                                                  monkeypatch):
-    monkeypatch.setattr(image_cache, "_CHUNK_BYTES", 20 * 20 * 3 * 7)  # 4 chunks, the last short
+def test_the_file_cache_serves_what_the_memory_pipeline_does(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(image_cache, "_SEGMENT_BYTES", 20 * 20 * 3 * 7)  # 4 segments, one short
     source = sources.load_folder_source(tree, split="train")
-    for training, seed in ((False, None), (True, 3)):
-        def make(cache, training=training, seed=seed):
-            return input_pipeline.make_dataset(source, image_size=20, batch_size=5,
-                                               training=training, cache=cache, seed=seed)
-        for _ in range(2):  # Writing the cache, then reading it back.
-            memory, from_file = make("memory"), make(str(tmp_path / "cache"))
-            for _ in range(2):  # Two epochs: the same reshuffling with the same seed.
-                images, labels, shapes = epoch(from_file)
-                want, want_labels, want_shapes = epoch(memory)
-                np.testing.assert_array_equal(images, want)
-                np.testing.assert_array_equal(labels, want_labels)
-                assert shapes == want_shapes
+    memory = input_pipeline.make_dataset(source, image_size=20, batch_size=5, training=False,
+                                         cache="memory")
+    want, want_labels, want_shapes = epoch(memory)
+    for _ in range(2):  # Writing the cache, then reading it back.
+        images, labels, shapes = epoch(input_pipeline.make_dataset(
+            source, image_size=20, batch_size=5, training=False, cache=str(tmp_path / "cache")))
+        # Evaluation: bit for bit, in the source order, the last batch partial.
+        np.testing.assert_array_equal(images, want)
+        np.testing.assert_array_equal(labels, want_labels)
+        assert shapes == want_shapes
+
+    def training_epochs(seed):
+        dataset = input_pipeline.make_dataset(source, image_size=20, batch_size=5, training=True,
+                                              seed=seed, cache=str(tmp_path / "cache"))
+        assert dataset.element_spec == (tf.TensorSpec([5, 20, 20, 3], tf.uint8),
+                                        tf.TensorSpec([5], tf.int32))
+        return [epoch(dataset) for _ in range(2)]
+
+    first, again = training_epochs(seed=4), training_epochs(seed=4)
+    ids = image_trees.ids_from_pixels(want).tolist()
+    for (images, labels, shapes), (images_again, _, _) in zip(first, again):
+        assert shapes == [(5, 20, 20, 3)] * 4  # 24 examples: the partial batch is dropped
+        np.testing.assert_array_equal(images, images_again)  # the same seed, the same order
+        # Every example is a cached image with its own label, none twice in an epoch.
+        picked = image_trees.ids_from_pixels(images).tolist()
+        assert len(set(picked)) == 20 and set(picked) <= set(ids)
+        np.testing.assert_array_equal(labels, [want_labels[ids.index(i)] for i in picked])
+    assert not np.array_equal(first[0][0], first[1][0])  # reshuffled every epoch
     assert len(cache_entries(tmp_path / "cache")) == 1
 
 
@@ -193,7 +208,7 @@ def _the_cache(root):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "changed", "no manifest", "other key",
-                                    "chunk missing"])
+                                    "images missing"])
 def test_a_damaged_file_cache_is_detected_logged_and_rebuilt(tree, tmp_path, caplog, damage):
     source = sources.load_folder_source(tree, split="train")
     cache = tmp_path / "cache"
@@ -204,7 +219,7 @@ def test_a_damaged_file_cache_is_detected_logged_and_rebuilt(tree, tmp_path, cap
 
     want, want_labels, _ = run()
     folder = _the_cache(cache)
-    chunk, manifest = folder / "images-00000.u8", folder / image_cache.MANIFEST
+    chunk, manifest = folder / image_cache.IMAGES, folder / image_cache.MANIFEST
     if damage == "truncated":
         chunk.write_bytes(chunk.read_bytes()[:-100])
     elif damage == "changed":  # Same size, one pixel different: only the fingerprint tells.
