@@ -172,7 +172,7 @@ def _open(folder: pathlib.Path, *, key: str, count: int, image_size: int) -> Cac
     images = np.memmap(path, np.uint8, mode="r", shape=(count, image_size, image_size, 3))
     segments = [images[i:i + per_segment] for i in range(0, count, per_segment)]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-        found = list(pool.map(lambda segment: zlib.crc32(segment), segments))
+        found = list(pool.map(zlib.crc32, segments))
     bad = [i for i, (a, b) in enumerate(zip(found, checksums)) if a != b]
     if bad:
         raise _Damaged(f"{len(bad)} segment(s) of {IMAGES} do not match their CRC-32, the first "
@@ -214,7 +214,9 @@ def open_or_build(decoded: tf.data.Dataset, *, root: pathlib.Path, key: str, cou
     folder = root / key
     if folder.exists():
         try:
-            return _open(folder, key=key, count=count, image_size=image_size)
+            cached = _open(folder, key=key, count=count, image_size=image_size)
+            logging.info("Reading the image cache %s (%d images).", folder, count)
+            return cached
         except _Damaged as e:
             logging.warning("The image cache %s is damaged (%s); rebuilding it.", folder, e)
             _discard(folder)
