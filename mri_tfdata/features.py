@@ -187,7 +187,8 @@ def _padded(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
 
 
 def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, batch_size: int,
-                     strategy=None, num_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     strategy=None,
+                     num_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Runs the backbone over every batch of `dataset`, in order, with a progress bar.
 
     The results stay on the device until the end: no batch waits for the previous one's features
