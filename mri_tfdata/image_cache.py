@@ -39,7 +39,6 @@ class CachedImages:
 
     images: np.ndarray  # uint8 [count, size, size, 3], a read-only memory map
     labels: np.ndarray  # int32 [count]
-    folder: pathlib.Path
 
 
 def _disk_error(root: pathlib.Path, error: OSError) -> DiskError:
@@ -177,7 +176,7 @@ def _open(folder: pathlib.Path, *, key: str, count: int, image_size: int) -> Cac
     if bad:
         raise _Damaged(f"{len(bad)} segment(s) of {IMAGES} do not match their CRC-32, the first "
                        f"holding images {bad[0] * per_segment} onwards")
-    return CachedImages(images=images, labels=labels, folder=folder)
+    return CachedImages(images=images, labels=labels)
 
 
 def _discard(folder: pathlib.Path) -> None:
