@@ -219,19 +219,19 @@ def test_a_damaged_file_cache_is_detected_logged_and_rebuilt(tree, tmp_path, cap
 
     want, want_labels, _ = run()
     folder = _the_cache(cache)
-    chunk, manifest = folder / image_cache.IMAGES, folder / image_cache.MANIFEST
+    pixels, manifest = folder / image_cache.IMAGES, folder / image_cache.MANIFEST
     if damage == "truncated":
-        chunk.write_bytes(chunk.read_bytes()[:-100])
+        pixels.write_bytes(pixels.read_bytes()[:-100])
     elif damage == "changed":  # Same size, one pixel different: only the fingerprint tells.
-        data = bytearray(chunk.read_bytes())
+        data = bytearray(pixels.read_bytes())
         data[1000] ^= 0xFF
-        chunk.write_bytes(bytes(data))
+        pixels.write_bytes(bytes(data))
     elif damage == "no manifest":
         manifest.unlink()
     elif damage == "other key":
         manifest.write_text(manifest.read_text().replace('"key": "', '"key": "x'))
     else:
-        chunk.unlink()
+        pixels.unlink()
     with caplog.at_level("WARNING"):
         images, labels, _ = run()
     assert any("is damaged" in r.getMessage() and "rebuilding" in r.getMessage()
