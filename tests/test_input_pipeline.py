@@ -222,7 +222,7 @@ def test_a_damaged_file_cache_is_detected_logged_and_rebuilt(tree, tmp_path, cap
     pixels, manifest = folder / image_cache.IMAGES, folder / image_cache.MANIFEST
     if damage == "truncated":
         pixels.write_bytes(pixels.read_bytes()[:-100])
-    elif damage == "changed":  # Same size, one pixel different: only the fingerprint tells.
+    elif damage == "changed":  # Same size, one pixel different: only the CRC-32 tells.
         data = bytearray(pixels.read_bytes())
         data[1000] ^= 0xFF
         pixels.write_bytes(bytes(data))
