@@ -21,8 +21,8 @@ from mri_tfdata.errors import UserError
 EXPORT_DIR = "export"
 
 
-def _checked_decode(encoded: tf.Tensor) -> tf.Tensor:
-    """images.decode after refusing a header that declares more than images.MAX_PIXELS pixels.
+def _checked_size(encoded: tf.Tensor) -> tf.Tensor:
+    """`encoded`, once its header is known to declare at most images.MAX_PIXELS pixels.
 
     A server must not allocate gigabytes for a few bytes of decompression bomb; the dimensions
     are read from the JPEG header (extract_jpeg_shape) or the PNG's IHDR chunk.
@@ -40,7 +40,7 @@ def _checked_decode(encoded: tf.Tensor) -> tf.Tensor:
         height_width[0] * height_width[1], tf.constant(images.MAX_PIXELS, tf.int64),
         message=f"image_bytes: an image declares more than {images.MAX_PIXELS} pixels")
     with tf.control_dependencies([check]):
-        return images.decode(tf.identity(encoded))
+        return tf.identity(encoded)
 
 
 def export_serving(classifier: keras.Model, export_dir, *, class_names) -> None:
@@ -81,8 +81,10 @@ def export_serving(classifier: keras.Model, export_dir, *, class_names) -> None:
                     "class_name": table.lookup(class_index)}
 
         def serve_bytes(image_bytes):
-            batch = tf.map_fn(
-                lambda encoded: images.resize(_checked_decode(encoded), image_size), image_bytes,
+            def decode(encoded):
+                return images.decode_and_resize(_checked_size(encoded), image_size=image_size)
+
+            batch = tf.map_fn(decode, image_bytes,
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
             return outputs(batch)
 

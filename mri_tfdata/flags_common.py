@@ -47,7 +47,8 @@ def define_data_flags() -> None:
                         "~/.cache/mri_tfdata/features) and trains the head on them when the "
                         "backbone stays frozen and --augment is off; a folder does the same with "
                         "the cache there; off always trains end to end.")
-    flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (training split).")
+    flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (training split; "
+                         "a file cache shuffles the whole split instead).")
     flags.DEFINE_integer("seed", 0, "Seed for shuffling, weight initialisation and dropout.")
 
 

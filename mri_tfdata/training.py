@@ -70,8 +70,9 @@ class _Job:
 def _fit_head_on_features(classifier: keras.Model, job: _Job) -> None:
     """The fast head phase: each split's backbone features once (cached), the head fit on them."""
     config = job.config
+    # Extraction runs at its own inference batch (features.INFERENCE_BATCH), not the training one.
     extract = dict(backbone=classifier.get_layer("backbone"), image_size=job.spec.image_size,
-                   batch_size=config.batch_size, cache_dir=job.cache_dir, strategy=job.strategy)
+                   cache_dir=job.cache_dir, strategy=job.strategy)
     train_set = features.load_or_extract(job.train_source, **extract)
     val_set = features.load_or_extract(job.val_source, **extract) if job.val_source else None
     head = classifier.get_layer("head")
@@ -93,8 +94,7 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
             # Fitted on all training features, as the fast path fits it; cached like them.
             train_set = features.load_or_extract(
                 job.train_source, backbone=classifier.get_layer("backbone"),
-                image_size=job.spec.image_size, batch_size=config.batch_size,
-                cache_dir=job.cache_dir, strategy=job.strategy)
+                image_size=job.spec.image_size, cache_dir=job.cache_dir, strategy=job.strategy)
             model.adapt_standardization(classifier.get_layer("head"), train_set.features)
     else:
         learning_rate = config.fine_tune_learning_rate
@@ -111,8 +111,7 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
     with job.strategy.scope():
         model.compile_model(classifier, learning_rate=learning_rate)
     with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate,
-                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks, \
-            input_pipeline.named_cache_errors(config.cache):
+                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks:
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
                        epochs=epochs, callbacks=callbacks, shuffle=False,
                        verbose=console.progress_verbose())
@@ -168,7 +167,7 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
         counts = np.bincount(job.train_source.labels, minlength=len(class_names))
         metrics = evaluation.evaluate_split(
             classifier, job.test_source, out_dir=run.path,
-            batch_size=config.batch_size, cache_dir=job.cache_dir, strategy=job.strategy,
+            batch_size=features.INFERENCE_BATCH, cache_dir=job.cache_dir, strategy=job.strategy,
             extra={"split": config.test_split, "model": str(saved_path),
                    "training_examples_per_class": dict(zip(class_names, counts.tolist()))},
             checked_model=inference.load_classifier(saved_path).model,

@@ -93,7 +93,7 @@ def test_end_to_end_with_a_file_cache_writes_it_once_and_reads_it_back(data, tmp
     caches = {p for p in (tmp_path / "images").iterdir() if ".partial-" not in p.name}
     partials = {p for p in (tmp_path / "images").iterdir() if ".partial-" in p.name}
     assert len(caches) == 2  # train and validation
-    assert all((cache / "cache.index").exists() for cache in caches)
+    assert all((cache / "manifest.json").exists() for cache in caches)
     second = _train(data, tmp_path, "second", feature_cache="off", cache=str(tmp_path / "images"))
     # The second run read the caches: it started no writer of its own.
     assert {p for p in (tmp_path / "images").iterdir() if ".partial-" in p.name} == partials

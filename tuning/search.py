@@ -120,7 +120,7 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
     for split in (FLAGS.train_split, FLAGS.validation_split):
         sets.append(features.load_or_extract(
             data.open(split), backbone=backbone, image_size=model_spec.image_size,
-            batch_size=FLAGS.batch_size, cache_dir=cache_dir, strategy=strategy))
+            cache_dir=cache_dir, strategy=strategy))  # at the inference batch, not the head's
     train, validation = sets
     if len(train.labels) < batch_sizes[-1]:
         raise UserError(f"The training split {FLAGS.train_split!r} has {len(train.labels)} "
