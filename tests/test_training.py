@@ -14,15 +14,6 @@ from mri_tfdata.model import ModelSpec
 SPEC = ModelSpec(image_size=32, weights="none", head_units=(16,))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    spec = dataspec.DataSpec(source="synthetic", data_dir=str(tmp_path_factory.mktemp("synth")),
-                             synthetic_train_per_class=8, synthetic_test_per_class=2,
-                             synthetic_image_size=32)
-    spec.prepare()
-    return spec
-
-
 def _train(data, tmp_path, name, **config):
     config = training.TrainConfig(**{"batch_size": 4, "epochs": 2, "learning_rate": 1e-3,
                                      "feature_cache": str(tmp_path / "features"), **config})
