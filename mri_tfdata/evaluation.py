@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import features, gradcam, images, input_pipeline, reports, summaries
+from mri_tfdata import decoding, features, gradcam, input_pipeline, reports, summaries
 from mri_tfdata.errors import UserError
 from mri_tfdata.sources import Source
 
@@ -84,7 +84,7 @@ def _images_at(source: Source, indices, image_size: int) -> np.ndarray:
     wanted = tf.constant(sorted(set(indices)), tf.int64)
     dataset = (source.dataset.enumerate()
                .filter(lambda i, example: tf.reduce_any(tf.equal(i, wanted)))
-               .map(lambda i, example: images.decode_and_resize(example[0],
+               .map(lambda i, example: decoding.decode_and_resize(example[0],
                                                                 image_size=image_size)))
     decoded = dict(zip(wanted.numpy().tolist(), dataset.as_numpy_iterator()))
     return np.stack([decoded[i] for i in indices])

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from absl import flags, logging
 
-from mri_tfdata import atomic, cli, images, inference
+from mri_tfdata import atomic, cli, decoding, images, inference
 from mri_tfdata.errors import UserError
 
 EXPORT_DIR = "export"
@@ -82,14 +82,14 @@ def export_serving(classifier: keras.Model, export_dir, *, class_names) -> None:
 
         def serve_bytes(image_bytes):
             def decode(encoded):
-                return images.decode_and_resize(_checked_size(encoded), image_size=image_size)
+                return decoding.decode_and_resize(_checked_size(encoded), image_size=image_size)
 
             batch = tf.map_fn(decode, image_bytes,
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
             return outputs(batch)
 
         def serve(images_uint8):
-            return outputs(images.resize(images_uint8, image_size))
+            return outputs(decoding.resize(images_uint8, image_size))
 
         archive = keras.export.ExportArchive()
         archive.track(table)  # only the table (and its asset); the model: see the docstring

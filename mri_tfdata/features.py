@@ -19,7 +19,7 @@ from mri_tfdata import atomic, console, input_pipeline, model
 
 # Part of every cache key: bump it when the extraction itself changes (resizing, preprocessing,
 # file layout), so that features computed by older code are never served.
-CACHE_FORMAT_VERSION = 3  # 3: JPEGs decoded at a DCT scale (images.decode_and_resize)
+CACHE_FORMAT_VERSION = 3  # 3: JPEGs decoded at a DCT scale (decoding.decode_and_resize)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import mri_tfdata
-from mri_tfdata import atomic, images
+from mri_tfdata import atomic, decoding, images
 from mri_tfdata.errors import UserError
 
 MODEL_FILE = "model.keras"
@@ -161,4 +161,4 @@ def load_image(path, *, image_size: int) -> np.ndarray:
       OSError: the file cannot be read.
     """
     stored = images.read_image(path)
-    return images.decode_and_resize(tf.constant(stored.data), image_size=image_size).numpy()
+    return decoding.decode_and_resize(tf.constant(stored.data), image_size=image_size).numpy()

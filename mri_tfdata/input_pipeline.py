@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from mri_tfdata import image_cache
 from mri_tfdata.errors import UserError
-from mri_tfdata.images import decode_and_resize
+from mri_tfdata.decoding import decode_and_resize
 from mri_tfdata.sources import Source
 
 # Part of every file-cache key: bump it when decode_and_resize changes its pixels, so that caches

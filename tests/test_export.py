@@ -75,19 +75,19 @@ def test_signatures_inputs_outputs_and_class_names(exported):
 
 
 def test_served_at_any_size_and_as_bytes_agrees_with_predict(exported):
-    from mri_tfdata import images, inference, predict
+    from mri_tfdata import decoding, inference, predict
 
     _, path, export_dir, files, labels = exported
     saved = inference.load_classifier(path)
     predicted = list(predict.classify_files(saved, files, batch_size=5))
     expected = np.array([list(r["probabilities"].values()) for r in predicted])
     served = tf.saved_model.load(str(export_dir))
-    originals = tf.stack([images.decode(tf.constant(f.read_bytes())) for f in files])
+    originals = tf.stack([decoding.decode(tf.constant(f.read_bytes())) for f in files])
     assert originals.shape[1:3] == (ORIGINAL, ORIGINAL)
     encoded = tf.constant([f.read_bytes() for f in files])
     answers = {
         "serve, original size": served.signatures["serve"](images=originals),
-        "serve, training size": served.signatures["serve"](images=images.resize(originals, SIZE)),
+        "serve, training size": served.signatures["serve"](images=decoding.resize(originals, SIZE)),
         "serve_bytes": served.signatures["serve_bytes"](image_bytes=encoded),
         "serving_default": served.signatures["serving_default"](image_bytes=encoded),
     }

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mri_tfdata import evaluation, gradcam, model, sources
-from mri_tfdata import images as image_io
+from mri_tfdata import decoding
 from mri_tfdata.errors import UserError
 
 # 128 px gives ResNet50's last block a 4 x 4 map: the smallest size at which "where" means much.
@@ -228,7 +228,7 @@ def test_evaluation_writes_the_gradcam_grid_errors_and_tensorboard(tmp_path, mon
     root = image_trees.write_tree(tmp_path / "data", train_per_class=2, test_per_class=3, size=64)
     train, source = (sources.load_folder_source(root, split=s) for s in ("train", "test"))
     train_pictures, pictures = (
-        np.stack([image_io.decode_and_resize(encoded, image_size=64).numpy()
+        np.stack([decoding.decode_and_resize(encoded, image_size=64).numpy()
                   for encoded, _ in split.dataset]) for split in (train, source))
     keras.utils.set_random_seed(4)
     classifier = _small_classifier()

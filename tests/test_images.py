@@ -12,13 +12,13 @@ import tensorflow as tf
 from PIL import Image
 
 import kaggle_trees
-from mri_tfdata import images
+from mri_tfdata import decoding, images
 from mri_tfdata.images import CorruptImageError
 
 
 def decode(stored: images.StoredImage) -> np.ndarray:
     """What the input pipeline gets from the stored bytes."""
-    return images.decode(tf.constant(stored.data)).numpy()
+    return decoding.decode(tf.constant(stored.data)).numpy()
 
 
 # --- kept or converted -------------------------------------------------------------------------
@@ -211,11 +211,11 @@ def test_decode_and_resize_eagerly_and_in_tf_data():
     image = np.zeros((20, 30, 3), np.uint8)
     image[:, :, 0] = 200
     for encoded in (tf.io.encode_png(image), tf.io.encode_jpeg(image, quality=100)):
-        eager = images.decode_and_resize(encoded, image_size=16)
+        eager = decoding.decode_and_resize(encoded, image_size=16)
         assert eager.dtype == tf.uint8 and eager.shape == (16, 16, 3)
         assert abs(int(eager[8, 8, 0]) - 200) <= 2 and int(eager[8, 8, 1]) <= 2
         mapped = tf.data.Dataset.from_tensors(encoded).map(
-            lambda b: images.decode_and_resize(b, image_size=16))
+            lambda b: decoding.decode_and_resize(b, image_size=16))
         np.testing.assert_array_equal(next(iter(mapped)).numpy(), eager.numpy())
 
 
@@ -230,7 +230,7 @@ def test_decode_and_resize_eagerly_and_in_tf_data():
 ])
 def test_dct_ratio_is_the_largest_scale_that_keeps_both_sides_at_least_the_target(
         height, width, image_size, ratio):
-    assert int(images.dct_ratio(height, width, image_size=image_size)) == ratio
+    assert int(decoding.dct_ratio(height, width, image_size=image_size)) == ratio
 
 
 def _smooth_jpeg(height, width, *, grey=False) -> bytes:
@@ -255,13 +255,13 @@ def _full_decode_and_resize(data: bytes, image_size: int) -> np.ndarray:
 @pytest.mark.parametrize("grey", [False, True])
 def test_reduced_decode_is_close_to_full_decode_and_resize(height, width, image_size, grey):
     data = _smooth_jpeg(height, width, grey=grey)
-    image = images.decode_and_resize(tf.constant(data), image_size=image_size)
+    image = decoding.decode_and_resize(tf.constant(data), image_size=image_size)
     assert image.dtype == tf.uint8 and image.shape == (image_size, image_size, 3)
     difference = np.abs(image.numpy().astype(int) - _full_decode_and_resize(data, image_size))
     assert difference.mean() < 1.5, difference.mean()
     # Under tf.function and in tf.data (a graph, where every branch is built) the same pixels.
     mapped = tf.data.Dataset.from_tensors(data).map(
-        lambda b: images.decode_and_resize(b, image_size=image_size))
+        lambda b: decoding.decode_and_resize(b, image_size=image_size))
     assert mapped.element_spec.shape == (image_size, image_size, 3)
     np.testing.assert_array_equal(next(iter(mapped)).numpy(), image.numpy())
 
@@ -269,7 +269,7 @@ def test_reduced_decode_is_close_to_full_decode_and_resize(height, width, image_
 def test_a_jpeg_twice_the_target_is_decoded_at_half_scale_without_a_resize():
     data = _smooth_jpeg(512, 512)
     halved = tf.io.decode_jpeg(data, channels=3, ratio=2, dct_method="INTEGER_FAST")
-    np.testing.assert_array_equal(images.decode_and_resize(tf.constant(data), image_size=256),
+    np.testing.assert_array_equal(decoding.decode_and_resize(tf.constant(data), image_size=256),
                                   halved)
 
 
@@ -281,7 +281,7 @@ def test_png_and_small_jpeg_are_decoded_in_full_and_resized_as_before():
                         tf.io.encode_jpeg(image, quality=90).numpy()):
             if encoded[:2] == b"\xff\xd8" and image.shape[0] > 200:
                 continue  # a large JPEG takes the reduced decode
-            full = images.decode(tf.constant(encoded))
+            full = decoding.decode(tf.constant(encoded))
             want = tf.cast(tf.round(tf.image.resize(full, [64, 64])), tf.uint8)
             np.testing.assert_array_equal(
-                images.decode_and_resize(tf.constant(encoded), image_size=64), want)
+                decoding.decode_and_resize(tf.constant(encoded), image_size=64), want)

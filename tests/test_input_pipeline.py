@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import image_trees
 from mri_tfdata import image_cache, input_pipeline, sources
-from mri_tfdata import images as images_module
+from mri_tfdata import decoding
 from mri_tfdata.atomic import DiskError
 from mri_tfdata.errors import UserError
 
@@ -250,7 +250,7 @@ def test_a_second_writer_of_the_same_cache_keeps_the_first_ones(tree, tmp_path):
     before = {p.name: p.stat().st_ino for p in folder.iterdir()}
     # What a concurrent writer that finishes second does: its rename fails, it drops its copy.
     decoded = source.dataset.map(
-        lambda data, label: (images_module.decode_and_resize(data, image_size=16),
+        lambda data, label: (decoding.decode_and_resize(data, image_size=16),
                              tf.cast(label, tf.int32)))
     image_cache._build(decoded, cache, folder.name, count=source.num_examples, image_size=16)
     assert {p.name: p.stat().st_ino for p in folder.iterdir()} == before
