@@ -12,7 +12,9 @@ FLAGS = flags.FLAGS
 
 def _print_error(message: str) -> None:
     paragraph = " ".join(str(message).split())
-    sys.stderr.write(textwrap.fill(f"error: {paragraph}", width=100) + "\n")
+    # Paths and flags stay whole (copyable): no breaks at their hyphens or inside them.
+    sys.stderr.write(textwrap.fill(f"error: {paragraph}", width=100, break_on_hyphens=False,
+                                   break_long_words=False) + "\n")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -286,6 +286,7 @@ def main(argv):
     overwrite = FLAGS.overwrite and role != "worker"
     if not overwrite:
         project.check_settings(project_dir, settings)
+        project.check_tuner_files(project_dir)
 
     @functools.cache  # Loaded once, whether for the trials, the final selection or both.
     def search_data():
@@ -302,8 +303,6 @@ def main(argv):
         # Hyperband sets each trial's epochs itself.
         epochs=None if FLAGS.tuner == "hyperband" else hypermodel.epoch_choices(FLAGS.epochs),
         seed=FLAGS.seed, strategy=strategy)
-    if not overwrite:
-        project.check_tuner_files(project_dir)
     try:
         tuner = tuners.make_tuner(
             FLAGS.tuner, head_model, max_trials=FLAGS.max_trials, epochs=FLAGS.epochs,

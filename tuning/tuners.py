@@ -1,9 +1,13 @@
 """The KerasTuner tuners the search offers, all minimising the held-out cross-entropy."""
 
+import json
 import zlib
 
 import keras
 import keras_tuner
+from keras_tuner.src import utils as keras_tuner_utils
+
+from mri_tfdata import atomic
 
 TUNERS = ("random", "bayesian", "hyperband")
 # The plain cross-entropy on the validation split (model.compile_model's `cross_entropy` metric):
@@ -11,6 +15,19 @@ TUNERS = ("random", "bayesian", "hyperband")
 # smoothing. Lower is better.
 OBJECTIVE = keras_tuner.Objective("val_cross_entropy", "min")
 HYPERBAND_FACTOR = 3
+
+
+def _save_json_atomically(path, obj) -> str:
+    """KerasTuner's save_json, but whole or not at all: a temp file, fsync, then a rename."""
+    text = json.dumps(obj)
+    atomic.write_atomic(path, text)
+    return text
+
+
+# KerasTuner writes oracle.json and every trial.json in place (keras_tuner utils.save_json, used
+# by every Stateful save), so a kill during a write (which the tests met) leaves truncated JSON
+# that no rerun can reload. Its writes go through this one function; make them atomic.
+keras_tuner_utils.save_json = _save_json_atomically
 
 
 def trial_number(trial_id: str) -> int:
@@ -72,8 +89,11 @@ def make_tuner(name: str, hypermodel: keras_tuner.HyperModel, *, max_trials: int
     Raises:
       ValueError: for an unknown name.
     """
-    common = {"objective": OBJECTIVE, "seed": seed, "executions_per_trial": executions_per_trial,
-              "directory": directory, "project_name": project_name, "overwrite": overwrite,
+    # KerasTuner's oracles take a seed of 0 for "none" and draw a random one: +1 keeps --seed=0
+    # (the default) reproducible.
+    common = {"objective": OBJECTIVE, "seed": seed + 1,
+              "executions_per_trial": executions_per_trial, "directory": directory,
+              "project_name": project_name, "overwrite": overwrite,
               "distribution_strategy": strategy, "search_seed": seed}
     if name == "hyperband":
         return _seeded(keras_tuner.Hyperband)(hypermodel, max_epochs=epochs,
