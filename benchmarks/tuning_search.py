@@ -177,7 +177,7 @@ def main(argv):
               "top_val_trial": f"Best-{objective} trial {top_trial['trial']}"}
     for name, head in heads.items():
         print(f"{labels[name]} {_describe(head)}: test accuracy "
-              f"{np.mean(accuracy[name]):.4f} +- {np.std(accuracy[name]):.4f} "
+              f"{np.mean(accuracy[name]):.4f} +- {np.std(accuracy[name], ddof=1):.4f} "
               f"(seeds {', '.join(f'{a:.4f}' for a in accuracy[name])})", flush=True)
     print(json.dumps({
         "trials": len(rows), "search_s": round(search_s, 1), "extraction_s": round(extraction_s, 1),
@@ -189,7 +189,8 @@ def main(argv):
            for name, row in (("chosen", chosen), ("default", finalists[0]))
            for metric in ("loss", "accuracy")},
         **{f"{name}_test_acc": round(float(np.mean(acc)), 4) for name, acc in accuracy.items()},
-        **{f"{name}_test_acc_std": round(float(np.std(acc)), 4) for name, acc in accuracy.items()},
+        **{f"{name}_test_acc_std": round(float(np.std(acc, ddof=1)), 4)
+           for name, acc in accuracy.items()},
         **{f"{name}_recipe": {"head_units": list(head.head_units), **head.recipe}
            for name, head in heads.items()},
         "search_dir": str(project)}))
