@@ -47,7 +47,8 @@ flags.DEFINE_enum("tuner", "bayesian", ("random", "bayesian", "hyperband"), "Ker
 flags.DEFINE_integer("epochs", 10, "Epochs per trial.")
 flags.DEFINE_integer("executions_per_trial", 1,
                      "Fits per trial, averaged. 2 doubled the search's time here without picking "
-                     "a head that tested better (one fit's validation score on 856 images is noisy).")
+                     "a head that tested better (one fit's validation score on 856 images is "
+                     "noisy).")
 flags.DEFINE_integer("seeds", 5, "Trainings of each head for the test-accuracy comparison.")
 flags.DEFINE_integer("reference_images", 96, "Images timed for the reference forward rate.")
 flags.DEFINE_string("out", None, "Working folder (default: a new temporary one).")
