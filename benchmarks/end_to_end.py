@@ -152,7 +152,7 @@ def train_on_features(feature_sets: dict, backbone, head_weights, *, batch_size:
                                 validation=(test.features, test.labels),
                                 learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
                                 seed=seed, verbose=2)
-    model.build_classifier(backbone, head)  # what train.py saves, evaluates and exports
+    model.build_classifier(backbone, head)  # what train.py saves and evaluates
     return history.history["val_accuracy"]
 
 

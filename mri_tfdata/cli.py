@@ -1,5 +1,12 @@
-"""Runs an absl entry point so that user mistakes end in one clear paragraph, not a traceback."""
+"""Runs an absl entry point: one-screen --help, and user mistakes as one paragraph, not a traceback.
 
+absl's own --help exits with status 1 and, from a console script, lists no flag at all (it looks
+up the flags of sys.argv[0], the script's wrapper); so help requests are answered here, before
+absl parses anything, for the module that defines `main`.
+"""
+
+import re
+import shutil
 import sys
 import textwrap
 
@@ -9,6 +16,15 @@ from mri_tfdata.errors import FlagError, UserError
 
 FLAGS = flags.FLAGS
 
+_SHORT_HELP = ("help", "helpshort", "h", "?")
+# The end of a help text's first sentence: ". " or "; " (not the dot of "e.g." or "i.e.").
+_SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)[.;]\s")
+# absl's own flags as these commands use them (--flagfile is no flag object: absl's parser reads it).
+_GENERAL_FLAGS = (
+    ("flagfile", "", "A file of flags, one per line (e.g. configs/demo.flags)"),
+    ("verbosity", "0", "Log level: 0 this tool's progress, -1 warnings only, 1 also TensorFlow's"),
+)
+
 
 def _print_error(message: str) -> None:
     paragraph = " ".join(str(message).split())
@@ -17,8 +33,70 @@ def _print_error(message: str) -> None:
                                    break_long_words=False) + "\n")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """Parses flags like absl does, but exits with status 2 and one paragraph on a bad flag."""
+def help_request(argv) -> str | None:
+    """"short" for --help, -h, -? or --helpshort; "full" for --helpfull; else None."""
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        name, _, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or value.lower() in ("false", "0"):
+            continue
+        if name in _SHORT_HELP:
+            return "short"
+        if name == "helpfull":
+            return "full"
+    return None
+
+
+def _one_line(name: str, default: str, text: str, width: int) -> str:
+    """'  --name=default   First sentence of the help', cut to `width` columns."""
+    left = f"  --{name}" + (f"={default}" if default else "")
+    left = left + "  " if len(left) >= 30 else left.ljust(32)
+    text = _SENTENCE_END.split(" ".join((text or "").split()), maxsplit=1)[0].rstrip(".;")
+    room = max(20, width - len(left))
+    return left + (text if len(text) <= room else text[:room - 1].rstrip() + "…")
+
+
+def _flag_line(flag, width: int) -> str:
+    default = flag.default
+    if flag.boolean:
+        default = "true" if default else "false"
+    elif isinstance(default, (list, tuple)):
+        default = ",".join(map(str, default))
+    return _one_line(flag.name, "" if default is None else str(default), flag.help, width)
+
+
+def short_help(module) -> str:
+    """The module's usage paragraph, then the flags it uses one per line, its own flags first.
+
+    One command runs per process, so the shared flags defined so far (flags_common) are exactly
+    the ones this command takes.
+    """
+    width = min(shutil.get_terminal_size((100, 24)).columns, 120)
+    groups = {"flags": FLAGS.get_flags_for_module(module),
+              "data, model and hardware flags": FLAGS.get_flags_for_module(
+                  "mri_tfdata.flags_common")}
+    lines = [(module.__doc__ or "").strip().split("\n\n")[0], ""]
+    for title, group in groups.items():
+        if group:
+            lines += [f"{title}:", *(_flag_line(f, width) for f in group)]
+    lines += ["general flags:", *(_one_line(*general, width) for general in _GENERAL_FLAGS)]
+    lines += ["", "--helpfull lists every flag with its whole help text."]
+    return "\n".join(lines) + "\n"
+
+
+def full_help(module) -> str:
+    return (module.__doc__ or "").strip() + "\n\n" + FLAGS.get_help() + "\n"
+
+
+def parse_flags(argv: list[str], module=None) -> list[str]:
+    """Parses flags like absl, but a bad flag exits 2 with one paragraph, and --help and
+    --helpfull print to stdout and exit 0."""
+    wanted = help_request(argv)
+    if wanted:
+        module = module or sys.modules["__main__"]
+        sys.stdout.write(short_help(module) if wanted == "short" else full_help(module))
+        sys.exit(0)
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -27,7 +105,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main) -> None:
-    """Runs `main(argv)` under absl; a UserError prints its message and exits with its code."""
+    """Runs `main(argv)` under absl; a UserError prints its message and exits with its code.
+
+    The same from `python -m mri_tfdata.train` and from the `mri-train` console script: the help
+    shows the flags of main's own module.
+    """
+    module = sys.modules[main.__module__]
 
     def guarded_main(argv):
         try:
@@ -36,10 +119,11 @@ def run(main) -> None:
             _print_error(str(e))
             sys.exit(e.exit_code)
 
-    app.run(guarded_main, flags_parser=parse_flags)
+    app.run(guarded_main, flags_parser=lambda argv: parse_flags(argv, module))
 
 
 def require(condition: bool, message: str) -> None:
     """Raises FlagError(message) unless `condition`; for validating flag values in entry points."""
     if not condition:
         raise FlagError(message)
+

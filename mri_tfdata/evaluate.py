@@ -1,4 +1,4 @@
-"""Evaluates a saved model: `python -m mri_tfdata.evaluate --model=PATH --split=test --out=DIR`.
+"""Evaluates a saved model: `mri-evaluate --model=PATH --split=test --out=DIR`.
 
 Writes metrics.json (accuracy, loss, per-class precision/recall/F1, confusion matrix) and
 confusion_matrix.png into --out, by the code that ends a training run. The data flags are the
@@ -37,23 +37,23 @@ def main(argv):
     if existing and not FLAGS.overwrite:
         raise UserError(f"--out={out} already holds {', '.join(existing)}. Pass another --out, or "
                         "add --overwrite to replace them.")
-    classifier = inference.load_classifier(FLAGS.model)
-    image_size = inference.input_size(classifier)
+    saved = inference.load_classifier(FLAGS.model)
+    image_size = saved.image_size
     if FLAGS["image_size"].present:
         require(FLAGS.image_size == image_size,
                 f"--image_size={FLAGS.image_size} differs from the model's input size "
                 f"{image_size}; drop the flag (the model's size is used).")
     data = flags_common.data_spec_from_flags(image_size=image_size)
     source = data.open(FLAGS.split)
-    num_classes = classifier.output_shape[-1]
-    if num_classes != len(source.class_names):
-        raise UserError(f"The model predicts {num_classes} classes but {data.describe()} has "
-                        f"{len(source.class_names)}; evaluate it on the data it was trained for.")
+    if tuple(source.class_names) != saved.class_names:
+        raise UserError(f"{saved.path} predicts the classes {', '.join(saved.class_names)} but "
+                        f"{data.describe()} has {', '.join(source.class_names)}; evaluate it on "
+                        "the data it was trained for.")
     logging.info("Evaluating %s on %s split %r (%d images at %d px).", FLAGS.model,
                  data.describe(), FLAGS.split, source.num_examples, image_size)
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluation.evaluate_split(
-        classifier, source, out_dir=out, batch_size=FLAGS.batch_size,
+        saved.model, source, out_dir=out, batch_size=FLAGS.batch_size,
         cache_dir=features.resolve_cache_dir(FLAGS.feature_cache),
         extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()})
     logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],
@@ -62,5 +62,10 @@ def main(argv):
           f"examples={metrics['num_examples']} metrics={out / 'metrics.json'}")
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-evaluate` command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

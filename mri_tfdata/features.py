@@ -15,11 +15,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import atomic, input_pipeline, model
+from mri_tfdata import atomic, console, input_pipeline, model
 
 # Part of every cache key: bump it when the extraction itself changes (resizing, preprocessing,
 # file layout), so that features computed by older code are never served.
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3  # 3: JPEGs decoded at a DCT scale (images.decode_and_resize)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +135,10 @@ def cache_key(*, cache_id: str, image_size: int, weights_fingerprint: str,
     return CacheKey(name=f"{readable}-{int(image_size)}px-{precision}", digest=digest)
 
 
+# The global batch of feature extraction, whatever the training batch: large enough to keep the
+# device busy, small enough for ResNet50's activations at 256 px to fit a CPU host's memory.
+INFERENCE_BATCH = 64
+
 # backbone -> {(strategy, element_spec): traced step}. Tracing ResNet50 takes seconds, and a run
 # extracts two or three splits with the same backbone; the weak keys let models be freed.
 _STEPS = weakref.WeakKeyDictionary()
@@ -149,30 +153,52 @@ def _extraction_step(backbone: keras.Model, strategy, element_spec):
         backbone_ref = weakref.ref(backbone)
 
         # One function for all strategies: on the default strategy `run` and `gather` are
-        # identities. The signature's unknown batch size keeps the last, partial batch from
-        # tracing ResNet50 again.
+        # identities. Every batch is padded to the full size, so the signature is static and
+        # ResNet50 is traced (and its kernels prepared) once.
         @tf.function(input_signature=[element_spec])
         def step(batch):
-            def replica_fn(images, labels):
+            def replica_fn(images, labels, valid):
                 # float32 storage whatever the policy: bfloat16/float16 values are exact in float32.
+                # The mask travels as int32: collective gathers do not take booleans.
                 return (tf.cast(backbone_ref()(images, training=False), tf.float32),
-                        tf.cast(labels, tf.int32))
+                        tf.cast(labels, tf.int32), tf.cast(valid, tf.int32))
 
-            features, labels = strategy.run(replica_fn, args=batch)
-            return strategy.gather(features, axis=0), strategy.gather(labels, axis=0)
+            features, labels, valid = (strategy.gather(t, axis=0)
+                                       for t in strategy.run(replica_fn, args=batch))
+            valid = tf.cast(valid, tf.bool)
+            return tf.boolean_mask(features, valid), tf.boolean_mask(labels, valid)
 
         steps[key] = step
     return steps[key]
 
 
-def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strategy=None,
+def _padded(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Pads each batch to batch_size examples, with a mask of the real ones: static shapes."""
+    image_shape = dataset.element_spec[0].shape[1:]
+
+    def pad(images, labels):
+        missing = batch_size - tf.shape(images)[0]
+        images = tf.pad(images, [[0, missing]] + [[0, 0]] * len(image_shape))
+        valid = tf.range(batch_size) < batch_size - missing
+        return (tf.ensure_shape(images, [batch_size, *image_shape]),
+                tf.ensure_shape(tf.pad(labels, [[0, missing]]), [batch_size]), valid)
+
+    return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, batch_size: int,
+                     strategy=None,
                      num_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Runs the backbone over every batch of `dataset`, in order, with a progress bar.
+
+    The results stay on the device until the end: no batch waits for the previous one's features
+    to reach the host, so the input pipeline, the transfer and the backbone overlap.
 
     Args:
       backbone: `model.build_backbone(...)`, built in `strategy`'s scope.
       dataset: batches of (uint8 images, labels) in a fixed order, every example once
-        (`input_pipeline.make_dataset(..., training=False)`); the batch size is global.
+        (`input_pipeline.make_dataset(..., training=False)`).
+      batch_size: the global batch of `dataset`; a shorter last batch is padded to it.
       strategy: the tf.distribute strategy; batches are split across its replicas and the
         replicas' results gathered back, in the dataset's order on one worker (across workers
         the pairs stay matched but follow the sharding's order). Default: the current strategy.
@@ -182,6 +208,7 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strateg
       (features float32 [N, FEATURE_DIM], labels int32 [N]).
     """
     strategy = strategy or tf.distribute.get_strategy()
+    dataset = _padded(dataset, batch_size)
     if strategy.num_replicas_in_sync > 1:
         # Across workers, every batch must go to exactly one worker (the pipeline itself does not
         # shard); `gather` then collects every example once. Within one worker the order is kept.
@@ -189,17 +216,25 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, strateg
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA)
         dataset = dataset.with_options(options)
+    elif tf.config.list_logical_devices("GPU"):
+        # Strategies prefetch to their devices themselves; without one, do it here.
+        dataset = dataset.apply(tf.data.experimental.prefetch_to_device("/gpu:0"))
     distributed = strategy.experimental_distribute_dataset(dataset)
     step = _extraction_step(backbone, strategy, distributed.element_spec)
-    progbar = keras.utils.Progbar(num_examples, unit_name="image")
+    progbar = keras.utils.Progbar(num_examples, unit_name="image",
+                                  verbose=console.progress_verbose())
     all_features, all_labels = [], []
     start = time.perf_counter()
-    for batch in distributed:
+    for index, batch in enumerate(distributed):
         features, labels = step(batch)
-        all_features.append(features.numpy())
-        all_labels.append(labels.numpy())
-        progbar.add(len(all_labels[-1]))
-    features, labels = np.concatenate(all_features), np.concatenate(all_labels)
+        all_features.append(features)
+        all_labels.append(labels)
+        # Counted, not read back from the device (the last batch may be short).
+        done = (index + 1) * batch_size
+        progbar.update(min(done, num_examples) if num_examples else done)
+    features = tf.concat(all_features, 0).numpy() if all_features else np.zeros(
+        (0, model.FEATURE_DIM), np.float32)
+    labels = tf.concat(all_labels, 0).numpy() if all_labels else np.zeros(0, np.int32)
     seconds = time.perf_counter() - start
     logging.info("Extracted %d feature vectors in %.1f s (%.1f images/s).",
                  len(labels), seconds, len(labels) / max(seconds, 1e-9))
@@ -255,15 +290,16 @@ def _read_valid(path: Path, key: CacheKey,
     return features.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
 
 
-def load_or_extract(source, *, backbone: keras.Model, image_size: int, batch_size: int,
-                    cache_dir: Path | None, strategy=None) -> FeatureSet:
+def load_or_extract(source, *, backbone: keras.Model, image_size: int, cache_dir: Path | None,
+                    batch_size: int = INFERENCE_BATCH, strategy=None) -> FeatureSet:
     """Returns the features of a split, from the disk cache when a valid file exists.
 
     Args:
       source: a `sources.Source` of the whole split (no input_context: every example once).
       backbone: the model's own backbone, built in `strategy`'s scope under the active precision.
       image_size: the side images are resized to.
-      batch_size: the global batch for extraction (any size gives the same features).
+      batch_size: the global batch for extraction (any size gives the same features; it is not
+        the training batch).
       cache_dir: directory of cache files (`resolve_cache_dir`), or None to extract without caching.
       strategy: the tf.distribute strategy (default: the current one).
 
@@ -284,8 +320,8 @@ def load_or_extract(source, *, backbone: keras.Model, image_size: int, batch_siz
                  source.num_examples, image_size, path or "off")
     dataset = input_pipeline.make_dataset(source, image_size=image_size, batch_size=batch_size,
                                           training=False)
-    features, labels = extract_features(backbone, dataset, strategy=strategy,
-                                        num_examples=source.num_examples)
+    features, labels = extract_features(backbone, dataset, batch_size=batch_size,
+                                        strategy=strategy, num_examples=source.num_examples)
     if len(labels) != source.num_examples:
         raise RuntimeError(f"extracted {len(labels)} feature vectors from {source.description}, "
                            f"which declares {source.num_examples} examples")

@@ -1,5 +1,7 @@
 """The data, model and runtime flags shared by train, evaluate and tuning entry points."""
 
+import os
+
 from absl import flags
 
 from mri_tfdata import distribute, precision
@@ -45,7 +47,8 @@ def define_data_flags() -> None:
                         "~/.cache/mri_tfdata/features) and trains the head on them when the "
                         "backbone stays frozen and --augment is off; a folder does the same with "
                         "the cache there; off always trains end to end.")
-    flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (training split).")
+    flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (training split; "
+                         "a file cache shuffles the whole split instead).")
     flags.DEFINE_integer("seed", 0, "Seed for shuffling, weight initialisation and dropout.")
 
 
@@ -127,11 +130,26 @@ def model_spec_from_flags() -> ModelSpec:
                      standardize_features=FLAGS.standardize_features, augment=FLAGS.augment)
 
 
+# Flags naming a path, with the values that are keywords instead (written as given).
+_PATH_FLAGS = {"data_dir": (), "tfds_data_dir": (), "workdir": (), "cache": ("none", "memory"),
+               "feature_cache": ("auto", "off"), "weights": ("imagenet", "none")}
+
+
+def serialize(flag) -> str:
+    """The flag as a flagfile line ("" when unset), with a path made absolute, so that the file
+    means the same from any working directory (URLs such as gs://... are kept as they are)."""
+    value = flag.value
+    if (flag.name in _PATH_FLAGS and isinstance(value, str) and value
+            and value.lower() not in _PATH_FLAGS[flag.name] and "://" not in value):
+        return f"--{flag.name}={os.path.abspath(os.path.expanduser(value))}"
+    return flag.serialize()
+
+
 def flags_as_text(modules) -> str:
     """Serialises the flags defined by `modules` (module objects or names) as a flagfile.
 
-    Only this project's flags are written (not absl's own), sorted, one per line, so that
-    `--flagfile=` of the result repeats the run.
+    Only this project's flags are written (not absl's own), sorted, one per line, paths
+    absolute, so that `--flagfile=` of the result repeats the run from any folder.
     """
     names = {}
     for module in modules:
@@ -140,4 +158,5 @@ def flags_as_text(modules) -> str:
             names[flag.name] = flag
     # --overwrite is an instruction for one invocation, not a setting of the run.
     names.pop("overwrite", None)
-    return "".join(f"{names[n].serialize()}\n" for n in sorted(names) if names[n].serialize())
+    lines = (serialize(names[n]) for n in sorted(names))
+    return "".join(f"{line}\n" for line in lines if line)

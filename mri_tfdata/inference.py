@@ -1,47 +1,144 @@
-"""Loads a saved classifier safely and turns image files into the uint8 batches it takes."""
+"""model.keras: saved with the metadata that marks it as ours, loaded safely and checked; image files
+read as the model takes them."""
 
+import dataclasses
+import json
 import pathlib
+import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-# Registers the model's custom layers (ResNetPreprocess), which safe-mode loading resolves by name.
-from mri_tfdata import images, model  # noqa: F401
+import mri_tfdata
+from mri_tfdata import atomic, images
 from mri_tfdata.errors import UserError
 
+MODEL_FILE = "model.keras"
+# A file of our own inside the .keras zip archive. Keras reads only the members it knows
+# (config.json, metadata.json, model.weights.h5), so the file still loads with plain Keras.
+METADATA_FILE = "mri_tfdata.json"
+# Bump when what load_classifier expects of a saved classifier changes.
+FORMAT_VERSION = 1
 
-def load_classifier(path) -> keras.Model:
-    """Loads a model.keras in Keras safe mode, so that no code stored in the file is run.
+
+@dataclasses.dataclass(frozen=True)
+class SavedClassifier:
+    """A classifier loaded from a model.keras, with what its metadata says about it."""
+
+    model: keras.Model  # uint8 images [N, S, S, 3] -> float32 probabilities [N, C]
+    class_names: tuple[str, ...]  # the C names, in label order
+    image_size: int  # S
+    path: pathlib.Path
+
+
+def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Path:
+    """Writes `classifier` to a .keras file with its metadata, whole or not at all.
+
+    The file holds no optimizer state (nothing reads it: metrics come from predictions), so it is
+    smaller and loads without Keras's "Skipping variable loading for optimizer" warning.
 
     Args:
-      path: the .keras file written by training.
+      classifier: uint8 images [S, S, 3] -> probabilities over `class_names`.
+      path: the .keras file to write.
+      class_names: the class names in label order.
 
     Returns:
-      The classifier: uint8 images [H, W, 3] -> class probabilities.
+      `path` as a Path.
+    """
+    metadata = {"format_version": FORMAT_VERSION, "package_version": mri_tfdata.__version__,
+                "class_names": [str(n) for n in class_names],
+                "image_size": int(classifier.input_shape[1])}
+
+    def write(tmp):
+        # Saved: a clone (new layers, the same weights) of an uncompiled view. Keras saves the
+        # optimizer of a compiled model, of a compiled model nested in it (training's fast path
+        # compiles the head) even through a view, and clones a compiled model compiled; and
+        # save(include_optimizer=False) is silently ignored for .keras files.
+        view = keras.Model(classifier.input, classifier.output, name=classifier.name)
+        clone = keras.models.clone_model(view)
+        clone.set_weights(classifier.get_weights())
+        clone.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(METADATA_FILE, json.dumps(metadata, indent=1))
+
+    return atomic.publish(path, write, suffix=".keras")
+
+
+def _not_ours(path, why: str) -> UserError:
+    return UserError(f"--model={path} {why}. Pass the model.keras written by mri_tfdata.train "
+                     "(e.g. --model=runs/demo/model.keras).")
+
+
+def _read_metadata(path: pathlib.Path) -> dict:
+    """The metadata stored in a .keras file, or a UserError saying why it is not one of ours."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            stored = archive.read(METADATA_FILE) if METADATA_FILE in names else None
+            legacy = "config.json" in names and b"ResNetPreprocess" in archive.read("config.json")
+    except (zipfile.BadZipFile, OSError) as e:
+        raise _not_ours(path, f"is not a Keras model file ({e})") from None
+    if stored is None and legacy:
+        raise UserError(
+            f"--model={path} was written by mri_tfdata before 0.2.0, whose preprocessing layer "
+            "needs that version's code to load. Train it again with this version: "
+            f"python -m mri_tfdata.train --flagfile={path.parent / 'flags.txt'} --overwrite "
+            "(its backbone features are still in the feature cache, so this is quick).")
+    if stored is None:
+        raise _not_ours(path, f"is a Keras model, but not one written by mri_tfdata.train (it "
+                        f"holds no {METADATA_FILE}, which records the class names and image size)")
+    try:
+        metadata = json.loads(stored)
+        version = int(metadata["format_version"])
+        metadata["class_names"] = tuple(str(n) for n in metadata["class_names"])
+        metadata["image_size"] = int(metadata["image_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise _not_ours(path, f"has a damaged {METADATA_FILE} ({type(e).__name__}: {e})") from None
+    if version > FORMAT_VERSION:
+        raise UserError(f"--model={path} was written by mri_tfdata "
+                        f"{metadata.get('package_version')}, newer than this one "
+                        f"({mri_tfdata.__version__}); upgrade mri_tfdata to use it.")
+    return metadata
+
+
+def load_classifier(path) -> SavedClassifier:
+    """Loads a model.keras written by save_classifier, in Keras safe mode (no stored code runs).
+
+    Args:
+      path: the .keras file, or a training workdir holding model.keras.
+
+    Returns:
+      The SavedClassifier.
 
     Raises:
-      UserError: the file is missing or is not a loadable .keras model.
+      UserError: the file is missing, is not a Keras model, or is not one of ours (no metadata,
+        or layers that disagree with it).
     """
     path = pathlib.Path(path).expanduser()
-    if path.is_dir() and (path / "model.keras").is_file():
-        path = path / "model.keras"  # A training workdir.
+    if path.is_dir() and (path / MODEL_FILE).is_file():
+        path = path / MODEL_FILE  # A training workdir.
     if not path.is_file():
         raise UserError(f"--model={path} is not a file. Pass the model.keras of a training run "
                         "(e.g. --model=runs/demo/model.keras).")
     if path.suffix != ".keras":
-        raise UserError(f"--model={path} is not a .keras file. Pass the model.keras of a training "
-                        "run; the export/ SavedModel is for TF Serving.")
+        raise _not_ours(path, "is not a .keras file")
+    metadata = _read_metadata(path)
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        # compile=False: nothing here trains or calls evaluate(), and old files' optimizer state
+        # would only bring a warning.
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001 -- Keras raises many types for a bad archive.
-        raise UserError(f"Cannot load {path} as a Keras model ({type(e).__name__}: {e}). Pass a "
-                        "model.keras written by mri_tfdata.train.") from None
-
-
-def input_size(classifier: keras.Model) -> int:
-    """The side of the square images the classifier takes."""
-    return int(classifier.input_shape[1])
+        raise _not_ours(path, f"cannot be loaded by Keras ({type(e).__name__}: {e})") from None
+    size, names = metadata["image_size"], metadata["class_names"]
+    inputs, outputs = getattr(model, "inputs", None) or [], getattr(model, "outputs", None) or []
+    shapes = [(tuple(t.shape), t.dtype) for t in inputs] + [tuple(t.shape) for t in outputs]
+    if (shapes != [((None, size, size, 3), "uint8"), (None, len(names))]
+            or not {"backbone", "head"} <= {layer.name for layer in model.layers}):
+        raise _not_ours(path, f"does not match its own {METADATA_FILE}: it should take {size} px "
+                        f"uint8 images and predict {len(names)} classes with a backbone and a "
+                        f"head, but has inputs and outputs {shapes}")
+    return SavedClassifier(model=model, class_names=names, image_size=size, path=path)
 
 
 def load_image(path, *, image_size: int) -> np.ndarray:

@@ -159,6 +159,28 @@ def class_label(folder_name: str) -> int:
     return label
 
 
+def _image_files(folder: pathlib.Path, seen: set):
+    """Yields the .jpg/.jpeg/.png files under `folder`, nested folders too, never entering hidden
+    ones, and no file or folder whose (device, inode) is in `seen` (which it extends)."""
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        if not _first_visit(current, seen):
+            logging.warning("Ignoring %r: a link to a folder already listed.", str(current))
+            continue
+        for path in _visible_children(current):
+            if path.is_dir():
+                stack.append(path)
+            elif path.suffix.lower() in IMAGE_SUFFIXES and _first_visit(path, seen):
+                yield path
+
+
+def list_images(folder: Union[str, pathlib.Path]) -> list[pathlib.Path]:
+    """The image files under `folder`, recursively and sorted, junk and links skipped as by
+    list_examples (for predicting on any folder, whatever its layout)."""
+    return sorted(_image_files(pathlib.Path(folder), set()))
+
+
 def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
     """Lists the image files of one split folder, labelled by their class folder.
 
@@ -186,18 +208,9 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
                 logging.warning("Ignoring %r: images must sit in a class folder.", str(child))
             continue
         label = class_label(child.name)
-        stack = [child]
-        while stack:  # Walks nested folders too, never entering hidden ones.
-            folder = stack.pop()
-            if not _first_visit(folder, seen):
-                logging.warning("Ignoring %r: a link to a folder already listed.", str(folder))
-                continue
-            for path in _visible_children(folder):
-                if path.is_dir():
-                    stack.append(path)
-                elif path.suffix.lower() in IMAGE_SUFFIXES and _first_visit(path, seen):
-                    relpath = path.relative_to(split_dir.parent).as_posix()
-                    examples.append(LabeledFile(path=path, relpath=relpath, label=label))
+        for path in _image_files(child, seen):
+            relpath = path.relative_to(split_dir.parent).as_posix()
+            examples.append(LabeledFile(path=path, relpath=relpath, label=label))
     if not examples:
         raise UserError(
             f"The split folder {split_dir} holds no .jpg/.jpeg/.png image in a class folder "

@@ -28,21 +28,35 @@ class ModelSpec:
     augment: bool = False  # random flip/rotation/zoom/contrast while training
 
 
-@keras.saving.register_keras_serializable(package="mri_tfdata")
-class ResNetPreprocess(keras.layers.Layer):
-    """Casts images (values 0-255) to float32 and applies `resnet50.preprocess_input`.
+# resnet50.preprocess_input's "caffe" means, in its BGR channel order.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
-    Being a registered layer rather than a Lambda, it saves to .keras and loads in safe mode.
-    It computes in float32 under every policy: the caffe-style mean subtraction would lose
-    about one grey level in bfloat16; the first convolution casts to the compute dtype after it.
+
+def caffe_preprocess(images):
+    """`resnet50.preprocess_input` from built-in layers: RGB to BGR, minus the BGR means.
+
+    Built-in layers, unlike a custom one, let a saved model load with nothing but Keras (safe
+    mode, no registered class). The result is bitwise equal to preprocess_input: the flip is pure
+    data movement and the mean is one float32 add, as there. Every layer is float32, because under
+    a mixed policy a bfloat16 mean subtraction loses about one grey level. No weights: the
+    backbone's weight list, and so the feature cache's fingerprint, is that of ResNet50 alone.
+
+    Args:
+      images: a Keras tensor [N, H, W, 3] with values 0-255 (uint8 or float).
+
+    Returns:
+      float32 [N, H, W, 3], BGR, mean-subtracted.
     """
-
-    def __init__(self, **kwargs):
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-
-    def call(self, images):
-        return keras.applications.resnet50.preprocess_input(keras.ops.cast(images, "float32"))
+    f32 = dict(dtype="float32")
+    x = keras.layers.Rescaling(1.0, offset=[-m for m in CAFFE_MEAN_BGR[::-1]],
+                               name="caffe_mean", **f32)(images)
+    x = keras.layers.Permute((3, 1, 2), name="to_channels_first", **f32)(x)
+    # Cropping2D crops axes 1 and 2 of a 4-D tensor; axis 1 now holds the colour channels.
+    b, g, r = (keras.layers.Cropping2D((crop, (0, 0)), data_format="channels_last",
+                                       name=f"take_{c}", **f32)(x)
+               for c, crop in (("b", (2, 0)), ("g", (1, 1)), ("r", (0, 2))))
+    x = keras.layers.Concatenate(axis=1, name="bgr", **f32)([b, g, r])
+    return keras.layers.Permute((2, 3, 1), name="to_channels_last", **f32)(x)
 
 
 def _resnet50(shape: tuple, weights: str) -> keras.Model:
@@ -97,7 +111,7 @@ def build_backbone(*, image_size: int, weights: str) -> keras.Model:
     """
     shape = (image_size, image_size, 3)
     images = keras.Input(shape, dtype="float32", name="image")
-    x = ResNetPreprocess(name="preprocess")(images)
+    x = caffe_preprocess(images)
     resnet = _resnet50(shape, weights)
     resnet.trainable = False
     # training=False documents intent; what keeps BatchNorm in inference mode even when the outer

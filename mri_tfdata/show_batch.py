@@ -1,7 +1,9 @@
-"""Writes a PNG grid of one input batch with its class names, to check the inputs by eye.
+"""Writes a PNG grid of one input batch: `mri-show-batch --source=folder --data_dir=DIR`.
 
-    python -m mri_tfdata.show_batch --source=folder --data_dir=DIR --out=batch.png
-    python -m mri_tfdata.show_batch --source=tfds --tfds_data_dir=DIR --split=test --out=batch.png
+To check the inputs by eye, with their class names:
+
+    mri-show-batch --source=folder --data_dir=DIR --out=batch.png
+    mri-show-batch --source=tfds --tfds_data_dir=DIR --split=test --out=batch.png
 """
 
 import math
@@ -104,6 +106,11 @@ def main(argv: list[str]) -> None:
     print(out)
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-show-batch` command."""
     _define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -224,18 +224,23 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
         raise UserError(f"Split {split!r} of {root} holds no readable image (after slicing and "
                         "sharding); check the folder and the split string.")
     paths = [str(e.path) for e, _ in kept]
-    # Converted images travel inline (rare); all others are read lazily, in parallel.
-    contents = [v.replacement or b"" for _, v in kept]
-    labels = [e.label for e, _ in kept]
+    labels = np.array([e.label for e, _ in kept], np.int64)
+    if not any(v.replacement for _, v in kept):
+        # The usual case: every file is read as it is, with no per-element branch.
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+            lambda path, label: (tf.io.read_file(path), label),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        # Converted images travel inline (rare); all others are read lazily, in parallel.
+        contents = [v.replacement or b"" for _, v in kept]
 
-    def read(path, content, label):
-        data = tf.cond(tf.strings.length(content) > 0, lambda: content,
-                       lambda: tf.io.read_file(path))
-        return data, label
+        def read(path, content, label):
+            data = tf.cond(tf.strings.length(content) > 0, lambda: content,
+                           lambda: tf.io.read_file(path))
+            return data, label
 
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (paths, contents, tf.constant(labels, dtype=tf.int64)))
-    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = tf.data.Dataset.from_tensor_slices((paths, contents, labels)).map(
+            read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The content key: relative paths, sizes and modification times of the files read, so that
     # editing, adding or removing an image gives a new cache_id.
     listing = "\n".join(f"{e.relpath}:{e.path.stat().st_size}:{e.path.stat().st_mtime_ns}"
@@ -245,4 +250,4 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
     names = tuple(e.relpath for e, _ in kept)
     return Source(dataset=dataset, num_examples=len(paths), class_names=kaggle_layout.CLASS_NAMES,
                   cache_id=cache_id, description=f"folder {root} {split} ({len(paths)} images)",
-                  index=lambda: (names, np.array(labels, np.int64)))
+                  index=lambda: (names, labels))

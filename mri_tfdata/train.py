@@ -1,9 +1,9 @@
-"""Trains the classifier: `python -m mri_tfdata.train --flagfile=configs/demo.flags`.
+"""Trains the classifier: `mri-train --flagfile=configs/demo.flags` (or python -m mri_tfdata.train).
 
-Outputs in --workdir: model.keras, export/ (SavedModel taking raw uint8 images), history.json/.csv,
-metrics.json, loss.png, accuracy.png, confusion_matrix.png, logs/ (TensorBoard), flags.txt.
-Rerunning the same command after a kill resumes from the last finished epoch; a finished workdir
-is refused unless --overwrite is given.
+Outputs in --workdir: model.keras (loads with plain Keras; `mri-export` turns it into a SavedModel
+for TF Serving), history.json/.csv, metrics.json, loss.png, accuracy.png, confusion_matrix.png,
+logs/ (TensorBoard), flags.txt. Rerunning the same command after a kill resumes from the last
+finished epoch; a finished workdir is refused unless --overwrite is given.
 """
 
 from absl import flags, logging
@@ -97,5 +97,10 @@ def main(argv):
                    flags_text=flags_common.flags_as_text([flags_common, __name__]))
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-train` command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

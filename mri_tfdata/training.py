@@ -1,4 +1,4 @@
-"""Trains the classifier into a workdir: the phases (resumable), then save, export and evaluate."""
+"""Trains the classifier into a workdir: the phases (resumable), then save and evaluate."""
 
 import dataclasses
 import pathlib
@@ -10,9 +10,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import (atomic, distribute, evaluation, export, faults, features, head_fit,
-                        inference, input_pipeline, model, reports, resumable, workdir)
-from mri_tfdata import dataspec
+from mri_tfdata import (atomic, console, dataspec, distribute, evaluation, faults, features,
+                        head_fit, inference, input_pipeline, model, reports, resumable, workdir)
 from mri_tfdata.dataspec import DataSpec
 from mri_tfdata.errors import UserError
 from mri_tfdata.model import ModelSpec
@@ -77,8 +76,9 @@ class _Job:
 def _fit_head_on_features(classifier: keras.Model, job: _Job) -> None:
     """The fast head phase: each split's backbone features once (cached), the head fit on them."""
     config = job.config
+    # Extraction runs at its own inference batch (features.INFERENCE_BATCH), not the training one.
     extract = dict(backbone=classifier.get_layer("backbone"), image_size=job.spec.image_size,
-                   batch_size=config.batch_size, cache_dir=job.cache_dir, strategy=job.strategy)
+                   cache_dir=job.cache_dir, strategy=job.strategy)
     train_set = features.load_or_extract(job.train_source, **extract)
     val_set = features.load_or_extract(job.val_source, **extract) if job.val_source else None
     head = classifier.get_layer("head")
@@ -90,7 +90,7 @@ def _fit_head_on_features(classifier: keras.Model, job: _Job) -> None:
                           batch_size=config.batch_size, schedule=config.schedule,
                           label_smoothing=config.label_smoothing,
                           weight_decay=config.weight_decay, seed=config.seed, callbacks=callbacks,
-                          strategy=job.strategy, verbose=2)
+                          strategy=job.strategy, verbose=console.progress_verbose())
 
 
 def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
@@ -102,8 +102,7 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
             # Fitted on all training features, as the fast path fits it; cached like them.
             train_set = features.load_or_extract(
                 job.train_source, backbone=classifier.get_layer("backbone"),
-                image_size=job.spec.image_size, batch_size=config.batch_size,
-                cache_dir=job.cache_dir, strategy=job.strategy)
+                image_size=job.spec.image_size, cache_dir=job.cache_dir, strategy=job.strategy)
             model.adapt_standardization(classifier.get_layer("head"), train_set.features)
     else:
         learning_rate = config.fine_tune_learning_rate
@@ -127,10 +126,10 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
                             label_smoothing=config.label_smoothing,
                             weight_decay=config.weight_decay)
     with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate,
-                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks, \
-            input_pipeline.named_cache_errors(config.cache):
+                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks:
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
-                       epochs=epochs, callbacks=callbacks, shuffle=False, verbose=2)
+                       epochs=epochs, callbacks=callbacks, shuffle=False,
+                       verbose=console.progress_verbose())
 
 
 def _checkpoint(run: workdir.RunDir, phase: str) -> pathlib.Path:
@@ -167,11 +166,12 @@ def _resume_finished_phases(classifier: keras.Model, run: workdir.RunDir) -> Non
 
 
 def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) -> TrainResult:
-    """Saves, exports, evaluates the saved model on the test split, reports; marks the run done."""
+    """Saves, evaluates the saved model on the test split, reports; marks the run done."""
     run, config = job.run, job.config
     # Every step rewrites its outputs whole, so a rerun after a kill anywhere here redoes the
     # steps from the top; the phase weights go only once the run is recorded as finished.
-    saved_path = export.save_classifier(classifier, run.path)
+    saved_path = inference.save_classifier(classifier, run.path / inference.MODEL_FILE,
+                                           class_names=class_names)
     faults.point("model_saved")
     history = resumable.read_history(run.path)
     reports.plot_history(history, run.path)
@@ -182,16 +182,17 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
         counts = np.bincount(job.train_source.labels, minlength=len(class_names))
         metrics = evaluation.evaluate_split(
             classifier, job.test_source, out_dir=run.path,
-            batch_size=config.batch_size, cache_dir=job.cache_dir, strategy=job.strategy,
+            batch_size=features.INFERENCE_BATCH, cache_dir=job.cache_dir, strategy=job.strategy,
             extra={"split": config.test_split, "model": str(saved_path),
                    "training_examples_per_class": dict(zip(class_names, counts.tolist()))},
-            checked_model=inference.load_classifier(saved_path))
+            checked_model=inference.load_classifier(saved_path).model)
         faults.point("evaluated")
     run.mark_finished()
     faults.point("finished_recorded")
     for scratch in ("backup", "checkpoints"):
         shutil.rmtree(run.path / scratch, ignore_errors=True)
-    logging.info("Finished in %.0f s; outputs in %s.", time.perf_counter() - start, run.path)
+    logging.info("Finished in %.0f s; outputs in %s. A SavedModel for TF Serving: "
+                 "mri-export --model=%s", time.perf_counter() - start, run.path, saved_path)
     return TrainResult(workdir=run.path, history=history, metrics=metrics, resumed=run.resuming)
 
 
@@ -249,7 +250,7 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     backbone stays frozen and nothing is augmented (see features.use_fast_path), else end to end;
     then optionally the top `fine_tune_blocks` blocks at `fine_tune_learning_rate`
     (`fine_tune_epochs` more epochs). Each phase resumes from its last finished epoch. Then
-    model.keras, export/, history, metrics and plots are written.
+    model.keras, history, metrics and plots are written.
 
     Args:
       data: where the images come from.

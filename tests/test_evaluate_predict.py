@@ -1,5 +1,6 @@
 """Smoke tests of the evaluate and predict entry points on a tiny untrained model."""
 
+import csv
 import json
 import pathlib
 import subprocess
@@ -18,7 +19,7 @@ def tiny(tmp_path_factory):
     """A saved untrained 32 px classifier and a tiny synthetic Kaggle tree."""
     import keras
 
-    from mri_tfdata import model, synthetic
+    from mri_tfdata import inference, kaggle_layout, model, synthetic
 
     root = tmp_path_factory.mktemp("evaluate_predict")
     data = synthetic.write_synthetic_dataset(root / "data", train_per_class=1, test_per_class=2,
@@ -26,8 +27,11 @@ def tiny(tmp_path_factory):
     keras.utils.set_random_seed(1)
     classifier = model.build_classifier(model.build_backbone(image_size=SIZE, weights="none"),
                                         model.build_head(hidden_units=(8,)))
+    # Compiled and trained a step, as training leaves it: its optimizer state is not saved.
     model.compile_model(classifier, learning_rate=1e-3)
-    classifier.save(root / "model.keras")
+    classifier.fit(np.zeros((4, SIZE, SIZE, 3), np.uint8), np.arange(4), verbose=0)
+    inference.save_classifier(classifier, root / "model.keras",
+                              class_names=kaggle_layout.CLASS_NAMES)
     return root, data, classifier
 
 
@@ -53,6 +57,7 @@ def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
                              "--batch_size=3", f"--out={out}")
     assert code == 0, err[-3000:]
     assert "accuracy=" in stdout
+    assert "Skipping variable loading" not in err  # no optimizer state saved or loaded
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "confusion_matrix.png").exists()
 
@@ -94,17 +99,133 @@ def test_predict_good_corrupt_and_bomb_files(tiny, tmp_path):
     code, stdout, err = _run("mri_tfdata.predict", f"--model={root / 'model.keras'}",
                              "--batch_size=4", *map(str, files))
     assert code == 1, err[-3000:]
+    assert "Skipping variable loading" not in err and "Traceback" not in err
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert [pathlib.Path(line["file"]) for line in lines] == files
     for line in lines[1:5]:
         assert "error" in line and "class" not in line
+        # In words: no exception class names or object reprs ("<_io.BytesIO object at 0x...>").
+        assert "Error" not in line["error"] and " at 0x" not in line["error"], line
+    assert lines[1]["error"].startswith("not an image file")
     assert "9000x9000" in lines[3]["error"]  # Refused from the header, before decoding.
+    assert lines[4]["error"] == "cannot read it (No such file or directory)"
 
     expected = _expected(classifier, [good[0], good[1]])
     for line, probabilities in zip([lines[0], lines[5]], expected):
         assert list(line["probabilities"]) == ["glioma", "meningioma", "notumor", "pituitary"]
         np.testing.assert_allclose(list(line["probabilities"].values()), probabilities, atol=1e-5)
         assert line["class"] == list(line["probabilities"])[int(np.argmax(probabilities))]
+
+
+def test_find_images_walks_folders_and_skips_junk(tmp_path):
+    from mri_tfdata import predict
+
+    folder = tmp_path / "scans"
+    for name in ("a/b/deep.jpg", "top.PNG", "c.jpeg", ".hidden/x.jpg", "a/.DS_Store",
+                 "Thumbs.db", "notes.txt", "a/.ipynb_checkpoints/y.jpg"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    single = tmp_path / "single.gif"  # named explicitly: tried whatever its suffix
+    found = predict.find_images([folder, single, tmp_path / "empty"])
+    assert found == [folder / "a/b/deep.jpg", folder / "c.jpeg", folder / "top.PNG", single,
+                     tmp_path / "empty"]
+
+
+def test_predict_folder_to_csv_and_jsonl(tiny, tmp_path):
+    root, data, classifier = tiny
+    folder = tmp_path / "scans"
+    for i, image in enumerate(sorted((data / "Testing").rglob("*.jpg"))[:3]):
+        target = folder / ("nested" if i else "") / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(image.read_bytes())
+    (folder / ".DS_Store").write_bytes(b"junk")
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    expected_files = sorted(folder.rglob("*.jpg"))
+    csv_out = tmp_path / "out" / "results.csv"
+    code, stdout, err = _run("mri_tfdata.predict", f"--model={root}", f"--output={csv_out}",
+                             "--batch_size=2", str(folder), str(tmp_path / "empty"))
+    assert code == 1, err[-3000:]  # the empty folder gets an error row
+    assert stdout.strip() == str(csv_out)
+    with open(csv_out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["file", "class", "glioma", "meningioma", "notumor", "pituitary",
+                             "error"]
+    assert [pathlib.Path(r["file"]) for r in rows] == [*expected_files, tmp_path / "empty"]
+    probabilities = _expected(classifier, expected_files)
+    for row, p in zip(rows, probabilities):
+        np.testing.assert_allclose([float(row[n]) for n in ("glioma", "meningioma", "notumor",
+                                                            "pituitary")], p, atol=1e-5)
+        assert row["error"] == ""
+    assert rows[-1]["class"] == "" and "no .jpg" in rows[-1]["error"]
+
+    jsonl_out = tmp_path / "results.jsonl"
+    code, stdout, err = _run("mri_tfdata.predict", f"--model={root}", f"--output={jsonl_out}",
+                             str(folder))
+    assert code == 0, err[-3000:]
+    lines = [json.loads(line) for line in jsonl_out.read_text().splitlines()]
+    assert [pathlib.Path(line["file"]) for line in lines] == expected_files
+    # An existing output is not replaced without --overwrite; a wrong suffix is a usage error.
+    code, _, err = _run("mri_tfdata.predict", f"--model={root}", f"--output={jsonl_out}",
+                        str(folder))
+    assert code == 1 and "already exists" in err
+    code, _, err = _run("mri_tfdata.predict", f"--model={root}", "--output=x.txt", str(folder))
+    assert code == 2 and ".jsonl or .csv" in err
+
+
+def test_predict_and_evaluate_refuse_a_model_that_is_not_ours(tiny, tmp_path):
+    import keras
+
+    root, data, _ = tiny
+    # A 4-class Keras model of another architecture: plausible, but not one of ours.
+    foreign = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(),
+                                keras.layers.Dense(4, activation="softmax")])
+    path = tmp_path / "foreign.keras"
+    foreign.save(path)
+    code, stdout, err = _run("mri_tfdata.predict", f"--model={path}",
+                             str(sorted((data / "Testing").rglob("*.jpg"))[0]))
+    assert code == 1 and stdout == ""
+    assert f"--model={path} is a Keras model, but not one written by mri_tfdata.train" in err
+    assert "Traceback" not in err
+    code, _, err = _run("mri_tfdata.evaluate", f"--model={path}", "--source=folder",
+                        f"--data_dir={data}", f"--out={tmp_path / 'eval'}")
+    assert code == 1 and "not one written by mri_tfdata.train" in err and "Traceback" not in err
+
+
+def test_load_classifier_explains_every_refusal(tiny, tmp_path):
+    import zipfile
+
+    import keras
+
+    from mri_tfdata import inference
+    from mri_tfdata.errors import UserError
+
+    root, _, _ = tiny
+    not_zip = tmp_path / "text.keras"
+    not_zip.write_text("hello")
+    with pytest.raises(UserError, match="is not a Keras model file"):
+        inference.load_classifier(not_zip)
+    # A model.keras of mri_tfdata 0.1 (custom preprocessing layer, no metadata).
+    legacy = tmp_path / "run" / "model.keras"
+    legacy.parent.mkdir()
+    with zipfile.ZipFile(legacy, "w") as archive:
+        archive.writestr("config.json", '{"class_name": "mri_tfdata>ResNetPreprocess"}')
+    with pytest.raises(UserError, match=r"before 0\.2\.0.*flagfile=.*run/flags\.txt --overwrite"):
+        inference.load_classifier(legacy)
+    # Our metadata on a model that does not match it.
+    other, damaged = tmp_path / "other.keras", tmp_path / "damaged.keras"
+    keras.Sequential([keras.Input((SIZE, SIZE, 3), dtype="uint8"), keras.layers.Flatten(),
+                      keras.layers.Dense(4)]).save(other)
+    damaged.write_bytes(other.read_bytes())
+    with zipfile.ZipFile(root / "model.keras") as ours, zipfile.ZipFile(other, "a") as archive:
+        archive.writestr(inference.METADATA_FILE, ours.read(inference.METADATA_FILE))
+    with pytest.raises(UserError, match="does not match its own mri_tfdata.json"):
+        inference.load_classifier(other)
+    with zipfile.ZipFile(damaged, "a") as archive:
+        archive.writestr(inference.METADATA_FILE, "{not json")
+    with pytest.raises(UserError, match="damaged"):
+        inference.load_classifier(damaged)
 
 
 def test_predict_refuses_missing_model(tmp_path):

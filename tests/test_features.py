@@ -84,7 +84,7 @@ def test_features_equal_a_direct_backbone_call(backbone):
     source = tiny_source()
     dataset = input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=3,
                                           training=False)
-    got_features, got_labels = features.extract_features(backbone, dataset,
+    got_features, got_labels = features.extract_features(backbone, dataset, batch_size=3,
                                                          num_examples=source.num_examples)
     images, labels = images_of(source)
     want = backbone(images, training=False).numpy()
@@ -92,6 +92,18 @@ def test_features_equal_a_direct_backbone_call(backbone):
     np.testing.assert_allclose(got_features, want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(got_labels, labels)
     np.testing.assert_array_equal(got_labels, np.arange(7) % 4)
+
+
+def test_extraction_traces_the_backbone_once_with_static_shapes(backbone):
+    source = tiny_source()  # 7 examples in batches of 2: the last one holds a single image
+    dataset = input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=2,
+                                          training=False)
+    got, labels = features.extract_features(backbone, dataset, batch_size=2)
+    assert got.shape == (7, model.FEATURE_DIM) and labels.tolist() == (np.arange(7) % 4).tolist()
+    ((spec, step),) = [(spec, step) for (_, spec), step in features._STEPS[backbone].items()
+                       if spec[0].shape[0] == 2]
+    assert [s.shape.as_list() for s in spec] == [[2, IMAGE_SIZE, IMAGE_SIZE, 3], [2], [2]]
+    assert step.experimental_get_tracing_count() == 1  # the padded last batch did not retrace
 
 
 def test_cache_is_reused_and_a_truncated_file_is_rebuilt(backbone, tmp_path):
@@ -217,7 +229,7 @@ with strategy.scope():
 source = t.tiny_source()
 # Batches of 4 over 2 replicas; the last batch (3 examples) splits unevenly.
 dataset = input_pipeline.make_dataset(source, image_size=t.IMAGE_SIZE, batch_size=4, training=False)
-got, labels = features.extract_features(backbone, dataset, strategy=strategy)
+got, labels = features.extract_features(backbone, dataset, batch_size=4, strategy=strategy)
 images, want_labels = t.images_of(source)
 np.testing.assert_allclose(got, backbone(images, training=False).numpy(), rtol=1e-4, atol=1e-4)
 np.testing.assert_array_equal(labels, want_labels)

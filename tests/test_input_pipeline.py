@@ -1,5 +1,6 @@
 """Tests of the tf.data pipeline: specs, labels, order, file cache and distribution."""
 
+import errno
 import os
 import pathlib
 import subprocess
@@ -11,7 +12,9 @@ import pytest
 import tensorflow as tf
 
 import image_trees
-from mri_tfdata import input_pipeline, sources
+from mri_tfdata import image_cache, input_pipeline, sources
+from mri_tfdata import images as images_module
+from mri_tfdata.atomic import DiskError
 from mri_tfdata.errors import UserError
 
 TESTS_DIR = pathlib.Path(__file__).parent
@@ -132,49 +135,155 @@ def test_file_cache_keys_differ_by_split_and_size(tree, tmp_path):
     assert len(cache_entries(cache)) == 4
 
 
-def test_a_half_written_file_cache_is_never_read(tree, tmp_path):
+@pytest.mark.parametrize("kill_at", ["image_cache_segment_written@2", "image_cache_written"])
+def test_a_writer_killed_at_any_point_leaves_no_cache_and_the_next_run_rebuilds_it(
+        tree, tmp_path, kill_at):
     cache = tmp_path / "cache"
-    # A process killed in the middle of its first epoch (os._exit skips every cleanup).
-    run_python(f"""
-        import os
-        from mri_tfdata import input_pipeline, sources
+    # SIGKILL (faults.point) in the middle of the writing, or after the last fsync but before the
+    # rename: no cleanup runs. Segments of 5 images, so there are several.
+    code = f"""
+        from mri_tfdata import image_cache, input_pipeline, sources
+        image_cache._SEGMENT_BYTES = 16 * 16 * 3 * 5
         source = sources.load_folder_source({str(tree)!r}, split="train")
-        dataset = input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
-                                              cache={str(cache)!r})
-        iterator = iter(dataset)
-        next(iterator)
-        print(sorted(os.listdir({str(cache)!r})))
-        os._exit(0)
-    """)
+        input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
+                                    cache={str(cache)!r})
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            env={**os.environ, "MRI_TFDATA_KILL_AT": kill_at}, timeout=240,
+                            check=False)
+    assert result.returncode == -9, result.stderr[-3000:]
     assert cache_entries(cache) == []
     (partial,) = cache_entries(cache, partial=True)
+    assert (cache / partial / image_cache.IMAGES).exists()  # killed while writing it
     source = sources.load_folder_source(tree, split="train")
-    dataset = input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
-                                          cache=str(cache))
-    # The dead writer's leftovers are removed; only this process's own partial folder remains.
-    assert partial not in cache_entries(cache, partial=True)
-    images, labels, _ = epoch(dataset)
-    assert len(labels) == 24
-    np.testing.assert_array_equal(image_trees.labels_from_pixels(images), labels)
+    want, want_labels, _ = epoch(input_pipeline.make_dataset(source, image_size=16, batch_size=4,
+                                                             training=False))
+    images, labels, _ = epoch(input_pipeline.make_dataset(source, image_size=16, batch_size=4,
+                                                          training=False, cache=str(cache)))
+    # The dead writer's leftovers are gone; the new cache is complete and serves the same images.
+    assert cache_entries(cache, partial=True) == []
     (complete,) = cache_entries(cache)
-    assert {p.name for p in (cache / complete).iterdir()} >= {"cache.index"}
+    assert (cache / complete / image_cache.MANIFEST).exists()
+    np.testing.assert_array_equal(images, want)
+    np.testing.assert_array_equal(labels, want_labels)
 
 
-def test_a_cache_folder_without_its_index_is_refused(tree, tmp_path):
+def test_the_file_cache_serves_what_the_memory_pipeline_does(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(image_cache, "_SEGMENT_BYTES", 20 * 20 * 3 * 7)  # 4 segments, one short
+    source = sources.load_folder_source(tree, split="train")
+    memory = input_pipeline.make_dataset(source, image_size=20, batch_size=5, training=False,
+                                         cache="memory")
+    want, want_labels, want_shapes = epoch(memory)
+    for _ in range(2):  # Writing the cache, then reading it back.
+        images, labels, shapes = epoch(input_pipeline.make_dataset(
+            source, image_size=20, batch_size=5, training=False, cache=str(tmp_path / "cache")))
+        # Evaluation: bit for bit, in the source order, the last batch partial.
+        np.testing.assert_array_equal(images, want)
+        np.testing.assert_array_equal(labels, want_labels)
+        assert shapes == want_shapes
+
+    def training_epochs(seed):
+        dataset = input_pipeline.make_dataset(source, image_size=20, batch_size=5, training=True,
+                                              seed=seed, cache=str(tmp_path / "cache"))
+        assert dataset.element_spec == (tf.TensorSpec([5, 20, 20, 3], tf.uint8),
+                                        tf.TensorSpec([5], tf.int32))
+        return [epoch(dataset) for _ in range(2)]
+
+    first, again = training_epochs(seed=4), training_epochs(seed=4)
+    ids = image_trees.ids_from_pixels(want).tolist()
+    for (images, labels, shapes), (images_again, _, _) in zip(first, again):
+        assert shapes == [(5, 20, 20, 3)] * 4  # 24 examples: the partial batch is dropped
+        np.testing.assert_array_equal(images, images_again)  # the same seed, the same order
+        # Every example is a cached image with its own label, none twice in an epoch.
+        picked = image_trees.ids_from_pixels(images).tolist()
+        assert len(set(picked)) == 20 and set(picked) <= set(ids)
+        np.testing.assert_array_equal(labels, [want_labels[ids.index(i)] for i in picked])
+    assert not np.array_equal(first[0][0], first[1][0])  # reshuffled every epoch
+    assert len(cache_entries(tmp_path / "cache")) == 1
+
+
+def _the_cache(root):
+    (folder,) = cache_entries(root)
+    return root / folder
+
+
+@pytest.mark.parametrize("damage", ["truncated", "changed", "no manifest", "other key",
+                                    "images missing"])
+def test_a_damaged_file_cache_is_detected_logged_and_rebuilt(tree, tmp_path, caplog, damage):
     source = sources.load_folder_source(tree, split="train")
     cache = tmp_path / "cache"
-    key = input_pipeline._cache_key(source, 16)
-    (cache / key).mkdir(parents=True)
-    with pytest.raises(UserError, match="no complete cache"):
+
+    def run():
+        return epoch(input_pipeline.make_dataset(source, image_size=16, batch_size=4,
+                                                 training=False, cache=str(cache)))
+
+    want, want_labels, _ = run()
+    folder = _the_cache(cache)
+    pixels, manifest = folder / image_cache.IMAGES, folder / image_cache.MANIFEST
+    if damage == "truncated":
+        pixels.write_bytes(pixels.read_bytes()[:-100])
+    elif damage == "changed":  # Same size, one pixel different: only the CRC-32 tells.
+        data = bytearray(pixels.read_bytes())
+        data[1000] ^= 0xFF
+        pixels.write_bytes(bytes(data))
+    elif damage == "no manifest":
+        manifest.unlink()
+    elif damage == "other key":
+        manifest.write_text(manifest.read_text().replace('"key": "', '"key": "x'))
+    else:
+        pixels.unlink()
+    with caplog.at_level("WARNING"):
+        images, labels, _ = run()
+    assert any("is damaged" in r.getMessage() and "rebuilding" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    np.testing.assert_array_equal(images, want)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert cache_entries(cache, partial=True) == [] and len(cache_entries(cache)) == 1
+
+
+def test_a_second_writer_of_the_same_cache_keeps_the_first_ones(tree, tmp_path):
+    source = sources.load_folder_source(tree, split="train")
+    cache = tmp_path / "cache"
+    epoch(input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
+                                      cache=str(cache)))
+    folder = _the_cache(cache)
+    before = {p.name: p.stat().st_ino for p in folder.iterdir()}
+    # What a concurrent writer that finishes second does: its rename fails, it drops its copy.
+    decoded = source.dataset.map(
+        lambda data, label: (images_module.decode_and_resize(data, image_size=16),
+                             tf.cast(label, tf.int32)))
+    image_cache._build(decoded, cache, folder.name, count=source.num_examples, image_size=16)
+    assert {p.name: p.stat().st_ino for p in folder.iterdir()} == before
+    assert cache_entries(cache, partial=True) == []
+
+
+def test_a_full_disk_while_writing_the_cache_is_a_disk_error_and_leaves_nothing(tree, tmp_path,
+                                                                                monkeypatch):
+    source = sources.load_folder_source(tree, split="train")
+    cache = tmp_path / "cache"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(image_cache.os, "fsync", full)
+    with pytest.raises(DiskError, match=f"Cannot write the image cache in {cache}: No space left "
+                                        "on device. Free disk space, or pass --cache=memory"):
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
                                     cache=str(cache))
+    assert list(cache.iterdir()) == []
+
+
+def test_a_cache_path_that_is_a_file_is_refused(tree, tmp_path):
+    source = sources.load_folder_source(tree, split="train")
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
                                     cache=str(tmp_path / "file"))
 
 
-def test_per_replica_batches_under_a_two_replica_mirrored_strategy(tree):
+@pytest.mark.parametrize("cache", ["none", "file"])
+def test_per_replica_batches_under_a_two_replica_mirrored_strategy(tree, tmp_path, cache):
+    cache = str(tmp_path / "cache") if cache == "file" else cache
     # Logical devices must be set before TF initialises, so this runs in its own interpreter.
     out = run_python(f"""
         import numpy as np
@@ -190,7 +299,8 @@ def test_per_replica_batches_under_a_two_replica_mirrored_strategy(tree):
             contexts.append(ctx)
             return sources.load_folder_source({str(tree)!r}, split="train", input_context=ctx)
         dataset = input_pipeline.distribute_dataset(strategy, source_fn, global_batch_size=8,
-                                                    image_size=16, training=True, seed=1)
+                                                    image_size=16, training=True, seed=1,
+                                                    cache={cache!r})
         steps = 0
         for images, labels in dataset:
             per_replica = strategy.experimental_local_results(images)

@@ -62,9 +62,15 @@ def test_shapes_dtypes_and_preprocessing_under_each_policy(policy, images):
     assert classifier.get_layer("head").get_layer("dense_0").compute_dtype == compute_dtype
     # Preprocessing inside the model is exactly preprocess_input, in float32 under every policy.
     backbone = classifier.get_layer("backbone")
-    preprocessed = keras.Model(backbone.input, backbone.get_layer("preprocess").output)(images)
+    preprocess = keras.Model(backbone.input, backbone.get_layer("to_channels_last").output)
     expected = keras.applications.resnet50.preprocess_input(images.astype("float32"))
-    np.testing.assert_array_equal(preprocessed, expected)
+    np.testing.assert_array_equal(preprocess(images), expected)
+    # Augmented images are fractional: bitwise equal on those too.
+    fractional = images.astype("float32") * np.float32(0.37) + np.float32(0.123)
+    np.testing.assert_array_equal(
+        preprocess(fractional), keras.applications.resnet50.preprocess_input(fractional.copy()))
+    # Built-in layers add no weight: the feature cache's fingerprint is ResNet50's alone.
+    assert len(backbone.weights) == len(backbone.get_layer("resnet50").weights)
     # Caffe style: channels reversed to BGR and the ImageNet mean subtracted, no scaling.
     bgr_minus_mean = images[0, 0, 0, ::-1] - np.array([103.939, 116.779, 123.68])
     np.testing.assert_allclose(expected[0, 0, 0], bgr_minus_mean, rtol=1e-6)

@@ -136,18 +136,6 @@ def test_an_unusable_cache_folder_is_named(data, tmp_path):
         _train(data, tmp_path / "run", "off", cache="/dev/null/x", epochs=1)
 
 
-def test_a_full_disk_under_the_image_cache_names_the_folder():
-    from mri_tfdata import input_pipeline
-
-    with pytest.raises(atomic.DiskError, match="Cannot write the image cache in /cache: No space"):
-        with input_pipeline.named_cache_errors("/cache"):
-            raise tf.errors.ResourceExhaustedError(
-                None, None, "/cache/x.data-00000-of-00001.tempstate1; No space left on device")
-    with pytest.raises(tf.errors.ResourceExhaustedError):  # Other errors pass through unchanged.
-        with input_pipeline.named_cache_errors("/cache"):
-            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
-
-
 def test_a_file_name_with_a_newline_cannot_forge_a_log_line(tmp_path, caplog):
     import logging
 

@@ -21,8 +21,8 @@ def _train(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def _run_train(*args, timeout=300):
-    proc = _train(*args)
+def _run_train(*args, timeout=300, cwd=None):
+    proc = _train(*args, cwd=cwd)
     out, err = proc.communicate(timeout=timeout)
     # Error paragraphs are wrapped; join the lines so that messages can be matched whole.
     return proc.returncode, out, " ".join(err.split())
@@ -72,27 +72,38 @@ def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
     history = json.loads((workdir / "history.json").read_text())
     assert history["epoch"] == [1, 2, 3] and set(history["phase"]) == {"head"}
     assert all(np.isfinite(history["loss"])) and "val_accuracy" in history
-    for name in ("model.keras", "export/saved_model.pb", "history.csv", "metrics.json",
-                 "loss.png", "accuracy.png", "confusion_matrix.png", "flags.txt"):
+    for name in ("model.keras", "history.csv", "metrics.json", "loss.png", "accuracy.png",
+                 "confusion_matrix.png", "flags.txt"):
         assert (workdir / name).exists(), name
+    # The backbone is stored once per run: the serving export is made on demand (mri-export).
+    assert not (workdir / "export").exists()
+    assert list((workdir / "logs").rglob("events.out.tfevents.*"))
     assert json.loads((workdir / "run.json").read_text())["status"] == "finished"
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["num_examples"] == 8 and np.sum(metrics["confusion_matrix"]) == 8
     flags_txt = (workdir / "flags.txt").read_text()
     assert "--epochs=3\n" in flags_txt and "--image_size=32\n" in flags_txt
+    assert f"--workdir={workdir}\n" in flags_txt
 
-    # The export serves raw uint8 images and agrees with the .keras model.
-    import keras
-    import tensorflow as tf
-
+    # model.keras carries the class names and image size; the loaded model matches the metrics.
     from mri_tfdata import inference
 
-    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    classifier = inference.load_classifier(workdir / "model.keras")
-    exported = tf.saved_model.load(str(workdir / "export"))  # Keep it alive while serving.
-    served = exported.serve(tf.constant(images))
-    np.testing.assert_allclose(served.numpy(), classifier.predict(images, verbose=0), atol=1e-5)
-    assert isinstance(classifier, keras.Model)
+    saved = inference.load_classifier(workdir / "model.keras")
+    assert saved.class_names == ("glioma", "meningioma", "notumor", "pituitary")
+    assert saved.image_size == 32
+
+
+def test_flags_txt_holds_absolute_paths(tmp_path):
+    # Relative paths, from another working directory: flags.txt must still point at them.
+    (tmp_path / "elsewhere").mkdir()
+    code, out, err = _run_train(*TINY, "--data_dir=synthetic", "--workdir=run", "--epochs=1",
+                                "--max_steps_per_epoch=1", "--test_split=", cwd=tmp_path)
+    assert code == 0, err[-3000:]
+    # Not a terminal: one line per epoch, no progress-bar redraws.
+    assert "\r" not in out + err and "\x08" not in out + err and "\x1b[" not in out + err
+    lines = set((tmp_path / "run" / "flags.txt").read_text().splitlines())
+    assert {f"--data_dir={tmp_path / 'synthetic'}", f"--workdir={tmp_path / 'run'}",
+            "--cache=memory", "--feature_cache=off", "--weights=none"} <= lines
 
 
 def test_nan_loss_stops_with_clear_message(tmp_path):

@@ -42,7 +42,7 @@ def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_mod
     metrics = json.loads((result.workdir / "metrics.json").read_text())
     assert metrics["num_examples"] == 8
     # The metrics are those of the saved model on the test images.
-    saved = inference.load_classifier(result.workdir / "model.keras")
+    saved = inference.load_classifier(result.workdir / "model.keras").model
     test = data.open("test")
     direct = evaluation.head_probabilities(
         saved.get_layer("head"), features.load_or_extract(
@@ -62,7 +62,7 @@ def test_fine_tuning_trains_the_top_block_end_to_end(data, tmp_path):
     keras.utils.set_random_seed(0)  # The run's seed: the same initial random backbone.
     from mri_tfdata import model
     initial = model.build_backbone(image_size=32, weights="none").get_layer("resnet50")
-    trained = inference.load_classifier(result.workdir / "model.keras").get_layer(
+    trained = inference.load_classifier(result.workdir / "model.keras").model.get_layer(
         "backbone").get_layer("resnet50")
     for layer, moved in (("conv5_block3_3_conv", True), ("conv5_block2_3_conv", False),
                          ("conv5_block3_3_bn", False)):
@@ -77,7 +77,7 @@ def test_end_to_end_with_a_file_cache_writes_it_once_and_reads_it_back(data, tmp
     caches = {p for p in (tmp_path / "images").iterdir() if ".partial-" not in p.name}
     partials = {p for p in (tmp_path / "images").iterdir() if ".partial-" in p.name}
     assert len(caches) == 2  # train and validation
-    assert all((cache / "cache.index").exists() for cache in caches)
+    assert all((cache / "manifest.json").exists() for cache in caches)
     second = _train(data, tmp_path, "second", feature_cache="off", cache=str(tmp_path / "images"))
     # The second run read the caches: it started no writer of its own.
     assert {p for p in (tmp_path / "images").iterdir() if ".partial-" in p.name} == partials

@@ -40,7 +40,8 @@ def _search(tmp_path, *args, project="search"):
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("KERASTUNER_ORACLE_IP", None)
     command = [sys.executable, "-m", "tuning.search", *SEARCH_FLAGS,
-               f"--data_dir={tmp_path / 'data'}", f"--feature_cache={tmp_path / 'features'}",
+               # Relative to cwd=tmp_path: best.flags must still name these folders.
+               "--data_dir=data", "--feature_cache=features",
                f"--directory={tmp_path / 'runs'}", f"--project_name={project}", *args]
     logs = tempfile.mkdtemp(dir=tmp_path, prefix="log-")
     with open(f"{logs}/out", "w") as out, open(f"{logs}/err", "w") as err:
@@ -272,6 +273,8 @@ def test_search_writes_results_plot_and_best_flags(resumed_search):
     # The search's data and model flags and its splits; the test split is only train's final one.
     assert {"--source=synthetic", "--image_size=32", "--weights=none",
             "--train_split=train[:85%]", "--validation_split=train[85%:]"} <= lines
+    # Paths absolute: the file means the same from any working directory.
+    assert {f"--data_dir={tmp_path / 'data'}", f"--feature_cache={tmp_path / 'features'}"} <= lines
     # Features were extracted once, cached (train and validation split) and reused by the rerun.
     assert len(list((tmp_path / "features").glob("*.npz"))) == 2
     assert "vectors from cache" in out

@@ -1,4 +1,4 @@
-"""Searches the head with KerasTuner: `python -m tuning.search --flagfile=configs/tune.flags`.
+"""Searches the head with KerasTuner: `mri-tune --flagfile=configs/tune.flags`.
 
 Trials train the head on backbone features computed once and cached (mri_tfdata.features), so a
 trial costs seconds on a CPU. The space is the head's shape and its training recipe (learning
@@ -28,7 +28,8 @@ import keras
 import numpy as np
 from absl import flags, logging
 
-from mri_tfdata import cli, distribute, features, flags_common, kaggle_layout, model, precision
+from mri_tfdata import (cli, console, distribute, features, flags_common, kaggle_layout, model,
+                        precision)
 from mri_tfdata.cli import require
 from mri_tfdata.errors import UserError
 from tuning import hypermodel, project, results, selection, tuners
@@ -127,7 +128,7 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
         source = data.open(split)
         sets.append(features.load_or_extract(
             source, backbone=backbone, image_size=model_spec.image_size,
-            batch_size=FLAGS.batch_size, cache_dir=cache_dir, strategy=strategy))
+            cache_dir=cache_dir, strategy=strategy))  # at the inference batch, not the head's
         hashes.extend(source.content_hashes)
     train, validation = sets
     if len(train.labels) < batch_sizes[-1]:
@@ -141,7 +142,8 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
 
 def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[str, str]:
     """train.py's flags for the chosen head: the search's data/model flags plus its values."""
-    lines = {flag.name: flag.serialize() for flag in FLAGS.get_flags_for_module(flags_common)}
+    lines = {flag.name: flags_common.serialize(flag)
+             for flag in FLAGS.get_flags_for_module(flags_common)}
     recipe = best.recipe
     values = {
         "head_units": ",".join(map(str, best.head_units)),
@@ -323,7 +325,7 @@ def main(argv):
     if role == "chief":
         logging.info("Chief: serving the oracle on %s:%s until the workers have run every trial.",
                      os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
-    tuner.search(epochs=FLAGS.epochs, verbose=1)
+    tuner.search(epochs=FLAGS.epochs, verbose=console.progress_verbose())
     if role == "worker":
         logging.info("Worker %s: no trials left; the chief writes the results.",
                      os.environ["KERASTUNER_TUNER_ID"])
@@ -333,5 +335,10 @@ def main(argv):
     logging.info("Search finished in %.0f s.", time.perf_counter() - start)
 
 
-if __name__ == "__main__":
+def console_main():
+    """The `mri-tune` command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,105 @@
+"""Tests of the commands' surface: --help on one screen, console scripts, quiet start-up, flagfiles."""
+
+import ast
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from mri_tfdata import flags_common
+
+ROOT = pathlib.Path(__file__).parents[1]
+# The C++ start-up block TensorFlow prints (twice) on import, and the CUDA probe without a GPU.
+NOISE = re.compile(r"oneDNN custom operations|Could not find cuda drivers|cpu_feature_guard"
+                   r"|absl::InitializeLog|cuInit")
+
+
+def _run(*args, env=None):
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                          env=env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _console_script(module: str, *args) -> list[str]:
+    """What the `mri-*` wrapper pip generates runs: the module's console_main, argv[0] the script."""
+    return ["-c", f"import sys; sys.argv = {['/venv/bin/mri-command', *args]!r}; "
+                  f"from {module} import console_main; console_main()"]
+
+
+def test_train_help_fits_one_screen_and_shows_the_data_and_model_flags():
+    code, out, err = _run("-m", "mri_tfdata.train", "--help")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert len(lines) <= 50, out
+    assert lines[0].startswith("Trains the classifier: `mri-train --flagfile=")
+    for flag in ("source", "data_dir", "tfds_data_dir", "weights", "image_size", "batch_size",
+                 "head_units", "workdir", "epochs", "precision", "flagfile", "verbosity"):
+        assert sum(line.startswith(f"  --{flag}") for line in lines) == 1, flag
+    # The same screen from the console script (absl's own --help would list no flag there).
+    code, script_out, err = _run(*_console_script("mri_tfdata.train", "-h"))
+    assert code == 0 and err == "" and script_out == out
+
+
+def test_helpfull_lists_every_flag_with_its_whole_help():
+    code, out, err = _run("-m", "mri_tfdata.train", "--helpfull")
+    assert code == 0 and err == ""
+    assert "--shuffle_buffer:" in out and "--[no]logtostderr:" in out  # ours and absl's
+    text = " ".join(out.split())
+    assert "the head on them when the backbone stays frozen and --augment is off" in text
+
+
+@pytest.mark.parametrize("module, flag", [("mri_tfdata.predict", "--output"),
+                                          ("mri_tfdata.export", "--out"),
+                                          ("mri_tfdata.evaluate", "--split"),
+                                          ("mri_tfdata.show_batch", "--data_dir"),
+                                          ("tuning.search", "--max_trials")])
+def test_every_command_answers_help_with_exit_0(module, flag):
+    code, out, err = _run(*_console_script(module, "--help"))
+    assert code == 0 and err == "", err[-2000:]
+    assert f"  {flag}" in out and "  --flagfile" in out and len(out.splitlines()) <= 50
+
+
+def test_console_scripts_point_at_console_main():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"mri-train", "mri-evaluate", "mri-predict", "mri-export", "mri-tune",
+                            "mri-show-batch"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        path = ROOT / (module.replace(".", "/") + ".py")
+        defined = {node.name for node in ast.parse(path.read_text()).body
+                   if isinstance(node, ast.FunctionDef)}
+        assert function == "console_main" and function in defined, target
+
+
+def test_commands_start_quietly_unless_verbosity_asks(tmp_path):
+    # predict imports TensorFlow, then refuses the missing model: stderr is that one paragraph.
+    args = ["-m", "mri_tfdata.predict", f"--model={tmp_path / 'nope.keras'}", "x.jpg"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code, _, err = _run(*args, env=env)
+    assert code == 1 and err.startswith("error: --model=") and err.count("\n") <= 3, err
+    assert not NOISE.search(err)
+    code, _, loud = _run(*args, "--verbosity=1", env=env)
+    if not NOISE.search(loud):
+        pytest.skip("TensorFlow prints no start-up lines on this machine: nothing to hide")
+    assert code == 1 and "error: --model=" in loud
+
+
+def test_flagfiles_store_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    values = flags.FlagValues()
+    for name, value in [("data_dir", "data"), ("tfds_data_dir", "gs://bucket/tfds"),
+                        ("workdir", "~/runs/x"), ("cache", "memory"), ("feature_cache", "feats"),
+                        ("weights", "imagenet"), ("train_split", "train")]:
+        flags.DEFINE_string(name, value, "", flag_values=values)
+    values(["prog"])
+    lines = {name: flags_common.serialize(values[name]) for name in values}
+    assert lines == {"data_dir": f"--data_dir={tmp_path / 'data'}",
+                     "tfds_data_dir": "--tfds_data_dir=gs://bucket/tfds",
+                     "workdir": f"--workdir={pathlib.Path.home() / 'runs/x'}",
+                     "cache": "--cache=memory", "feature_cache": f"--feature_cache={tmp_path}/feats",
+                     "weights": "--weights=imagenet", "train_split": "--train_split=train"}
