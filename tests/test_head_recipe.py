@@ -1,12 +1,18 @@
 """Tests of the head's recipe: label smoothing, learning-rate schedules, the one compile."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
-from mri_tfdata import head_fit, losses, model
+from mri_tfdata import head_fit, losses, model, training
+
+ROOT = pathlib.Path(__file__).parent.parent
 
 
 def _probabilities(n=6, classes=4, seed=0):
@@ -86,3 +92,38 @@ def test_fit_head_with_the_defaults_is_plain_adam_on_sparse_cross_entropy():
     assert float(head.optimizer.learning_rate) == pytest.approx(1e-3)
     np.testing.assert_allclose(history.history["val_loss"], history.history["val_cross_entropy"],
                                rtol=1e-5)
+
+
+# Reads a flagfile with train.py's own flags and prints the recipe training would use.
+_RECIPE_OF_FLAGFILE = """
+import json, sys
+from absl import flags
+from mri_tfdata import train
+argv = ["train"] + (["--flagfile=" + sys.argv[1]] if len(sys.argv) > 1 else [])
+flags.FLAGS(argv)
+F = flags.FLAGS
+print(json.dumps({"learning_rate": F.learning_rate, "lr_schedule": F.lr_schedule,
+                  "label_smoothing": F.label_smoothing, "weight_decay": F.weight_decay,
+                  "epochs": F.epochs, "dropout": F.dropout}))
+"""
+
+
+def _recipe_of(*flagfile):
+    proc = subprocess.run([sys.executable, "-c", _RECIPE_OF_FLAGFILE, *flagfile],
+                          cwd=ROOT, text=True, capture_output=True, check=False, timeout=240,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_defaults_are_the_measured_recipe_and_reference_keeps_the_reports():
+    default = training.TrainConfig()
+    recipe = {"learning_rate": 3e-4, "lr_schedule": "cosine", "label_smoothing": 0.1,
+              "weight_decay": 0.0, "epochs": 10, "dropout": 0.0}
+    assert (default.learning_rate, default.schedule, default.label_smoothing,
+            default.weight_decay, default.epochs) == (3e-4, "cosine", 0.1, 0.0, 10)
+    assert _recipe_of() == recipe  # train.py's flag defaults
+    assert _recipe_of("configs/kaggle.flags") == recipe
+    assert _recipe_of("configs/reference.flags") == {
+        "learning_rate": 1e-4, "lr_schedule": "constant", "label_smoothing": 0.0,
+        "weight_decay": 0.0, "epochs": 10, "dropout": 0.0}
