@@ -1,9 +1,12 @@
 """Evaluates a saved model: `mri-evaluate --model=PATH --split=test --out=DIR`.
 
-Writes metrics.json (accuracy, loss, per-class precision/recall/F1, confusion matrix) and
-confusion_matrix.png into --out, by the code that ends a training run. The data flags are the
-training ones; the image size is the model's own. The split's backbone features go through the
-feature cache (--feature_cache), so evaluating the same model again decodes no image.
+Writes metrics.json (accuracy, loss, per-class precision/recall/F1, sensitivity, specificity and
+ROC AUC, calibration error, Brier score, confusion matrix), errors.csv (every misclassified file)
+and confusion_matrix.png, roc.png, reliability.png and gradcam_examples.png into --out, and all
+of them as TensorBoard summaries into --out/logs, by the code that ends a training run. The data
+flags are the training ones; the image size is the model's own. The split's backbone features go
+through the feature cache (--feature_cache), so evaluating the same model again decodes only the
+few images shown with their Grad-CAMs.
 """
 
 import pathlib
@@ -18,19 +21,19 @@ flags_common.define_data_flags()
 flags.DEFINE_string("model", None, "The saved model: a model.keras file written by training.")
 flags.DEFINE_string("split", "test", "The split to evaluate (TFDS split syntax).")
 flags.DEFINE_string("out", None,
-                    "Directory for metrics.json and confusion_matrix.png (created if missing).")
+                    "Directory for metrics.json, errors.csv and the plots (created if missing).")
 flags.DEFINE_bool("overwrite", False,
-                  "Replace metrics.json and confusion_matrix.png already in --out.")
+                  "Replace the metrics, errors.csv, the plots and logs/ already in --out.")
 
 FLAGS = flags.FLAGS
 
-_OUTPUTS = ("metrics.json", "confusion_matrix.png")
+_OUTPUTS = ("metrics.json", "errors.csv", *(f"{plot}.png" for plot in evaluation.PLOTS), "logs")
 
 
 def main(argv):
     require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
     require(bool(FLAGS.model), "--model is required: the model.keras file of a training run.")
-    require(bool(FLAGS.out), "--out is required: the directory for metrics.json and the plot.")
+    require(bool(FLAGS.out), "--out is required: the directory for metrics.json and the plots.")
     require(bool(FLAGS.split.strip()), "--split must name a split, e.g. test.")
     out = pathlib.Path(FLAGS.out).expanduser()
     existing = [n for n in _OUTPUTS if (out / n).exists()]
@@ -55,7 +58,8 @@ def main(argv):
     metrics = evaluation.evaluate_split(
         saved.model, source, out_dir=out, batch_size=FLAGS.batch_size,
         cache_dir=features.resolve_cache_dir(FLAGS.feature_cache),
-        extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()})
+        extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()},
+        log_dir=out / "logs")
     logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],
                  metrics["loss"], metrics["num_examples"], out / "metrics.json")
     print(f"accuracy={metrics['accuracy']:.4f} loss={metrics['loss']:.4f} "

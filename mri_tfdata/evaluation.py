@@ -1,15 +1,22 @@
 """Evaluates a classifier on one split: predictions from the split's features, checked, reported."""
 
+import pathlib
+
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import features, input_pipeline, reports
+from mri_tfdata import features, gradcam, images, input_pipeline, reports, summaries
 from mri_tfdata.errors import UserError
 from mri_tfdata.sources import Source
 
 # Images on which the assembled (or saved) model must agree with the head on cached features.
 CHECK_IMAGES = 8
+# Images per row of gradcam_examples.png: one row of correct predictions, one of mistakes.
+GRADCAM_EXAMPLES = 4
+# The plots evaluate_split writes into out_dir, as <name>.png.
+PLOTS = ("confusion_matrix", "roc", "reliability", "gradcam_examples")
 
 
 def head_probabilities(head: keras.Model, feature_array: np.ndarray,
@@ -51,15 +58,78 @@ def check_model(classifier: keras.Model, source: Source, probabilities: np.ndarr
             "feature cache (or pass --feature_cache=off) and run again.")
 
 
+def check_labels(source: Source, labels: np.ndarray) -> None:
+    """Checks that the labels that came with the features are the split's, in the split's order.
+
+    Raises:
+      UserError: they differ, so file names (Source.names) could not be paired with predictions.
+    """
+    expected = source.labels
+    if len(expected) == len(labels) and np.array_equal(expected, labels):
+        return
+    differ = np.flatnonzero(expected != labels) if len(expected) == len(labels) else []
+    where = (f"at {len(differ)} of {len(labels)} positions, first at {differ[0]}" if len(differ)
+             else f"{len(labels)} labels for {len(expected)} images")
+    raise UserError(
+        f"The labels stored with the cached features of {source.description} differ from the "
+        f"split's own labels ({where}), so the cache does not hold this split in this order and "
+        "its predictions cannot be matched to the files. Delete the feature cache (or pass "
+        "--feature_cache=off) and run again.")
+
+
+def _images_at(source: Source, indices, image_size: int) -> np.ndarray:
+    """The split's images at `indices`, decoded as the pipeline decodes them (no other decoded)."""
+    if not indices:
+        return np.zeros((0, image_size, image_size, 3), np.uint8)
+    wanted = tf.constant(sorted(set(indices)), tf.int64)
+    dataset = (source.dataset.enumerate()
+               .filter(lambda i, example: tf.reduce_any(tf.equal(i, wanted)))
+               .map(lambda i, example: images.decode_and_resize(example[0],
+                                                                image_size=image_size)))
+    decoded = dict(zip(wanted.numpy().tolist(), dataset.as_numpy_iterator()))
+    return np.stack([decoded[i] for i in indices])
+
+
+def write_gradcam_examples(classifier: keras.Model, source: Source, *, labels, probabilities,
+                           path) -> pathlib.Path:
+    """Writes a grid of Grad-CAMs: a row of correct predictions and a row of mistakes.
+
+    Correct: the first correctly classified image of each class, in the split's order (a fair
+    sample, not the model's best). Mistakes: the most confident ones, what a reviewer most needs
+    to see. Each heatmap explains the predicted class (the one in its caption).
+    """
+    predictions = probabilities.argmax(axis=1)
+    confidence = probabilities[np.arange(len(labels)), predictions]
+    right = predictions == labels
+    correct = np.concatenate([np.flatnonzero(right & (labels == c))[:1]
+                              for c in range(len(source.class_names))]).tolist()
+    wrong = np.flatnonzero(~right)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")].tolist()
+    picked = correct[:GRADCAM_EXAMPLES] + wrong[:GRADCAM_EXAMPLES]
+    pictures = _images_at(source, picked, int(classifier.input_shape[1]))
+    heatmaps = (gradcam.gradcam(classifier, pictures, class_index=predictions[picked]).heatmaps
+                if picked else [])
+    names, classes = source.names, source.class_names
+    panels = [(pictures[k], heatmaps[k],
+               (f"{pathlib.Path(names[i]).name}\ntrue {classes[labels[i]]}\n"
+                f"predicted {classes[predictions[i]]} {confidence[i]:.2f}"))
+              for k, i in enumerate(picked)]
+    split = len(correct[:GRADCAM_EXAMPLES])
+    return gradcam.plot_grid(path, [("correct", panels[:split]), ("wrong", panels[split:])])
+
+
 def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_size: int,
                    cache_dir, strategy=None, extra: dict | None = None,
-                   checked_model: keras.Model | None = None) -> dict:
-    """Evaluates `classifier` on a split and writes metrics.json and confusion_matrix.png.
+                   checked_model: keras.Model | None = None, log_dir=None,
+                   log_step: int = 0) -> dict:
+    """Evaluates `classifier` on a split: metrics.json, errors.csv and the PLOTS in out_dir.
+
+    With a log_dir, the metrics and the PLOTS also go to TensorBoard (see summaries).
 
     The split's backbone features come from the feature cache (extracted and cached when
-    absent), so each image is decoded at most once and a second evaluation decodes none; the
-    head turns them into probabilities. The whole model is then run on a few images and must
-    agree.
+    absent), so each image is decoded at most once and a second evaluation decodes only the few
+    shown with their Grad-CAMs; the head turns them into probabilities. The whole model is then
+    run on a few images and must agree.
 
     Args:
       classifier: the trained classifier (its "backbone" and "head" are used).
@@ -71,18 +141,33 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
       extra: more keys for metrics.json.
       checked_model: the model run on the check images, e.g. the model as saved and loaded
         again; default `classifier`.
+      log_dir: the TensorBoard folder for this evaluation (its earlier summaries are replaced),
+        e.g. WORKDIR/logs/test; None for none.
+      log_step: the step the summaries are written at.
 
     Returns:
       The metrics written.
+
+    Raises:
+      UserError: the cached features do not belong to this split or to this model.
     """
     feature_set = features.load_or_extract(
-        source, backbone=classifier.get_layer("backbone"), image_size=int(classifier.input_shape[1]),
+        source, backbone=classifier.get_layer("backbone"),
+        image_size=int(classifier.input_shape[1]),
         batch_size=batch_size, cache_dir=cache_dir, strategy=strategy)
+    check_labels(source, feature_set.labels)
     probabilities = head_probabilities(classifier.get_layer("head"), feature_set.features)
     check_model(checked_model or classifier, source, probabilities)
     metrics = reports.write_evaluation(out_dir, labels=feature_set.labels,
-                                       probabilities=probabilities,
-                                       class_names=source.class_names, extra=extra)
+                                       probabilities=probabilities, class_names=source.class_names,
+                                       names=source.names, extra=extra)
+    write_gradcam_examples(classifier, source, labels=feature_set.labels,
+                           probabilities=probabilities,
+                           path=pathlib.Path(out_dir) / "gradcam_examples.png")
+    if log_dir is not None:
+        summaries.write_evaluation(
+            log_dir, step=log_step, metrics=metrics,
+            plots={name: pathlib.Path(out_dir) / f"{name}.png" for name in PLOTS})
     logging.info("%s: accuracy %.4f, loss %.4f on %d images.", source.description,
                  metrics["accuracy"], metrics["loss"], metrics["num_examples"])
     return metrics

@@ -4,7 +4,9 @@ Folders are searched recursively for .jpg, .jpeg and .png files, skipping junk a
 builder does (hidden files and folders, Thumbs.db, ...). Each file gets one JSON line on stdout,
 {"file", "class", "probabilities": {class: p}}, or a line or row of --output (.jsonl or .csv). A
 file that cannot be read gets {"file", "error"} instead, saying why in words; the other files are
-still classified, and the exit status is 1.
+still classified, and the exit status is 1. With --gradcam=DIR each image also gets an overlay PNG
+in DIR showing where the model found its evidence for the predicted class, named in its result as
+"gradcam" (or "gradcam_error" saying why it could not be drawn; the exit status is then 1 too).
 """
 
 import csv
@@ -12,13 +14,13 @@ import io
 import json
 import pathlib
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import keras
 import numpy as np
 from absl import flags, logging
 
-from mri_tfdata import atomic, cli, images, inference, kaggle_layout
+from mri_tfdata import atomic, cli, gradcam, images, inference, kaggle_layout
 from mri_tfdata.cli import require
 from mri_tfdata.errors import UserError
 
@@ -46,44 +48,75 @@ def _read(path: pathlib.Path, image_size: int) -> np.ndarray | str:
         return f"cannot read it ({e.strerror or e})"
 
 
+def overlay_paths(files: Sequence, gradcam_dir) -> list[pathlib.Path]:
+    """Where classify_files writes the Grad-CAM overlay of each file: one distinct PNG each."""
+    return [pathlib.Path(gradcam_dir) / name for name in gradcam.overlay_names(files)]
+
+
 def classify_files(saved: inference.SavedClassifier, files: Sequence,
-                   *, batch_size: int = 32) -> Iterator[dict]:
+                   *, batch_size: int = 32, gradcam_dir=None) -> Iterator[dict]:
     """Classifies image files, `batch_size` at a time; yields one result per file, in order.
 
     Args:
       saved: the classifier, from inference.load_classifier.
       files: paths of image files.
       batch_size: images per forward pass.
+      gradcam_dir: an existing folder for the Grad-CAM overlay of every readable image, at
+        overlay_paths (replaced if there), explaining its predicted class; None for none.
 
     Yields:
       {"file", "class", "probabilities": {class name: p}}, or {"file", "error"} for a file
-      that cannot be read (not an image, corrupt, absurdly large, missing).
+      that cannot be read (not an image, corrupt, absurdly large, missing). With a gradcam_dir,
+      a classified file's result also holds "gradcam" (the PNG written), or "gradcam_error"
+      saying why none was.
+
+    Raises:
+      UserError: with a gradcam_dir, the model is not one Grad-CAM can read.
     """
+    explainer = gradcam.Explainer(saved.model) if gradcam_dir is not None else None
+    overlays = overlay_paths(files, gradcam_dir) if gradcam_dir is not None else None
     for start in range(0, len(files), batch_size):
         chunk = [pathlib.Path(f) for f in files[start:start + batch_size]]
         read = [_read(path, saved.image_size) for path in chunk]
-        batch = [image for image in read if not isinstance(image, str)]
-        probabilities = iter(saved.model.predict_on_batch(np.stack(batch)) if batch else [])
-        for path, image in zip(chunk, read):
+        good = [i for i, image in enumerate(read) if not isinstance(image, str)]
+        batch = np.stack([read[i] for i in good]) if good else None
+        probabilities = dict(zip(good, saved.model.predict_on_batch(batch) if good else []))
+        drawn = {}
+        if explainer is not None and good:
+            # The overlays explain the classes reported here, the argmax of these probabilities.
+            drawn = dict(zip(good, gradcam.save_overlays(
+                explainer, batch, files=[chunk[i] for i in good],
+                out_paths=[overlays[start + i] for i in good], class_names=saved.class_names,
+                class_index=[int(np.argmax(probabilities[i])) for i in good])))
+        for i, (path, image) in enumerate(zip(chunk, read)):
             if isinstance(image, str):
                 logging.warning("Cannot classify %s: %s", path, image)
                 yield {"file": str(path), "error": image}
                 continue
-            p = next(probabilities)
-            yield {"file": str(path), "class": saved.class_names[int(np.argmax(p))],
-                   "probabilities": {name: round(float(v), 6)
-                                     for name, v in zip(saved.class_names, p)}}
+            p = probabilities[i]
+            result = {"file": str(path), "class": saved.class_names[int(np.argmax(p))],
+                      "probabilities": {name: round(float(v), 6)
+                                        for name, v in zip(saved.class_names, p)}}
+            if isinstance(drawn.get(i), pathlib.Path):
+                result["gradcam"] = str(drawn[i])
+            elif i in drawn:
+                logging.warning("No Grad-CAM overlay for %s: %s", path, drawn[i])
+                result["gradcam_error"] = drawn[i]
+            yield result
 
 
 def to_csv(results: list[dict], class_names: Sequence[str]) -> str:
-    """The results as CSV: file, class, one probability column per class, error."""
+    """The results as CSV: file, class, one probability column per class, error, and gradcam and
+    gradcam_error when there are Grad-CAM overlays."""
+    extra = ["gradcam", "gradcam_error"] if any(
+        "gradcam" in r or "gradcam_error" in r for r in results) else []
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["file", "class", *class_names, "error"])
+    writer.writerow(["file", "class", *class_names, "error", *extra])
     for r in results:
         p = r.get("probabilities", {})
         writer.writerow([r["file"], r.get("class", ""), *(p.get(n, "") for n in class_names),
-                         r.get("error", "")])
+                         r.get("error", ""), *(r.get(key, "") for key in extra)])
     return out.getvalue()
 
 
@@ -96,7 +129,25 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", 32, "Images classified per forward pass.")
     flags.DEFINE_string("output", None, "Write the results to this .jsonl or .csv file instead of "
                         "stdout (with a progress bar on a terminal).")
-    flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+    flags.DEFINE_string("gradcam", None, "Folder for a Grad-CAM overlay PNG per image (created if "
+                        "missing): the image, where the model found its evidence for the "
+                        "predicted class, the class and its probability.")
+    flags.DEFINE_bool("overwrite", False, "Replace --output and --gradcam overlays that exist.")
+
+
+def _prepare_gradcam_dir(folder: pathlib.Path, paths: list[pathlib.Path], *,
+                         overwrite: bool) -> None:
+    """Creates the --gradcam folder, or refuses to replace overlays in it without --overwrite."""
+    existing = [p.name for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"--gradcam={folder} already holds {len(existing)} of the overlay files "
+                        f"this command would write ({', '.join(existing[:3])}"
+                        f"{', ...' if len(existing) > 3 else ''}); pass another --gradcam, or "
+                        "--overwrite to replace them.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise atomic.disk_error(folder, e, "create") from None
 
 
 def main(argv):
@@ -111,20 +162,29 @@ def main(argv):
         if output.exists() and not FLAGS.overwrite:
             raise UserError(f"--output={output} already exists; pass another --output, or "
                             "--overwrite to replace it.")
+    gradcam_dir = pathlib.Path(FLAGS.gradcam).expanduser() if FLAGS.gradcam else None
+    if gradcam_dir:
+        require(not gradcam_dir.exists() or gradcam_dir.is_dir(),
+                f"--gradcam={gradcam_dir} is a file; pass a folder for the overlay PNGs.")
     saved = inference.load_classifier(FLAGS.model)
     files = find_images(argv[1:])
+    if gradcam_dir:
+        _prepare_gradcam_dir(gradcam_dir, overlay_paths(files, gradcam_dir),
+                             overwrite=FLAGS.overwrite)
     logging.info("Classifying %d files with %s.", len(files), saved.path)
     # On stdout the lines themselves show the progress; a bar only when they go to a file.
     bar = (keras.utils.Progbar(len(files), unit_name="file")
            if output and sys.stdout.isatty() and len(files) > FLAGS.batch_size else None)
     results = []
-    for result in classify_files(saved, files, batch_size=FLAGS.batch_size):
+    for result in classify_files(saved, files, batch_size=FLAGS.batch_size,
+                                 gradcam_dir=gradcam_dir):
         results.append(result)
         if output is None:
             print(json.dumps(result), flush=True)
         elif bar:
             bar.add(1)
     failures = sum("error" in r for r in results)
+    no_overlay = sum("gradcam_error" in r for r in results)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_atomic(output, to_csv(results, saved.class_names)
@@ -132,7 +192,10 @@ def main(argv):
                             else "".join(json.dumps(r) + "\n" for r in results))
         print(output)
     logging.info("Classified %d files, %d could not be read.", len(results) - failures, failures)
-    if failures:
+    if gradcam_dir:
+        logging.info("Wrote %d Grad-CAM overlays into %s; %d could not be drawn.",
+                     len(results) - failures - no_overlay, gradcam_dir, no_overlay)
+    if failures or no_overlay:
         sys.exit(1)
 
 

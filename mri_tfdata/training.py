@@ -185,7 +185,9 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
             batch_size=features.INFERENCE_BATCH, cache_dir=job.cache_dir, strategy=job.strategy,
             extra={"split": config.test_split, "model": str(saved_path),
                    "training_examples_per_class": dict(zip(class_names, counts.tolist()))},
-            checked_model=inference.load_classifier(saved_path).model)
+            checked_model=inference.load_classifier(saved_path).model,
+            # Beside the train/ and validation/ curves, at the last epoch (Keras counts from 0).
+            log_dir=run.path / "logs" / "test", log_step=history["epoch"][-1] - 1)
         faults.point("evaluated")
     run.mark_finished()
     faults.point("finished_recorded")

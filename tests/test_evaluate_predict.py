@@ -59,7 +59,16 @@ def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
     assert "accuracy=" in stdout
     assert "Skipping variable loading" not in err  # no optimizer state saved or loaded
     metrics = json.loads((out / "metrics.json").read_text())
-    assert (out / "confusion_matrix.png").exists()
+    for plot in ("confusion_matrix", "roc", "reliability", "gradcam_examples"):
+        assert (out / f"{plot}.png").stat().st_size > 10_000
+    assert (out / "errors.csv").read_text().startswith("file,true_class,predicted_class")
+    # The same results in TensorBoard, under --out/logs.
+    import tensorflow as tf
+
+    tags = {value.tag for path in (out / "logs").glob("events.out.tfevents.*")
+            for event in tf.compat.v1.train.summary_iterator(str(path))
+            for value in event.summary.value}
+    assert {"epoch_accuracy", "roc_auc/macro", "gradcam_examples", "roc"} <= tags
 
     from mri_tfdata import kaggle_layout, reports
 
@@ -71,6 +80,8 @@ def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
     assert metrics["confusion_matrix"] == expected["confusion_matrix"]
     assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-4)
     assert metrics["split"] == "test"
+    assert metrics["macro_avg"]["roc_auc"] == pytest.approx(expected["macro_avg"]["roc_auc"],
+                                                            abs=1e-3)
 
     # Existing results are not overwritten.
     code, _, err = _run("mri_tfdata.evaluate", f"--model={root / 'model.keras'}",
@@ -172,6 +183,52 @@ def test_predict_folder_to_csv_and_jsonl(tiny, tmp_path):
     assert code == 1 and "already exists" in err
     code, _, err = _run("mri_tfdata.predict", f"--model={root}", "--output=x.txt", str(folder))
     assert code == 2 and ".jsonl or .csv" in err
+
+
+def test_predict_gradcam_writes_one_overlay_per_image_and_names_the_bad_one(tiny, tmp_path):
+    root, data, classifier = tiny
+    image = min((data / "Testing").rglob("*.jpg"))
+    files = [tmp_path / "a" / "scan.jpg", tmp_path / "b" / "scan.jpg", tmp_path / "bad.jpg"]
+    for file in files[:2]:
+        file.parent.mkdir()
+        file.write_bytes(image.read_bytes())
+    files[2].write_bytes(b"this is not an image")
+    cams = tmp_path / "cams"
+    code, stdout, err = _run("mri_tfdata.predict", f"--model={root}", f"--gradcam={cams}",
+                             *map(str, files))
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    # One overlay per readable image, under distinct names; the unreadable one is skipped and
+    # reported by name.
+    assert [line.get("gradcam") for line in lines] == [str(cams / "scan.png"),
+                                                        str(cams / "scan-2.png"), None]
+    assert sorted(p.name for p in cams.iterdir()) == ["scan-2.png", "scan.png"]
+    for overlay in cams.iterdir():
+        assert overlay.read_bytes()[:4] == b"\x89PNG" and overlay.stat().st_size > 10_000
+    assert "error" in lines[2] and f"Cannot classify {files[2]}" in err
+    # The classes are still those of the model.
+    expected = _expected(classifier, files[:1])[0]
+    assert lines[0]["class"] == lines[1]["class"] == list(lines[0]["probabilities"])[
+        int(np.argmax(expected))]
+
+    # Overlays already there are not replaced without --overwrite ...
+    code, _, err = _run("mri_tfdata.predict", f"--model={root}", f"--gradcam={cams}",
+                        str(files[0]))
+    assert code == 1 and "already holds 1 of the overlay files this command would write " \
+        "(scan.png)" in err
+    assert "--overwrite" in err and "Traceback" not in err
+    # ... and with it, a CSV names each overlay, or why there is none.
+    code, stdout, err = _run("mri_tfdata.predict", f"--model={root}", f"--gradcam={cams}",
+                             "--overwrite", f"--output={tmp_path / 'out.csv'}", *map(str, files))
+    assert code == 1, err[-3000:]
+    with open(tmp_path / "out.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["gradcam"] for r in rows] == [str(cams / "scan.png"), str(cams / "scan-2.png"), ""]
+    assert rows[2]["error"] and not rows[0]["error"] and rows[0]["gradcam_error"] == ""
+    # A file where the folder should be is a usage error.
+    code, _, err = _run("mri_tfdata.predict", f"--model={root}", f"--gradcam={files[2]}",
+                        str(files[0]))
+    assert code == 2 and "is a file" in err
 
 
 def test_predict_and_evaluate_refuse_a_model_that_is_not_ours(tiny, tmp_path):

@@ -15,15 +15,6 @@ SPEC = ModelSpec(image_size=32, weights="none", head_units=(16,))
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    spec = dataspec.DataSpec(source="synthetic", data_dir=str(tmp_path_factory.mktemp("synth")),
-                             synthetic_train_per_class=8, synthetic_test_per_class=2,
-                             synthetic_image_size=32)
-    spec.prepare()
-    return spec
-
-
-@pytest.fixture(scope="module")
 def feature_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("features")
 

@@ -14,15 +14,6 @@ from mri_tfdata.model import ModelSpec
 SPEC = ModelSpec(image_size=32, weights="none", head_units=(16,))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    spec = dataspec.DataSpec(source="synthetic", data_dir=str(tmp_path_factory.mktemp("synth")),
-                             synthetic_train_per_class=8, synthetic_test_per_class=2,
-                             synthetic_image_size=32)
-    spec.prepare()
-    return spec
-
-
 def _train(data, tmp_path, name, **config):
     config = training.TrainConfig(**{"batch_size": 4, "epochs": 2, "learning_rate": 1e-3,
                                      "feature_cache": str(tmp_path / "features"), **config})
@@ -52,6 +43,22 @@ def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_mod
     assert metrics["accuracy"] == pytest.approx(float(np.mean(direct.argmax(1) == labels)))
     picked = np.clip(direct[np.arange(len(labels)), labels], 1e-7, 1)
     assert metrics["loss"] == pytest.approx(float(-np.log(picked).mean()), rel=1e-4)
+    # errors.csv names exactly the misclassified test files.
+    wrong = {test.names[i] for i in np.flatnonzero(direct.argmax(1) != labels)}
+    errors = (result.workdir / "errors.csv").read_text().splitlines()
+    assert errors[0] == "file,true_class,predicted_class,probability"
+    assert {line.split(",")[0] for line in errors[1:]} == wrong
+    for plot in evaluation.PLOTS:
+        assert (result.workdir / f"{plot}.png").stat().st_size > 10_000
+    # The test results are in TensorBoard beside the training curves, at the last epoch.
+    tags = {}
+    for path in (result.workdir / "logs" / "test").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update({value.tag: event.step for value in event.summary.value})
+    assert {tag: tags.get(tag) for tag in ("epoch_accuracy", "roc_auc/glioma", "gradcam_examples",
+                                           "confusion_matrix", "roc")} == dict.fromkeys(
+        ("epoch_accuracy", "roc_auc/glioma", "gradcam_examples", "confusion_matrix", "roc"), 1)
+    assert (result.workdir / "logs" / "train").is_dir()
 
 
 def test_fine_tuning_trains_the_top_block_end_to_end(data, tmp_path):
