@@ -10,13 +10,13 @@
    empty feature cache, so the time includes start-up and extracting the features of
    train[:85%] and train[85%:] at --image_size.
    The search ends with its final selection (tuning.selection: the best trials and the default
-   head re-scored by held-out loss in 3-fold cross-validation on train), which decides
+   head re-scored by held-out calibrated cross-entropy in 3-fold cross-validation on train), which decides
    best.flags.
 3. Test accuracy: the search's chosen head (best.flags) and the default head and recipe
    (train.py's: 512-128, no dropout, Adam 3e-4 cosine-decayed over 10 epochs, label smoothing
    0.1, batch 32), each trained --seeds times (seeds 0..N-1) with head_fit.fit_head on the cached
    features of the search's training split and evaluated on the test split's features
-   (extracted here, once). Also, for comparison, the trial with the best val_cross_entropy (the
+   (extracted here, once). Also, for comparison, the trial with the best objective (the
    pick without the final selection), when it is another head.
 The last line printed is one JSON object with all the numbers.
 """

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import dataspec, features, reports, training
-from tuning import hypermodel, results, selection, tuners
+from mri_tfdata import calibration, dataspec, features, reports, training
+from mri_tfdata.errors import UserError
+from tuning import hypermodel, project, results, selection, tuners
 
 OBJECTIVE = tuners.OBJECTIVE.name
 
@@ -131,7 +132,9 @@ def test_the_space_covers_the_good_region_with_margin():
     assert hypermodel.epoch_choices(2) == (1, 2, 3) and hypermodel.epoch_choices(1) == (1,)
     # Dropout is not searched (it lowered test accuracy at every rate measured): fixed at --dropout.
     assert isinstance(space["dropout"], keras_tuner.engine.hyperparameters.Fixed)
-    assert tuners.OBJECTIVE.name == "val_cross_entropy" and tuners.OBJECTIVE.direction == "min"
+    assert (tuners.OBJECTIVE.name, tuners.OBJECTIVE.direction) == (
+        "val_calibrated_cross_entropy", "min")
+    assert selection.FOLD_METRICS["loss"] == tuners.OBJECTIVE.name
 
 
 def test_trial_heads_keep_the_precision_policy_and_fit_on_features():
@@ -256,7 +259,8 @@ def test_search_writes_results_plot_and_best_flags(resumed_search):
             assert float(r[f"mean_{metric}"]) == pytest.approx(np.mean(folds))
     assert float(_chosen(project_dir)["mean_loss"]) == min(
         float(r["mean_loss"]) for r in finalists)
-    assert "Final selection by held-out loss, 3-fold cross-validation on 40 training" in " ".join(
+    assert ("Final selection by held-out loss (val_calibrated_cross_entropy), 3-fold "
+            "cross-validation on 40 training") in " ".join(
         out.split())
     best = _chosen(project_dir)
     text = (project_dir / results.BEST_FLAGS).read_text()
@@ -561,3 +565,139 @@ def test_configs_tune_flags_parse_as_search_flags():
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["bayesian", "20", "3", "3", "loss"]
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _direct_calibrated_ce(probabilities, labels):
+    """min over a fine log grid of T of mean -log softmax(log p / T)[label], in plain numpy."""
+    log_p = np.log(probabilities.astype(np.float64))
+    best = np.inf
+    for t in np.exp(np.linspace(np.log(1e-2), np.log(1e2), 20001)):
+        z = log_p / t
+        z = z - z.max(axis=1, keepdims=True)
+        nll = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels])
+        best = min(best, nll)
+    return best
+
+
+def test_calibrated_cross_entropy_is_temperature_scaled_nll_and_ignores_confidence():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    # A head that separates the classes, imperfectly.
+    logits = rng.normal(size=(300, 4)) + 1.5 * np.eye(4)[labels]
+    p = _softmax(logits)
+    score, temperature = calibration.temperature_scaled(p, labels)
+    assert score == pytest.approx(_direct_calibrated_ce(p, labels), rel=1e-6)
+    assert score == calibration.calibrated_cross_entropy(p, labels)
+    plain = float(np.mean(-np.log(p[np.arange(300), labels])))
+    assert score <= plain + 1e-9  # T = 1 is among the temperatures tried.
+    # The same predictions made more or less confident (logits divided by a temperature, as label
+    # smoothing does to a head): the plain cross-entropy changes, the calibrated one does not, and
+    # the fitted temperature follows the factor.
+    for factor in (0.25, 0.5, 2.0, 4.0):
+        scaled = _softmax(factor * logits)
+        plain_scaled = float(np.mean(-np.log(scaled[np.arange(300), labels])))
+        assert abs(plain_scaled - plain) > 0.01
+        again, t = calibration.temperature_scaled(scaled, labels)
+        assert again == pytest.approx(score, rel=1e-6, abs=1e-9), factor
+        assert t == pytest.approx(temperature * factor, rel=1e-3)
+    # It still ranks heads by how well they separate the classes.
+    worse = _softmax(rng.normal(size=(300, 4)) + 0.5 * np.eye(4)[labels])
+    assert calibration.calibrated_cross_entropy(worse, labels) > score + 0.1
+    with pytest.raises(ValueError):
+        calibration.calibrated_cross_entropy(np.zeros((0, 4)), np.zeros(0, int))
+
+
+def test_the_objective_is_in_the_logs_before_keras_tuner_reads_them():
+    feature_set = _separable_features()
+    model = hypermodel.HeadHyperModel(
+        train=feature_set, validation=feature_set, num_classes=4, activation="relu", dropout=0.0,
+        standardize=True, precision_policy="float32", batch_sizes=(8,), epochs=(2,), seed=0)
+    hp = keras_tuner.HyperParameters()
+    model.declare_hyperparameters(hp)
+    seen = []
+
+    class Recorder(keras.callbacks.Callback):  # Stands where KerasTuner's callbacks stand.
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(dict(logs))
+
+    keras.backend.clear_session()
+    head = model.build(hp)
+    metrics = model.fit(hp, head, callbacks=[Recorder()])
+    assert len(seen) == 2 and all(OBJECTIVE in logs for logs in seen)
+    # The last epoch's score is that of the fitted head's validation predictions.
+    probabilities = np.asarray(head.predict(feature_set.features, verbose=0))
+    assert metrics[OBJECTIVE] == seen[-1][OBJECTIVE] == pytest.approx(
+        calibration.calibrated_cross_entropy(probabilities, feature_set.labels), rel=1e-4)
+    assert metrics[OBJECTIVE] != pytest.approx(metrics["val_cross_entropy"])
+
+
+def test_the_tuner_ranks_trials_by_the_calibrated_cross_entropy(tmp_path, monkeypatch):
+    computed = []
+    real = calibration.temperature_scaled
+
+    def recording(probabilities, labels):
+        result = real(probabilities, labels)
+        computed.append(result[0])
+        return result
+
+    monkeypatch.setattr(calibration, "temperature_scaled", recording)
+    feature_set = _separable_features()
+    model = hypermodel.HeadHyperModel(
+        train=feature_set, validation=feature_set, num_classes=4, activation="relu", dropout=0.0,
+        standardize=True, precision_policy="float32", batch_sizes=(8,), epochs=(1, 2), seed=0)
+    tuner = tuners.make_tuner("random", model, max_trials=3, epochs=2, executions_per_trial=1,
+                              directory=str(tmp_path), project_name="p", overwrite=False,
+                              strategy=tf.distribute.get_strategy(), seed=0)
+    tuner.search(verbose=0)
+    assert tuner.oracle.objective.name == OBJECTIVE
+    # One score per epoch, trial after trial: each trial's score is its last epoch's.
+    last, scores = -1, {}
+    for trial_id in tuner.oracle.end_order:
+        trial = tuner.oracle.trials[trial_id]
+        last += trial.hyperparameters.values["epochs"]
+        scores[trial_id] = computed[last]
+        assert trial.score == pytest.approx(computed[last])
+    assert last == len(computed) - 1
+    best = tuner.oracle.get_best_trials(1)[0]
+    assert best.trial_id == min(scores, key=scores.get)
+    rows = results.trial_rows(tuner.oracle, tuners.OBJECTIVE)
+    assert results.best_row(rows, tuners.OBJECTIVE)["folder"] == f"trial_{best.trial_id}"
+
+
+def test_the_selection_scores_folds_by_the_calibrated_cross_entropy(tmp_path, monkeypatch,
+                                                                    caplog):
+    computed = []
+    real = calibration.temperature_scaled
+    monkeypatch.setattr(calibration, "temperature_scaled",
+                        lambda p, y: computed.append(real(p, y)) or computed[-1])
+    data = _offset_features()
+    candidate = _default(units=(16,), batch_size=8, epochs=1)
+    fit_args = {"strategy": tf.distribute.get_strategy(), "precision_policy": "float32",
+                "num_classes": 4, "activation": "relu", "standardize": True}
+    scores = selection.cross_validate(candidate, data, groups=np.arange(40), folds=3, seed=0,
+                                      **fit_args)
+    # One epoch per fold: each fold's "loss" is the calibrated cross-entropy of its held-out part.
+    assert scores["loss"] == pytest.approx([c[0] for c in computed])
+    # Fold scores stored under the old measure (plain cross-entropy) are never reused.
+    path = tmp_path / "selection.json"
+    store = selection.ScoreStore(path, examples=40, groups=np.arange(40), folds=3, seed=0)
+    store.add(candidate.key, scores)
+    stored = json.loads(path.read_text())
+    stored["setting"]["objective"] = "val_cross_entropy"
+    path.write_text(json.dumps(stored))
+    with caplog.at_level("WARNING"):
+        again = selection.ScoreStore(path, examples=40, groups=np.arange(40), folds=3, seed=0)
+    assert again.scores == {}
+    assert "other settings (objective" in caplog.text and OBJECTIVE in caplog.text
+
+
+def test_a_search_made_with_another_objective_is_refused(tmp_path):
+    settings = {"objective": OBJECTIVE, "seed": 0}
+    project.record_settings(tmp_path, {**settings, "objective": "val_cross_entropy"})
+    with pytest.raises(UserError, match=r"other settings \(objective\)"):
+        project.check_settings(tmp_path, settings)

@@ -4,7 +4,7 @@ import keras
 import keras_tuner
 from absl import logging
 
-from mri_tfdata import features, head_fit, kaggle_layout, model, training
+from mri_tfdata import calibration, features, head_fit, kaggle_layout, model, training
 
 # Defaults are train.py's, so a trial at the defaults is the default head and recipe.
 _MODEL_DEFAULTS = model.ModelSpec()
@@ -146,7 +146,8 @@ class HeadHyperModel(keras_tuner.HyperModel):
         `kwargs` are KerasTuner's (epochs, initial_epoch for Hyperband, callbacks, verbose).
 
         Returns:
-          The last epoch's metrics (loss, accuracy, cross_entropy and their val_ forms).
+          The last epoch's metrics (loss, accuracy, cross_entropy and their val_ forms, and
+          val_calibrated_cross_entropy, the objective, with val_temperature).
         """
         # The oracle's one summary per trial is the search's progress report; per-epoch lines of
         # every trial's fit would drown it.
@@ -157,6 +158,13 @@ class HeadHyperModel(keras_tuner.HyperModel):
         logging.info("Fitting head %s: %s.", ",".join(map(str, head_units(hp.values))),
                      ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in {**recipe, "epochs": kwargs["epochs"]}.items()))
+        # The objective, written into every epoch's logs by a callback placed before KerasTuner's
+        # own (Keras hands one logs dict to the callbacks in list order), so that they and the
+        # History read it: the validation cross-entropy after temperature scaling, which label
+        # smoothing does not inflate (mri_tfdata.calibration).
+        kwargs["callbacks"] = [
+            calibration.CalibratedCrossEntropy(self._validation.features, self._validation.labels),
+            *kwargs.get("callbacks", [])]
         # The same fit as training's fast path: standardisation fitted on all training features,
         # the same compile, batching and shuffling.
         history = head_fit.fit_head(

@@ -3,8 +3,10 @@
 Trials train the head on backbone features computed once and cached (mri_tfdata.features), so a
 trial costs seconds on a CPU. The space is the head's shape and its training recipe (learning
 rate, schedule, label smoothing, weight decay, epochs; tuning.hypermodel). The objective is the
-plain cross-entropy (val_cross_entropy, lower is better) on a validation split carved from the
-training split, the measure the final selection ranks by; the test split is never read. Outputs
+cross-entropy after temperature scaling (val_calibrated_cross_entropy, lower is better;
+mri_tfdata.calibration) on a validation split carved from the training split, the measure the
+final selection ranks by; unlike the plain cross-entropy it does not penalise the lower confidence
+that label smoothing trains into a head. The test split is never read. Outputs
 in --directory/--project_name: results.csv, objective.png, selection.csv, best.flags
 (`python -m mri_tfdata.train --flagfile=.../best.flags` trains the chosen head), and KerasTuner's
 own trial files; trials are numbered as KerasTuner's log numbers them ("Trial #1" = trial 1,
@@ -12,7 +14,7 @@ folder trial_00). The chosen head is not simply the trial with the best validati
 on a few hundred validation images is mostly noise: the best
 --finalists trials and the default head are re-scored by k-fold cross-validation on the training
 and validation splits together (tuning.selection; byte-identical images always in one fold), and
-the best mean held-out cross-entropy wins.
+the best mean held-out calibrated cross-entropy wins.
 Rerunning the same command resumes the search: finished trials are kept, an interrupted one starts
 again, and fold scores already computed are reused. For distributed tuning (KERASTUNER_TUNER_ID,
 KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see the README.
@@ -48,7 +50,7 @@ flags.DEFINE_list("batch_sizes", ["32"],
                   "tested no better than 32 on the real data).")
 flags.DEFINE_string("train_split", "train[:85%]", "Split the trial heads are trained on.")
 flags.DEFINE_string("validation_split", "train[85%:]",
-                    "Split of the objective (val_cross_entropy); carved from train, never the "
+                    "Split of the objective (val_calibrated_cross_entropy); carved from train, never the "
                     "test split.")
 flags.DEFINE_string("directory", "runs/tune", "Parent directory of search projects.")
 flags.DEFINE_string("project_name", "head_search", "The search's folder in --directory.")
@@ -57,12 +59,14 @@ flags.DEFINE_integer("finalists", 3,
                      "--dropout, --batch_size, --epochs and train.py's default recipe) are "
                      "re-scored by --selection_folds-fold cross-validation on train and validation "
                      "together, and best.flags takes the best mean --selection_metric. 0: "
-                     "best.flags takes the trial with the best val_cross_entropy.")
+                     "best.flags takes the trial with the best val_calibrated_cross_entropy.")
 flags.DEFINE_integer("selection_folds", 3, "Folds of the final selection's cross-validation.")
 flags.DEFINE_enum("selection_metric", "loss", sorted(selection.FOLD_METRICS),
-                  "What the final selection ranks by, on the held-out folds: cross-entropy "
-                  "(loss, lower is better; it uses every predicted probability, so it separates "
-                  "heads that accuracy, counting only flipped argmaxes, calls a tie) or accuracy.")
+                  "What the final selection ranks by, on the held-out folds: cross-entropy after "
+                  "temperature scaling (loss, lower is better; it uses every predicted "
+                  "probability, so it separates heads that accuracy, counting only flipped "
+                  "argmaxes, calls a tie, and the fitted temperature undoes the lower confidence "
+                  "of label smoothing) or accuracy.")
 flags.DEFINE_bool("overwrite", False, "Delete this project's trials and start afresh instead of "
                   "resuming.")
 

@@ -12,7 +12,7 @@ from absl import logging
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mri_tfdata import atomic, features
-from tuning import results
+from tuning import results, tuners
 from tuning.hypermodel import HeadHyperModel, head_units
 
 SELECTION_CSV = "selection.csv"
@@ -127,10 +127,12 @@ def _subset(feature_set: features.FeatureSet, index: np.ndarray) -> features.Fea
                                path=None, from_cache=False)
 
 
-# What a fold reports, from the held-out examples: Keras's metric name for each.
-# "loss" is the plain cross-entropy (tuners.OBJECTIVE's metric), the same for every label
-# smoothing; the fit's own val_loss includes the smoothing.
-FOLD_METRICS = {"loss": "val_cross_entropy", "accuracy": "val_accuracy"}
+# What a fold reports, from the held-out examples: the name of each in the fit's logs.
+# "loss" is the cross-entropy after temperature scaling (tuners.OBJECTIVE's metric,
+# mri_tfdata.calibration): the fit's own val_loss includes the label smoothing, and the plain
+# val_cross_entropy penalises the lower confidence smoothing trains into a head without its
+# accuracy being any lower, so ranking by either is biased by the smoothing.
+FOLD_METRICS = {"loss": tuners.OBJECTIVE.name, "accuracy": "val_accuracy"}
 # The ranking rule of each metric: lower cross-entropy is better, higher accuracy is.
 LOWER_IS_BETTER = {"loss": True, "accuracy": False}
 FoldScores = dict[str, list[float]]  # metric -> one value per fold
@@ -140,7 +142,7 @@ def cross_validate(candidate: Candidate, data: features.FeatureSet, *, groups: n
                    folds: int, seed: int, strategy, precision_policy: str, num_classes: int,
                    activation: str, standardize: bool) -> FoldScores:
     """Trains the candidate's head once per fold, as a trial trains; returns its held-out
-    cross-entropy ("loss") and accuracy per fold.
+    calibrated cross-entropy ("loss", FOLD_METRICS) and accuracy per fold.
 
     Every candidate sees the same folds and, per fold, the same seed, so candidates differ only in
     their hyperparameters and their scores can be compared fold by fold.
@@ -189,8 +191,17 @@ class ScoreStore:
             stored = json.loads(path.read_text())
         except (OSError, ValueError):
             return  # None yet, or unreadable: the scores are computed again.
-        if stored.get("setting") == self._setting:
+        recorded = stored.get("setting") if isinstance(stored, dict) else None
+        if recorded == self._setting:
             self.scores = stored.get("scores", {})
+        elif isinstance(recorded, dict):
+            # Never reuse scores of another measure (e.g. the plain val_cross_entropy of earlier
+            # versions) or other folds: they are not comparable; the candidates are fitted again.
+            changed = sorted(k for k in recorded.keys() | self._setting.keys()
+                             if recorded.get(k) != self._setting.get(k))
+            logging.warning("Selection: the fold scores in %s were made with other settings (%s; "
+                            "this selection ranks by %s); they are not reused but computed again "
+                            "and replaced.", path, ", ".join(changed), self._setting["objective"])
 
     def add(self, key: str, fold_scores: FoldScores) -> None:
         self.scores[key] = fold_scores
@@ -214,7 +225,8 @@ def select(candidates: list[Candidate], data: features.FeatureSet, *, groups: np
             continue
         fold_scores = cross_validate(candidate, data, groups=groups, folds=folds, seed=seed,
                                      **fit_args)
-        logging.info("Selection: %s, mean held-out loss %.4f and accuracy %.4f over %d folds.",
+        logging.info("Selection: %s, mean held-out calibrated cross-entropy %.4f and accuracy "
+                     "%.4f over %d folds.",
                      candidate.label, np.mean(fold_scores["loss"]),
                      np.mean(fold_scores["accuracy"]), folds)
         store.add(candidate.key, fold_scores)
@@ -242,7 +254,8 @@ def table_rows(candidates: list[Candidate], scores: dict[str, FoldScores],
 def summary(table: list[dict], *, folds: int, examples: int, metric: str) -> str:
     """A plain-text table of the candidates, best first by `metric`, the chosen one marked."""
     sign = 1 if LOWER_IS_BETTER[metric] else -1
-    lines = [(f"Final selection by held-out {metric}, {folds}-fold cross-validation on "
+    measure = {"loss": f"loss ({FOLD_METRICS['loss']})"}.get(metric, metric)
+    lines = [(f"Final selection by held-out {measure}, {folds}-fold cross-validation on "
               f"{examples} training examples (identical images in one fold):"),
              (f"  {'candidate':>10} {'mean_loss':>9} {'mean_acc':>9} {'head_units':>10} "
               f"{'lr':>9} {'schedule':>9} {'smooth':>6} {'decay':>6} {'batch':>5} {'epochs':>6}")]
