@@ -1,4 +1,4 @@
-"""A 20-trial head search against 2 epochs of the reference recipe, and best head vs default head.
+"""A 20-trial head search against 2 epochs of the reference recipe, and its head vs the default.
 
     python benchmarks/tuning_search.py --data_dir=../shared/data/kaggle-brain-tumor-mri-224
 
@@ -10,13 +10,14 @@
    empty feature cache, so the time includes start-up and extracting the features of
    train[:85%] and train[85%:] at --image_size.
    The search ends with its final selection (tuning.selection: the best trials and the default
-   head re-scored by held-out loss in 3-fold cross-validation on train), which decides
+   head re-scored by held-out calibrated cross-entropy in 3-fold cross-validation on train), which decides
    best.flags.
-3. Test accuracy: the search's chosen head (best.flags) and the default head (train.py's:
-   512-128, dropout 0, Adam 1e-3, batch 32), each trained --seeds times on the cached training
-   features for the search's epochs and evaluated on the test split's features (extracted here,
-   once). Also, for comparison, the trial with the best val_accuracy (the pick without the
-   final selection), when it is another head.
+3. Test accuracy: the search's chosen head (best.flags) and the default head and recipe
+   (train.py's: 512-128, no dropout, Adam 3e-4 cosine-decayed over 10 epochs, label smoothing
+   0.1, batch 32), each trained --seeds times (seeds 0..N-1) with head_fit.fit_head on the cached
+   features of the search's training split and evaluated on the test split's features
+   (extracted here, once). Also, for comparison, the trial with the best objective (the
+   pick without the final selection), when it is another head.
 The last line printed is one JSON object with all the numbers.
 """
 
@@ -36,7 +37,7 @@ from absl import flags, logging
 
 from mri_tfdata import cli, evaluation, features, head_fit, model, precision, sources
 from mri_tfdata.cli import require
-from tuning import hypermodel, results, selection
+from tuning import hypermodel, results, selection, tuners
 
 flags.DEFINE_string("data_dir", "../shared/data/kaggle-brain-tumor-mri-224",
                     "Kaggle-layout root holding Training/ and Testing/.")
@@ -46,7 +47,8 @@ flags.DEFINE_enum("tuner", "bayesian", ("random", "bayesian", "hyperband"), "Ker
 flags.DEFINE_integer("epochs", 10, "Epochs per trial.")
 flags.DEFINE_integer("executions_per_trial", 1,
                      "Fits per trial, averaged. 2 doubled the search's time here without picking "
-                     "a head that tested better (one fit's val_accuracy on 856 images is noisy).")
+                     "a head that tested better (one fit's validation score on 856 images is "
+                     "noisy).")
 flags.DEFINE_integer("seeds", 5, "Trainings of each head for the test-accuracy comparison.")
 flags.DEFINE_integer("reference_images", 96, "Images timed for the reference forward rate.")
 flags.DEFINE_string("out", None, "Working folder (default: a new temporary one).")
@@ -88,40 +90,40 @@ def run_search(work: pathlib.Path) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def test_accuracies(values: dict, train, test, *, batch_size: int, epochs: int,
-                    policy: str) -> list[float]:
-    """Trains the head `values` describe --seeds times; returns its test accuracies."""
+def test_accuracies(candidate: selection.Candidate, train, test, *, policy: str) -> list[float]:
+    """Trains the candidate's head and recipe --seeds times; returns its test accuracies."""
     accuracies = []
     for seed in range(FLAGS.seeds):
         keras.utils.set_random_seed(seed)
         keras.mixed_precision.set_global_policy(policy)
         hp = keras_tuner.HyperParameters()
-        hp.values.update(values)
-        head = hypermodel.build_model(hp)
-        # The fit every trial and training's fast path use.
-        head_fit.fit_head(head, train.features, train.labels, validation=None,
-                          learning_rate=hp.get("learning_rate"), epochs=epochs,
-                          batch_size=batch_size, seed=seed, verbose=0)
+        hp.values.update(candidate.values)
+        head = hypermodel.build_model(hp, dropout=float(candidate.values["dropout"]))
+        recipe = hypermodel.declare_recipe(hp, batch_sizes=(candidate.batch_size,),
+                                           epochs=(candidate.epochs,))
+        # The fit every trial, every selection fold and training's fast path use.
+        head_fit.fit_head(head, train.features, train.labels, validation=None, seed=seed,
+                          verbose=0, **recipe)
         predicted = evaluation.head_probabilities(head, test.features).argmax(axis=1)
         accuracies.append(float(np.mean(predicted == test.labels)))
     return accuracies
 
 
-def _head(row: dict) -> dict:
-    """A head of results.csv or selection.csv as build_model's values, batch size and epochs."""
+def _candidate(row: dict) -> selection.Candidate:
+    """A head of results.csv or selection.csv as a selection Candidate."""
     if "mean_accuracy" in row:  # selection.csv lists head_units rather than units_i.
         units = [int(u) for u in row["head_units"].split(",")]
-        row = {**row, "num_layers": len(units), "tuner/epochs": row["epochs"],
+        row = {**row, "num_layers": len(units), "trial": row["candidate"].split()[-1],
                **{f"units_{i}": u for i, u in enumerate(units)}}
-    candidate = selection.trial_candidate({"trial_id": "", **row}, epochs=FLAGS.epochs)
-    description = (f"({row['head_units']}, dropout {float(row['dropout']):.2g}, lr "
-                   f"{float(row['learning_rate']):.3g}, batch {candidate.batch_size})")
-    return {"values": candidate.values, "batch_size": candidate.batch_size,
-            "epochs": candidate.epochs, "description": description}
+    return selection.trial_candidate(row, epochs=FLAGS.epochs)
 
 
-def _candidate(head: dict) -> selection.Candidate:
-    return selection.Candidate("", head["values"], head["batch_size"], head["epochs"])
+def _describe(candidate: selection.Candidate) -> str:
+    r = candidate.recipe
+    return (f"({','.join(map(str, candidate.head_units))}, lr {r['learning_rate']:.3g} "
+            f"{r['lr_schedule']}, smoothing {r['label_smoothing']:g}, weight decay "
+            f"{r['weight_decay']:g}, dropout {r['dropout']:g}, batch {r['batch_size']}, "
+            f"{r['epochs']} epochs)")
 
 
 def main(argv):
@@ -160,25 +162,24 @@ def main(argv):
     with open(project / selection.SELECTION_CSV, newline="") as f:
         finalists = list(csv.DictReader(f))
     chosen = next(r for r in finalists if r["chosen"] == "True")
-    top_trial = max((r for r in rows if r["status"] == "COMPLETED"),
-                    key=lambda r: float(r["val_accuracy"]))
-    heads = {"chosen": _head(chosen), "default": _head(finalists[0])}
-    if selection.trial_candidate(top_trial, epochs=FLAGS.epochs).key != _candidate(
-            heads["chosen"]).key:
-        heads["top_val_trial"] = _head(top_trial)
+    objective = tuners.OBJECTIVE.name
+    top_trial = min((r for r in rows if r["status"] == "COMPLETED" and r[objective]),
+                    key=lambda r: float(r[objective]))
+    heads = {"chosen": _candidate(chosen), "default": _candidate(finalists[0])}
+    if _candidate(top_trial).key != heads["chosen"].key:
+        heads["top_val_trial"] = _candidate(top_trial)
     accuracy = {}
     for name, head in heads.items():
         # Identical heads train identically (same seeds): the default is not trained twice.
-        same = next((other for other in accuracy
-                     if _candidate(heads[other]).key == _candidate(head).key), None)
-        accuracy[name] = accuracy[same] if same else test_accuracies(
-            head["values"], train, test, batch_size=head["batch_size"], epochs=head["epochs"],
-            policy=policy)
+        same = next((other for other in accuracy if heads[other].key == head.key), None)
+        accuracy[name] = accuracy[same] if same else test_accuracies(head, train, test,
+                                                                      policy=policy)
     labels = {"chosen": f"Chosen head ({chosen['candidate']})", "default": "Default head",
-              "top_val_trial": f"Best-val_accuracy trial {top_trial['trial_id']}"}
+              "top_val_trial": f"Best-{objective} trial {top_trial['trial']}"}
     for name, head in heads.items():
-        print(f"{labels[name]} {head['description']}: test accuracy {np.mean(accuracy[name]):.4f} "
-              f"(seeds {', '.join(f'{a:.4f}' for a in accuracy[name])})")
+        print(f"{labels[name]} {_describe(head)}: test accuracy "
+              f"{np.mean(accuracy[name]):.4f} +- {np.std(accuracy[name], ddof=1):.4f} "
+              f"(seeds {', '.join(f'{a:.4f}' for a in accuracy[name])})", flush=True)
     print(json.dumps({
         "trials": len(rows), "search_s": round(search_s, 1), "extraction_s": round(extraction_s, 1),
         "selection_s": round(selection_s, 1),
@@ -189,6 +190,10 @@ def main(argv):
            for name, row in (("chosen", chosen), ("default", finalists[0]))
            for metric in ("loss", "accuracy")},
         **{f"{name}_test_acc": round(float(np.mean(acc)), 4) for name, acc in accuracy.items()},
+        **{f"{name}_test_acc_std": round(float(np.std(acc, ddof=1)), 4)
+           for name, acc in accuracy.items()},
+        **{f"{name}_recipe": {"head_units": list(head.head_units), **head.recipe}
+           for name, head in heads.items()},
         "search_dir": str(project)}))
 
 

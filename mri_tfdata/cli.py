@@ -28,7 +28,9 @@ _GENERAL_FLAGS = (
 
 def _print_error(message: str) -> None:
     paragraph = " ".join(str(message).split())
-    sys.stderr.write(textwrap.fill(f"error: {paragraph}", width=100) + "\n")
+    # Paths and flags stay whole (copyable): no breaks at their hyphens or inside them.
+    sys.stderr.write(textwrap.fill(f"error: {paragraph}", width=100, break_on_hyphens=False,
+                                   break_long_words=False) + "\n")
 
 
 def help_request(argv) -> str | None:

@@ -36,7 +36,8 @@ def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size
 
 def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
              validation: tuple[np.ndarray, np.ndarray] | None, learning_rate: float, epochs: int,
-             batch_size: int, seed: int | None = None, callbacks=(), strategy=None,
+             batch_size: int, schedule: str = "constant", label_smoothing: float = 0.0,
+             weight_decay: float = 0.0, seed: int | None = None, callbacks=(), strategy=None,
              initial_epoch: int = 0, verbose="auto") -> keras.callbacks.History:
     """Standardises, compiles and fits a head on features, as training compiles the classifier.
 
@@ -49,9 +50,13 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
       features: training features, float32 [N, FEATURE_DIM].
       labels: training labels, int [N].
       validation: (features, labels) validated on after every epoch, or None.
-      learning_rate: Adam's learning rate (`model.compile_model`).
+      learning_rate: the optimizer's (initial) learning rate (`model.compile_model`).
       epochs: the epoch to stop at (absolute, as in Keras's fit).
       batch_size: the global batch.
+      schedule: the learning-rate schedule (`model.SCHEDULES`), spanning the steps of epochs
+        `initial_epoch` to `epochs`.
+      label_smoothing: the loss's label smoothing.
+      weight_decay: AdamW's weight decay; 0 = Adam.
       seed: the shuffle seed.
       callbacks: Keras callbacks for `fit`; they see the head.
       strategy: the tf.distribute strategy (default: the current one).
@@ -71,8 +76,13 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
             f"{batch_size}, so the head would never be trained; lower --batch_size.")
     strategy = strategy or tf.distribute.get_strategy()
     model.adapt_standardization(head, features)
+    steps_per_epoch = len(labels) // batch_size
+    if keras.config.max_steps_per_epoch():  # A smoke run's cap shortens every epoch.
+        steps_per_epoch = min(steps_per_epoch, keras.config.max_steps_per_epoch())
     with strategy.scope():
-        model.compile_model(head, learning_rate=learning_rate)
+        model.compile_model(head, learning_rate=learning_rate, schedule=schedule,
+                            decay_steps=steps_per_epoch * (epochs - initial_epoch),
+                            label_smoothing=label_smoothing, weight_decay=weight_decay)
     train_ds = make_feature_dataset(features, labels, batch_size=batch_size, training=True,
                                     seed=seed)
     val_ds = None

@@ -8,7 +8,7 @@ finished epoch; a finished workdir is refused unless --overwrite is given.
 
 from absl import flags, logging
 
-from mri_tfdata import cli, distribute, flags_common, precision, training
+from mri_tfdata import cli, distribute, flags_common, model, precision, training
 from mri_tfdata.cli import require
 
 flags_common.define_data_flags()
@@ -19,8 +19,20 @@ flags.DEFINE_string("validation_split", "train[90%:]",
                     "validated on 'test'; carving it from train keeps the test split unseen.")
 flags.DEFINE_string("test_split", "test",
                     "Split of the final evaluation (metrics.json); empty for none.")
-flags.DEFINE_integer("epochs", 10, "Epochs of head training on the frozen backbone.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of the head phase.")
+# The defaults are TrainConfig's: the best stable head recipe measured (README, "Default recipe").
+_DEFAULTS = training.TrainConfig()
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs of head training on the frozen backbone.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate,
+                   "Initial learning rate of the head phase (Adam, or AdamW with "
+                   "--weight_decay).")
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.schedule, model.SCHEDULES,
+                  "Learning rate over each phase's steps: constant; cosine (decays to 0 by the "
+                  "phase's last step); step (a tenth of the rate after two thirds of the steps).")
+flags.DEFINE_float("label_smoothing", _DEFAULTS.label_smoothing,
+                   "Label smoothing of the training loss, in [0, 1): the target of the true class "
+                   "is 1 - s + s/4, of the others s/4.")
+flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay,
+                   "AdamW's decoupled weight decay; 0 = Adam.")
 flags.DEFINE_integer("fine_tune_blocks", 0,
                      "ResNet50 blocks (of 16, from the top) unfrozen in a second phase; 0 = none.")
 flags.DEFINE_integer("fine_tune_epochs", 0, "Epochs of the fine-tuning phase.")
@@ -43,6 +55,9 @@ def _train_config() -> training.TrainConfig:
     require(bool(FLAGS.train_split.strip()), "--train_split must name a split, e.g. train[:90%].")
     require(FLAGS.epochs >= 1, f"--epochs={FLAGS.epochs} must be at least 1.")
     require(FLAGS.learning_rate > 0, f"--learning_rate={FLAGS.learning_rate} must be positive.")
+    require(0.0 <= FLAGS.label_smoothing < 1.0,
+            f"--label_smoothing={FLAGS.label_smoothing} must be in [0, 1).")
+    require(FLAGS.weight_decay >= 0, f"--weight_decay={FLAGS.weight_decay} must be 0 or more.")
     require(FLAGS.fine_tune_learning_rate > 0, "--fine_tune_learning_rate must be positive.")
     require(0 <= FLAGS.fine_tune_blocks <= 16,
             f"--fine_tune_blocks={FLAGS.fine_tune_blocks} must be between 0 and 16 (ResNet50's "
@@ -56,7 +71,9 @@ def _train_config() -> training.TrainConfig:
     return training.TrainConfig(
         train_split=FLAGS.train_split, validation_split=FLAGS.validation_split,
         test_split=FLAGS.test_split, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
-        learning_rate=FLAGS.learning_rate, fine_tune_blocks=FLAGS.fine_tune_blocks,
+        learning_rate=FLAGS.learning_rate, schedule=FLAGS.lr_schedule,
+        label_smoothing=FLAGS.label_smoothing, weight_decay=FLAGS.weight_decay,
+        fine_tune_blocks=FLAGS.fine_tune_blocks,
         fine_tune_epochs=FLAGS.fine_tune_epochs,
         fine_tune_learning_rate=FLAGS.fine_tune_learning_rate, cache=FLAGS.cache,
         feature_cache=FLAGS.feature_cache,

@@ -29,8 +29,14 @@ class TrainConfig:
     validation_split: str = "train[90%:]"  # "" = no validation
     test_split: str = "test"  # "" = no final evaluation
     batch_size: int = 32
+    # The head's recipe: the best stable one measured on the real data (README, "Default head
+    # recipe": 5 seeds each). A constant 1e-3 varied by 7.6 points across seeds; a cosine decay
+    # from 3e-4 with label smoothing 0.1 tested 0.9365 with the smallest spread (SD 0.001).
     epochs: int = 10
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
+    schedule: str = "cosine"  # model.SCHEDULES, over each phase's steps
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0 = Adam
     fine_tune_blocks: int = 0  # top ResNet50 blocks unfrozen in a second phase (0 = none)
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-5
@@ -81,7 +87,9 @@ def _fit_head_on_features(classifier: keras.Model, job: _Job) -> None:
         head_fit.fit_head(head, train_set.features, train_set.labels,
                           validation=(val_set.features, val_set.labels) if val_set else None,
                           learning_rate=config.learning_rate, epochs=config.epochs,
-                          batch_size=config.batch_size, seed=config.seed, callbacks=callbacks,
+                          batch_size=config.batch_size, schedule=config.schedule,
+                          label_smoothing=config.label_smoothing,
+                          weight_decay=config.weight_decay, seed=config.seed, callbacks=callbacks,
                           strategy=job.strategy, verbose=console.progress_verbose())
 
 
@@ -108,8 +116,15 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
         seed=config.seed, **pipeline)
     val_ds = (input_pipeline.make_dataset(job.val_source, batch_size=config.batch_size,
                                           training=False, **pipeline) if job.val_source else None)
+    # As head_fit counts them: whole global batches, capped in smoke runs.
+    steps_per_epoch = job.train_source.num_examples // config.batch_size
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     with job.strategy.scope():
-        model.compile_model(classifier, learning_rate=learning_rate)
+        model.compile_model(classifier, learning_rate=learning_rate, schedule=config.schedule,
+                            decay_steps=steps_per_epoch * (epochs - initial_epoch),
+                            label_smoothing=config.label_smoothing,
+                            weight_decay=config.weight_decay)
     with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate,
                          max_steps_per_epoch=config.max_steps_per_epoch) as callbacks:
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,

@@ -31,7 +31,13 @@ def check_settings(project_dir: Path, settings: dict) -> None:
     path = project_dir / SETTINGS_FILE
     if not path.exists():
         return
-    recorded = json.loads(path.read_text())
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise UserError(f"The search settings file {path} is damaged, so it is unknown whether "
+                        f"the search in {project_dir} was made with these settings. Pass "
+                        "--overwrite to delete that search and start afresh, or another "
+                        "--project_name.") from None
     changed = sorted(k for k in settings.keys() | recorded.keys()
                      if settings.get(k) != recorded.get(k))
     if changed:
@@ -39,6 +45,36 @@ def check_settings(project_dir: Path, settings: dict) -> None:
             f"{project_dir} holds a search made with other settings ({', '.join(changed)}); its "
             "trials are not comparable with this one's. Pass another --project_name, or "
             "--overwrite to delete that search and start afresh.")
+
+
+def _damaged(path: Path) -> str | None:
+    """Why KerasTuner could not reload the JSON state file `path`, or None if it can."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None if isinstance(state, dict) else "not a JSON object"
+
+
+def check_tuner_files(project_dir: Path) -> None:
+    """Refuses a search whose KerasTuner state is damaged, naming the file, before KerasTuner
+    reloads it (which ends in a traceback, or for a bad trial.json in a lost trial).
+
+    Both files are written in place by KerasTuner, so a kill or a full disk during a write can
+    leave them truncated. Neither can be rebuilt from the other: oracle.json holds the oracle's
+    random state and the order trials ended in, trial.json a trial's values and score.
+    """
+    files = [project_dir / "oracle.json", *sorted(project_dir.glob("trial_*/trial.json"))]
+    for path in files:
+        if not path.exists():
+            continue
+        why = _damaged(path)
+        if why is not None:
+            raise UserError(
+                f"The search state file {path} is damaged ({why}), so the search in "
+                f"{project_dir} cannot resume. Restore the file from a backup, or pass "
+                "--overwrite to delete this search and start afresh (or another "
+                "--project_name to keep it).")
 
 
 def record_settings(project_dir: Path, settings: dict) -> None:

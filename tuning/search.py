@@ -1,13 +1,20 @@
 """Searches the head with KerasTuner: `mri-tune --flagfile=configs/tune.flags`.
 
 Trials train the head on backbone features computed once and cached (mri_tfdata.features), so a
-trial costs seconds on a CPU. The objective is val_accuracy on a validation split carved from the
-training split; the test split is never read. Outputs in --directory/--project_name: results.csv,
-objective.png, selection.csv, best.flags (`python -m mri_tfdata.train --flagfile=.../best.flags`
-trains the chosen head), and KerasTuner's own trial files. The chosen head is not simply the trial
-with the best val_accuracy, which on a few hundred validation images is mostly noise: the best
+trial costs seconds on a CPU. The space is the head's shape and its training recipe (learning
+rate, schedule, label smoothing, weight decay, epochs; tuning.hypermodel). The objective is the
+cross-entropy after temperature scaling (val_calibrated_cross_entropy, lower is better;
+mri_tfdata.calibration) on a validation split carved from the training split, the measure the
+final selection ranks by; unlike the plain cross-entropy it does not penalise the lower confidence
+that label smoothing trains into a head. The test split is never read. Outputs
+in --directory/--project_name: results.csv, objective.png, selection.csv, best.flags
+(`python -m mri_tfdata.train --flagfile=.../best.flags` trains the chosen head), and KerasTuner's
+own trial files; trials are numbered as KerasTuner's log numbers them ("Trial #1" = trial 1,
+folder trial_00). The chosen head is not simply the trial with the best validation score, which
+on a few hundred validation images is mostly noise: the best
 --finalists trials and the default head are re-scored by k-fold cross-validation on the training
-and validation splits together (tuning.selection), and the best mean held-out loss wins.
+and validation splits together (tuning.selection; byte-identical images always in one fold), and
+the best mean held-out calibrated cross-entropy wins.
 Rerunning the same command resumes the search: finished trials are kept, an interrupted one starts
 again, and fold scores already computed are reused. For distributed tuning (KERASTUNER_TUNER_ID,
 KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see the README.
@@ -27,8 +34,8 @@ from mri_tfdata import (cli, console, distribute, features, flags_common, kaggle
                         precision)
 from mri_tfdata.cli import require
 from mri_tfdata.errors import UserError
-from tuning import project, results, selection, tuners
-from tuning.hypermodel import DEFAULT_LEARNING_RATE, HeadHyperModel
+from tuning import hypermodel, project, results, selection, tuners
+from tuning.hypermodel import HeadHyperModel
 
 flags_common.define_data_flags()
 flags_common.define_model_flags()
@@ -36,27 +43,30 @@ flags.DEFINE_enum("tuner", "bayesian", tuners.TUNERS, "KerasTuner algorithm.")
 flags.DEFINE_integer("max_trials", 20, "Trials in all (random, bayesian); a resumed search runs "
                      "only the missing ones. Hyperband's budget is set by --epochs instead.")
 flags.DEFINE_integer("executions_per_trial", 1, "Fits per trial, averaged (less noisy, slower).")
-flags.DEFINE_integer("epochs", 10, "Epochs of head training per trial (hyperband: the most any "
-                     "trial gets).")
-flags.DEFINE_list("batch_sizes", ["16", "32", "64", "128"],
-                  "Global batch sizes the search chooses from; one value = not tuned.")
+flags.DEFINE_integer("epochs", 10, "The default head's epochs; trials choose among half, once and "
+                     "1.5 times it (hyperband: the most any trial gets).")
+flags.DEFINE_list("batch_sizes", ["32"],
+                  "Global batch sizes the search chooses from; one value = not tuned (batch 64 "
+                  "tested no better than 32 on the real data).")
 flags.DEFINE_string("train_split", "train[:85%]", "Split the trial heads are trained on.")
 flags.DEFINE_string("validation_split", "train[85%:]",
-                    "Split of the objective (val_accuracy); carved from train, never the test "
-                    "split.")
+                    "Split of the objective (val_calibrated_cross_entropy); carved from train, never the "
+                    "test split.")
 flags.DEFINE_string("directory", "runs/tune", "Parent directory of search projects.")
 flags.DEFINE_string("project_name", "head_search", "The search's folder in --directory.")
 flags.DEFINE_integer("finalists", 3,
                      "After the search, the best N trials and the default head (--head_units, "
-                     "--dropout, Adam 1e-3, --batch_size) are re-scored by --selection_folds-fold "
-                     "cross-validation on train and validation together, and best.flags takes the "
-                     "best mean --selection_metric. 0: best.flags takes the trial with the best "
-                     "val_accuracy.")
+                     "--dropout, --batch_size, --epochs and train.py's default recipe) are "
+                     "re-scored by --selection_folds-fold cross-validation on train and validation "
+                     "together, and best.flags takes the best mean --selection_metric. 0: "
+                     "best.flags takes the trial with the best val_calibrated_cross_entropy.")
 flags.DEFINE_integer("selection_folds", 3, "Folds of the final selection's cross-validation.")
 flags.DEFINE_enum("selection_metric", "loss", sorted(selection.FOLD_METRICS),
-                  "What the final selection ranks by, on the held-out folds: cross-entropy "
-                  "(loss, lower is better; it uses every predicted probability, so it separates "
-                  "heads that accuracy, counting only flipped argmaxes, calls a tie) or accuracy.")
+                  "What the final selection ranks by, on the held-out folds: cross-entropy after "
+                  "temperature scaling (loss, lower is better; it uses every predicted "
+                  "probability, so it separates heads that accuracy, counting only flipped "
+                  "argmaxes, calls a tie, and the fitted temperature undoes the lower confidence "
+                  "of label smoothing) or accuracy.")
 flags.DEFINE_bool("overwrite", False, "Delete this project's trials and start afresh instead of "
                   "resuming.")
 
@@ -107,7 +117,8 @@ def _validate_flags(model_spec) -> tuple[int, ...]:
 
 
 def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
-    """Builds training's backbone and returns (train, validation) FeatureSets, cached on disk."""
+    """Builds training's backbone; returns (train, validation) FeatureSets, cached on disk, and the
+    content hash of every example of both (train's first), which groups the selection's folds."""
     # The seed first, as training does: with --weights=none the backbone's random weights (and so
     # the cache key and the features) are then those `train --flagfile=best.flags` builds.
     keras.utils.set_random_seed(FLAGS.seed)
@@ -116,11 +127,13 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
                                         weights=model_spec.weights)
     data.prepare()
     cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
-    sets = []
+    sets, hashes = [], []
     for split in (FLAGS.train_split, FLAGS.validation_split):
+        source = data.open(split)
         sets.append(features.load_or_extract(
-            data.open(split), backbone=backbone, image_size=model_spec.image_size,
+            source, backbone=backbone, image_size=model_spec.image_size,
             cache_dir=cache_dir, strategy=strategy))  # at the inference batch, not the head's
+        hashes.extend(source.content_hashes)
     train, validation = sets
     if len(train.labels) < batch_sizes[-1]:
         raise UserError(f"The training split {FLAGS.train_split!r} has {len(train.labels)} "
@@ -128,18 +141,21 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
                         "--batch_sizes.")
     logging.info("Search data: %d training and %d validation feature vectors.",
                  len(train.labels), len(validation.labels))
-    return train, validation
+    return train, validation, tuple(hashes)
 
 
 def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[str, str]:
     """train.py's flags for the chosen head: the search's data/model flags plus its values."""
     lines = {flag.name: flags_common.serialize(flag)
              for flag in FLAGS.get_flags_for_module(flags_common)}
+    recipe = best.recipe
     values = {
         "head_units": ",".join(map(str, best.head_units)),
-        # Rounded: a stepped hp.Float gives values like 0.30000000000000004.
-        "dropout": round(float(best.values["dropout"]), 6),
-        "learning_rate": float(best.values["learning_rate"]),
+        "dropout": recipe["dropout"],
+        "learning_rate": recipe["learning_rate"],
+        "lr_schedule": recipe["lr_schedule"],
+        "label_smoothing": recipe["label_smoothing"],
+        "weight_decay": recipe["weight_decay"],
         "batch_size": best.batch_size,
         # Hyperband trains a trial for tuner/epochs in all (continuing an earlier trial's weights).
         "epochs": best.epochs,
@@ -153,15 +169,20 @@ def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[st
 
 
 def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, strategy,
-            project_dir: Path) -> tuple[selection.Candidate, str]:
-    """Re-scores the best trials and the default head by cross-validation; returns the winner and
-    the reason best.flags gives for it."""
+            project_dir: Path) -> tuple[selection.Candidate, list[selection.Candidate], str]:
+    """Re-scores the best trials and the default head by cross-validation; returns the winner, the
+    candidates and the reason best.flags gives for it."""
     default = selection.default_candidate(
         units=model_spec.head_units, dropout=model_spec.dropout,
-        learning_rate=DEFAULT_LEARNING_RATE, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs)
+        learning_rate=hypermodel.DEFAULT_LEARNING_RATE, schedule=hypermodel.DEFAULT_SCHEDULE,
+        label_smoothing=hypermodel.DEFAULT_LABEL_SMOOTHING,
+        weight_decay=hypermodel.DEFAULT_WEIGHT_DECAY, batch_size=FLAGS.batch_size,
+        epochs=FLAGS.epochs)
     candidates = selection.finalists(rows, OBJECTIVE, top=FLAGS.finalists, default=default,
                                      epochs=FLAGS.epochs)
-    train, validation = search_data
+    train, validation, hashes = search_data
+    # Byte-identical images (train holds 207 duplicate files) fall in one fold together.
+    groups = selection.content_groups(hashes)
     # Both splits are carved from train. Pooled, every example is held out once: with the default
     # 85/15 split that is 6.7x the validation split's examples, so ~2.6x less sampling noise.
     pooled = features.FeatureSet(np.concatenate([train.features, validation.features]),
@@ -180,13 +201,15 @@ def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, st
             f"The final selection trains on {fold_train_size} examples per fold, fewer than the "
             f"batch of {largest_batch}; lower --batch_size/--batch_sizes or --selection_folds.")
     store = selection.ScoreStore(project_dir / selection.SCORES_JSON,
-                                 examples=len(pooled.labels), folds=folds, seed=FLAGS.seed)
-    logging.info("Final selection: %d candidates x %d folds on %d examples.", len(candidates),
-                 folds, len(pooled.labels))
+                                 examples=len(pooled.labels), groups=groups, folds=folds,
+                                 seed=FLAGS.seed)
+    logging.info("Final selection: %d candidates x %d folds on %d examples (%d distinct images).",
+                 len(candidates), folds, len(pooled.labels), int(groups.max()) + 1)
     start = time.perf_counter()
     metric = FLAGS.selection_metric
     winner, scores = selection.select(
-        candidates, pooled, folds=folds, seed=FLAGS.seed, metric=metric, store=store,
+        candidates, pooled, groups=groups, folds=folds, seed=FLAGS.seed, metric=metric,
+        store=store,
         strategy=strategy, precision_policy=policy, num_classes=len(kaggle_layout.CLASS_NAMES),
         activation=model_spec.head_activation, standardize=model_spec.standardize_features)
     logging.info("Final selection took %.1f s.", time.perf_counter() - start)
@@ -195,7 +218,7 @@ def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, st
     print(selection.summary(table, folds=folds, examples=len(pooled.labels), metric=metric),
           flush=True)
     mean = float(np.mean(scores[winner.key][metric]))
-    return winner, (f"Chosen by held-out {metric} in {folds}-fold cross-validation on "
+    return winner, candidates, (f"Chosen by held-out {metric} in {folds}-fold cross-validation on "
                     f"{FLAGS.train_split} + {FLAGS.validation_split} ({len(pooled.labels)} "
                     f"examples) among the default head and the {len(candidates) - 1} best trials: "
                     f"{winner.label}, mean {metric} {mean:.4f} ({selection.SELECTION_CSV}).")
@@ -207,18 +230,22 @@ def _write_outputs(tuner, project_dir: Path, *, search_data, model_spec, policy:
     `search_data()` for the (train, validation) features)."""
     rows = results.trial_rows(tuner.oracle, OBJECTIVE)
     results.write_csv(rows, project_dir / results.RESULTS_CSV)
-    results.plot(rows, OBJECTIVE, project_dir / results.PLOT_PNG)
     print(results.summary(rows, OBJECTIVE), flush=True)
     best = results.best_row(rows, OBJECTIVE)
     if best is None:
         raise UserError(f"No trial of {project_dir} completed, so there is no best model; see the "
                         "trial messages in its trial_*/trial.json files.")
     if FLAGS.finalists:
-        chosen, reason = _select(rows, search_data(), model_spec=model_spec, policy=policy,
-                                 strategy=strategy, project_dir=project_dir)
+        chosen, candidates, reason = _select(rows, search_data(), model_spec=model_spec,
+                                             policy=policy, strategy=strategy,
+                                             project_dir=project_dir)
     else:
         chosen = selection.trial_candidate(best, epochs=FLAGS.epochs)
-        reason = f"The trial with the best {OBJECTIVE}: {best[OBJECTIVE]:.4f}."
+        candidates = [chosen]
+        reason = f"The trial with the best {OBJECTIVE.name}: {best[OBJECTIVE.name]:.4f}."
+    results.plot(rows, OBJECTIVE, project_dir / results.PLOT_PNG,
+                 finalists=tuple(c.trial for c in candidates if c.trial is not None),
+                 chosen=chosen.trial)
     path = project_dir / results.BEST_FLAGS
     results.write_best_flags(_best_flag_lines(chosen, project_dir=project_dir), path, header=(
         f"The head chosen by the search in {project_dir} ({len(rows)} trials).\n{reason}\n"
@@ -252,13 +279,20 @@ def main(argv):
                 "epochs": FLAGS.epochs, "batch_sizes": list(batch_sizes),
                 "train_split": FLAGS.train_split, "validation_split": FLAGS.validation_split,
                 "seed": FLAGS.seed, "executions_per_trial": FLAGS.executions_per_trial,
-                # The head sizes, dropout and batch size are what the search varies.
+                # The objective and the space: trials of another are not comparable.
+                "objective": OBJECTIVE.name,
+                "space": {"learning_rate": list(hypermodel.LEARNING_RATES),
+                          "label_smoothing": list(hypermodel.LABEL_SMOOTHINGS),
+                          "weight_decay": list(hypermodel.WEIGHT_DECAYS),
+                          "max_layers": hypermodel.MAX_LAYERS},
+                # The head sizes are what the search varies.
                 "model": {k: v for k, v in dataclasses.asdict(model_spec).items()
-                          if k not in ("head_units", "dropout")}}
+                          if k != "head_units"}}
     # Only the chief (or a lone search) may delete a project; a worker never does.
     overwrite = FLAGS.overwrite and role != "worker"
     if not overwrite:
         project.check_settings(project_dir, settings)
+        project.check_tuner_files(project_dir)
 
     @functools.cache  # Loaded once, whether for the trials, the final selection or both.
     def search_data():
@@ -266,20 +300,31 @@ def main(argv):
 
     # The chief only runs the oracle: it fits no trial, so it needs features only for the final
     # selection, after the search (from the cache the workers wrote, if they share it).
-    train, validation = (None, None) if role == "chief" else search_data()
-    hypermodel = HeadHyperModel(
+    train, validation, _ = (None, None, None) if role == "chief" else search_data()
+    head_model = HeadHyperModel(
         train=train, validation=validation, num_classes=len(kaggle_layout.CLASS_NAMES),
-        activation=model_spec.head_activation, standardize=model_spec.standardize_features,
-        precision_policy=policy, batch_sizes=batch_sizes, seed=FLAGS.seed, strategy=strategy)
+        activation=model_spec.head_activation, dropout=model_spec.dropout,
+        standardize=model_spec.standardize_features, precision_policy=policy,
+        batch_sizes=batch_sizes,
+        # Hyperband sets each trial's epochs itself.
+        epochs=None if FLAGS.tuner == "hyperband" else hypermodel.epoch_choices(FLAGS.epochs),
+        seed=FLAGS.seed, strategy=strategy)
     try:
         tuner = tuners.make_tuner(
-            FLAGS.tuner, hypermodel, max_trials=FLAGS.max_trials, epochs=FLAGS.epochs,
+            FLAGS.tuner, head_model, max_trials=FLAGS.max_trials, epochs=FLAGS.epochs,
             executions_per_trial=FLAGS.executions_per_trial, directory=FLAGS.directory,
             project_name=FLAGS.project_name, overwrite=overwrite, strategy=strategy,
             seed=FLAGS.seed)
     except ImportError as e:  # BayesianOptimization's optional scipy/scikit-learn.
         raise UserError(f"--tuner={FLAGS.tuner} cannot start: {e} Install them with "
                         "pip install 'keras-tuner[bayesian]', or pass --tuner=random.") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        # Well-formed JSON with missing or wrong fields (check_tuner_files caught bad JSON).
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(
+            f"KerasTuner cannot reload the search in {project_dir} from its oracle.json and "
+            f"trial_*/trial.json files ({type(e).__name__}: {detail}). Restore them from a "
+            "backup, or pass --overwrite to start afresh.") from None
     project.record_settings(project_dir, settings)
     if role == "chief":
         logging.info("Chief: serving the oracle on %s:%s until the workers have run every trial.",
