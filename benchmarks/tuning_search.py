@@ -10,8 +10,8 @@
    empty feature cache, so the time includes start-up and extracting the features of
    train[:85%] and train[85%:] at --image_size.
    The search ends with its final selection (tuning.selection: the best trials and the default
-   head re-scored by held-out calibrated cross-entropy in 3-fold cross-validation on train), which decides
-   best.flags.
+   head re-scored by held-out cross-entropy after temperature scaling in 3-fold cross-validation
+   on train), which decides best.flags.
 3. Test accuracy: the search's chosen head (best.flags) and the default head and recipe
    (train.py's: 512-128, no dropout, Adam 3e-4 cosine-decayed over 10 epochs, label smoothing
    0.1, batch 32), each trained --seeds times (seeds 0..N-1) with head_fit.fit_head on the cached

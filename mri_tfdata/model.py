@@ -268,8 +268,9 @@ def compile_model(model: keras.Model, *, learning_rate: float, schedule: str = "
 
     Metrics: accuracy and `cross_entropy`, the plain cross-entropy against the true labels. With
     label smoothing the loss is the smoothed one, whose minimum depends on the smoothing, so
-    heads with different smoothing are compared by `cross_entropy` (the search's objective),
-    never by `loss`.
+    heads with different smoothing are never compared by `loss`; the search compares them by the
+    cross-entropy after temperature scaling (mri_tfdata.calibration), since smoothing also
+    raises the plain `cross_entropy` by making a head less confident.
 
     Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer here. Call inside the
     strategy's scope, and again after unfreeze_top_blocks.

@@ -50,8 +50,8 @@ flags.DEFINE_list("batch_sizes", ["32"],
                   "tested no better than 32 on the real data).")
 flags.DEFINE_string("train_split", "train[:85%]", "Split the trial heads are trained on.")
 flags.DEFINE_string("validation_split", "train[85%:]",
-                    "Split of the objective (val_calibrated_cross_entropy); carved from train, never the "
-                    "test split.")
+                    "Split of the objective (val_calibrated_cross_entropy); carved from train, "
+                    "never the test split.")
 flags.DEFINE_string("directory", "runs/tune", "Parent directory of search projects.")
 flags.DEFINE_string("project_name", "head_search", "The search's folder in --directory.")
 flags.DEFINE_integer("finalists", 3,
