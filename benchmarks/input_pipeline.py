@@ -7,8 +7,10 @@ Hardware: any CPU; on 2 cores, about 2 minutes per shared copy (5 more with --ex
 Measures, on the same files of the Training split: (a) the reference loop,
 ImageDataGenerator(preprocessing_function=resnet50.preprocess_input).flow_from_dataframe, one
 epoch; (b) our first (cold) epoch with the memory cache, which decodes, resizes and fills it, and
-(c) our warm epochs from it; (d) the cold epoch with a file cache in a fresh folder (writing it,
-then reading it) and (e) warm epochs from the file cache opened again, as a new run opens it.
+(c) our warm epochs from it; (b') that cold epoch again on one thread, whose ratio to (a), also
+one thread, is the cold ratio per core (cores x it bounds what (b) can reach); (d) the cold
+epoch with a file cache in a fresh folder (writing it, then reading it) and (e) warm epochs
+from the file cache opened again, as a new run opens it.
 Each delivers what its model consumes: float32 preprocessed batches for (a), uint8 batches for
 ours (our model preprocesses on the accelerator). With --extraction it also runs the feature
 extraction (fast path) over the images against the bare backbone's forward pass at the same size,
@@ -72,6 +74,8 @@ def _rate(images: int, seconds: float) -> float:
 
 def _pipeline_rates(source, cache_dir: str) -> dict:
     """Cold and warm rates (img/s) of the memory cache and the file cache, plus opening times."""
+    import tensorflow as tf
+
     from mri_tfdata import input_pipeline
 
     def make(cache):
@@ -85,6 +89,11 @@ def _pipeline_rates(source, cache_dir: str) -> dict:
     memory = make("memory")
     rates = {"memory_cold": _rate(*_time_epoch(memory)), "memory_warm": warm(memory)}
     del memory
+    # The same cold epoch on one thread: its per-image cost against ImageDataGenerator's (also
+    # one thread) bounds the cold ratio any number of cores can reach (cores x this ratio).
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    rates["one_thread_cold"] = _rate(*_time_epoch(make("memory").with_options(options)))
     # The file cache's first epoch: the pass that writes the cache (inside make_dataset), then
     # one epoch read from it.
     start = time.perf_counter()
@@ -163,7 +172,8 @@ def main(argv: list[str]) -> None:
             ("ours, cold epoch, filling the memory cache", rates["memory_cold"]),
             ("ours, warm epoch from the memory cache", rates["memory_warm"]),
             ("ours, cold epoch, writing the file cache", rates["file_cold"]),
-            ("ours, warm epoch from the file cache", rates["file_warm"])]
+            ("ours, warm epoch from the file cache", rates["file_warm"]),
+            ("ours, cold epoch on one thread", rates["one_thread_cold"])]
     print(f"{'pipeline':45s} {'img/s':>9s} {'ratio':>7s}")
     for name, rate in rows:
         print(f"{name:45s} {rate:9.0f} {rate / idg:7.2f}")
@@ -180,6 +190,9 @@ def main(argv: list[str]) -> None:
         "cold_ratio_file": round(rates["file_cold"] / idg, 2),
         "warm_ratio_file": round(rates["file_warm"] / idg, 2),
         "file_open_s": round(rates["file_open_s"], 2),
+        # ImageDataGenerator runs on one thread: this is what the cold ratio can reach per core.
+        "one_thread_cold_ratio": round(rates["one_thread_cold"] / idg, 2),
+        "cores": os.cpu_count(),
     }
     if FLAGS.extraction:
         extraction = _extraction_rates(sources.load_folder_source(

@@ -262,7 +262,7 @@ def learning_rate_schedule(learning_rate: float, *, schedule: str, decay_steps: 
 
 def compile_model(model: keras.Model, *, learning_rate: float, schedule: str = "constant",
                   decay_steps: int = 0, label_smoothing: float = 0.0,
-                  weight_decay: float = 0.0) -> None:
+                  weight_decay: float = 0.0, steps_per_execution: int = 1) -> None:
     """Compiles with Adam (AdamW with weight decay), cross-entropy and accuracy: the one compile of
     training (fast path and end to end), every tuning trial and every selection fold.
 
@@ -282,6 +282,8 @@ def compile_model(model: keras.Model, *, learning_rate: float, schedule: str = "
       decay_steps: the optimizer steps the schedule spans (the fit's steps); unused by constant.
       label_smoothing: s in [0, 1) (losses.SparseCrossEntropy).
       weight_decay: AdamW's decoupled weight decay; 0 = Adam.
+      steps_per_execution: optimizer steps per call into the compiled graph (Keras's
+        `steps_per_execution`); the same steps in the same order, so the same weights.
     """
     rate = learning_rate_schedule(learning_rate, schedule=schedule, decay_steps=decay_steps)
     optimizer = (keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay)
@@ -290,6 +292,7 @@ def compile_model(model: keras.Model, *, learning_rate: float, schedule: str = "
         optimizer=optimizer,
         loss=losses.SparseCrossEntropy(label_smoothing=label_smoothing),
         metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy")],
+        steps_per_execution=steps_per_execution,
     )
 
 

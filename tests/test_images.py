@@ -285,3 +285,31 @@ def test_png_and_small_jpeg_are_decoded_in_full_and_resized_as_before():
             want = tf.cast(tf.round(tf.image.resize(full, [64, 64])), tf.uint8)
             np.testing.assert_array_equal(
                 decoding.decode_and_resize(tf.constant(encoded), image_size=64), want)
+
+
+def test_the_reduced_check_refuses_exactly_what_a_full_decode_refuses():
+    # decoding.check decodes JPEGs at 1/8 scale; it must still read every coefficient, so a file
+    # cut or garbled anywhere fails it exactly when it fails the full decode.
+    rng = np.random.default_rng(3)
+    smooth = _smooth_jpeg(512, 512)
+    grey = tf.io.encode_jpeg(rng.integers(0, 256, (256, 384, 1), np.uint8), quality=95).numpy()
+    progressive = io.BytesIO()
+    Image.fromarray(kaggle_trees.pixels(2)).save(progressive, format="JPEG", progressive=True)
+    outcomes = []
+    for data in (smooth, grey, progressive.getvalue()):
+        damaged = [data[:cut] for cut in np.linspace(len(data) // 10, len(data) - 3, 12, dtype=int)]
+        for offset in np.linspace(len(data) // 5, len(data) - 10, 8, dtype=int):
+            garbled = bytearray(data)
+            garbled[offset:offset + 8] = rng.integers(0, 256, 8, np.uint8).tobytes()
+            damaged.append(bytes(garbled))
+        for candidate in [data] + damaged:
+            verdicts = []
+            for decoder in (decoding.decode, decoding.check):
+                try:
+                    decoder(tf.constant(candidate))
+                    verdicts.append(True)
+                except tf.errors.InvalidArgumentError:
+                    verdicts.append(False)
+            outcomes.append(tuple(verdicts))
+    assert all(full == reduced for full, reduced in outcomes), outcomes
+    assert (True, True) in outcomes and (False, False) in outcomes  # Both kinds were met.

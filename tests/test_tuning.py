@@ -701,3 +701,15 @@ def test_a_search_made_with_another_objective_is_refused(tmp_path):
     project.record_settings(tmp_path, {**settings, "objective": "val_cross_entropy"})
     with pytest.raises(UserError, match=r"other settings \(objective\)"):
         project.check_settings(tmp_path, settings)
+
+
+def test_a_bayesian_search_leaves_half_its_trials_to_the_gaussian_process(tmp_path):
+    # KerasTuner's default (3 random trials per dimension, ~27 here) made 20 trials all random.
+    head_model = hypermodel.HeadHyperModel(
+        train=_separable_features(), validation=_separable_features(), num_classes=4,
+        activation="relu", dropout=0.0, standardize=True, precision_policy="float32",
+        batch_sizes=(8,), epochs=(1, 2), seed=0)
+    tuner = tuners.make_tuner("bayesian", head_model, max_trials=20, epochs=2,
+                              executions_per_trial=1, directory=str(tmp_path), project_name="p",
+                              overwrite=False, strategy=tf.distribute.get_strategy(), seed=0)
+    assert tuner.oracle.num_initial_points == 10

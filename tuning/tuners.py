@@ -69,6 +69,15 @@ def _seeded(tuner_class: type) -> type:
     return Seeded
 
 
+def bayesian_initial_points(max_trials: int) -> int:
+    """Random trials before the Gaussian process proposes the rest: half of them, at least 3.
+
+    KerasTuner's default is 3 per dimension of the space, about 27 for this one, so a 20-trial
+    "bayesian" search was a random search: no trial was ever proposed by the model.
+    """
+    return max(3, max_trials // 2)
+
+
 def make_tuner(name: str, hypermodel: keras_tuner.HyperModel, *, max_trials: int, epochs: int,
                executions_per_trial: int, directory: str, project_name: str, overwrite: bool,
                strategy, seed: int) -> keras_tuner.Tuner:
@@ -104,6 +113,7 @@ def make_tuner(name: str, hypermodel: keras_tuner.HyperModel, *, max_trials: int
     if name == "random":
         return _seeded(keras_tuner.RandomSearch)(hypermodel, max_trials=max_trials, **common)
     if name == "bayesian":
-        return _seeded(keras_tuner.BayesianOptimization)(hypermodel, max_trials=max_trials,
-                                                         **common)
+        return _seeded(keras_tuner.BayesianOptimization)(
+            hypermodel, max_trials=max_trials,
+            num_initial_points=bayesian_initial_points(max_trials), **common)
     raise ValueError(f"unknown tuner {name!r}; expected one of {TUNERS}")
