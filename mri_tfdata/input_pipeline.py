@@ -58,14 +58,17 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
       UserError: The cache folder cannot be used (DiskError: it cannot be written).
     """
     deterministic = seed is not None or not training
+    options = _options(deterministic=deterministic)
 
     def decode(encoded, label):
         return decode_and_resize(encoded, image_size=image_size), tf.cast(label, tf.int32)
 
     # A file cache is shared by every later pipeline of the same key, including evaluation ones
-    # that rely on the source order, so it is always written in that order.
+    # that rely on the source order, so it is always written in that order. The options apply
+    # here already, so that the file cache's writing pass runs with them too.
     dataset = source.dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=deterministic or cache not in ("none", "memory"))
+    dataset = dataset.with_options(options)
     if cache not in ("none", "memory"):
         root = pathlib.Path(cache).expanduser()
         if root.exists() and not root.is_dir():
@@ -86,7 +89,11 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
         dataset = dataset.batch(batch_size, drop_remainder=training,
                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.with_options(options)
 
+
+def _options(*, deterministic: bool) -> tf.data.Options:
+    """The options of every pipeline make_dataset builds."""
     options = tf.data.Options()
     # Out-of-order parallel map and batch are faster; order only matters when a seed asks for a
     # reproducible run, or for evaluation, whose predictions are matched to the source order.
@@ -95,9 +102,15 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     # sources; AUTO would shard file-less folder sources by DATA (every worker reads everything)
     # and fail on TFDS splits with fewer files than workers.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    # tf.data's autotuner ran the cold epoch at one thread's rate in about 2 runs of 5 on the
+    # 2-core build machine (the 224 px copy's 5,708 images: 5.1-5.2 s every time it happened,
+    # against 2.3-3.4 s), whatever its algorithm or min_parallelism. Off, every AUTOTUNE map and
+    # batch runs on as many threads as the host has cores, and AUTOTUNE prefetch buffers still
+    # grow on demand (tf.data's legacy autotuning): 22 of 22 epochs measured ran at full rate.
+    options.autotune.enabled = False
     # No private thread pool: on 2 cores, 2 or 4 private threads gave the same cold-epoch rate as
     # the shared pool (benchmarks/input_pipeline.py), and a fixed size would not follow the host.
-    return dataset.with_options(options)
+    return options
 
 
 def distribute_dataset(strategy: tf.distribute.Strategy,
