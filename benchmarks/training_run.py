@@ -15,7 +15,6 @@ Hardware: any CPU; about 3 minutes on 2 idle cores.
 import json
 import pathlib
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,8 +22,9 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags, logging
+from absl import flags
 
+import timed_command  # benchmarks/, beside this script
 from mri_tfdata import cli, features, model, precision
 
 flags.DEFINE_string("data_dir", None, "Kaggle-layout root holding Training/ and Testing/.")
@@ -53,14 +53,7 @@ def run_training(work: pathlib.Path, extra: list[str]) -> tuple[float, str]:
                f"--data_dir={FLAGS.data_dir}", "--weights=none",
                f"--image_size={FLAGS.image_size}", f"--workdir={work / 'run'}",
                f"--feature_cache={work / 'features'}", *extra]
-    logging.info("Run: %s", " ".join(command))
-    start = time.perf_counter()
-    proc = subprocess.run(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        sys.stdout.write(proc.stdout[-5000:])
-        raise SystemExit(f"the training run failed with exit code {proc.returncode}")
-    return seconds, proc.stdout
+    return timed_command.run(command, what="training run")
 
 
 def main(argv):

@@ -27,7 +27,6 @@ import csv
 import json
 import pathlib
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +34,9 @@ import time
 import keras
 import keras_tuner
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
+import timed_command  # benchmarks/, beside this script
 from mri_tfdata import cli, evaluation, features, head_fit, model, precision, sources
 from mri_tfdata.cli import require
 from tuning import hypermodel, results, selection, tuners
@@ -85,14 +85,7 @@ def run_search(work: pathlib.Path) -> tuple[float, str]:
                f"--epochs={FLAGS.epochs}", f"--executions_per_trial={FLAGS.executions_per_trial}",
                f"--feature_cache={work / 'features'}",
                f"--directory={work / 'runs'}", "--project_name=benchmark"]
-    logging.info("Search: %s", " ".join(command))
-    start = time.perf_counter()
-    proc = subprocess.run(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        sys.stdout.write(proc.stdout[-5000:])
-        raise SystemExit(f"the search failed with exit code {proc.returncode}")
-    return seconds, proc.stdout
+    return timed_command.run(command, what="search")
 
 
 def test_accuracies(candidate: selection.Candidate, train, test, *, policy: str) -> list[float]:
