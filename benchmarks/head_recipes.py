@@ -51,7 +51,7 @@ RECIPES = {
 def _features(split: str, backbone, cache_dir) -> features.FeatureSet:
     source = sources.load_folder_source(FLAGS.data_dir, split=split)
     return features.load_or_extract(source, backbone=backbone, image_size=FLAGS.image_size,
-                                    batch_size=32, cache_dir=cache_dir)
+                                    cache_dir=cache_dir)
 
 
 def run_recipe(recipe: dict, train, test, policy: str) -> list[float]:

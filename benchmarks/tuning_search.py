@@ -151,8 +151,7 @@ def main(argv):
     policy = precision.apply_precision("auto")
     keras.utils.set_random_seed(0)
     backbone = model.build_backbone(image_size=FLAGS.image_size, weights="none")
-    load = dict(backbone=backbone, image_size=FLAGS.image_size, batch_size=32,
-                cache_dir=work / "features")
+    load = dict(backbone=backbone, image_size=FLAGS.image_size, cache_dir=work / "features")
     searched, train, test = (
         features.load_or_extract(sources.load_folder_source(FLAGS.data_dir, split=split), **load)
         for split in ("train[:85%]", FLAGS.final_train_split, "test"))

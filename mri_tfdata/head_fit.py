@@ -88,11 +88,7 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
         model.compile_model(head, learning_rate=learning_rate, schedule=schedule,
                             decay_steps=steps_per_epoch * (epochs - initial_epoch),
                             label_smoothing=label_smoothing, weight_decay=weight_decay,
-                            # Keras 3.15's multi-step loop fails under several replicas ("You
-                            # must feed a value for placeholder tensor ... while/cond"), so a
-                            # distributed fit keeps one step per call.
-                            steps_per_execution=(STEPS_PER_EXECUTION
-                                                 if strategy.num_replicas_in_sync == 1 else 1))
+                            steps_per_execution=STEPS_PER_EXECUTION)
     train_ds = make_feature_dataset(features, labels, batch_size=batch_size, training=True,
                                     seed=seed)
     val_ds = None

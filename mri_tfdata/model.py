@@ -5,6 +5,7 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from mri_tfdata import losses
@@ -283,8 +284,12 @@ def compile_model(model: keras.Model, *, learning_rate: float, schedule: str = "
       label_smoothing: s in [0, 1) (losses.SparseCrossEntropy).
       weight_decay: AdamW's decoupled weight decay; 0 = Adam.
       steps_per_execution: optimizer steps per call into the compiled graph (Keras's
-        `steps_per_execution`); the same steps in the same order, so the same weights.
+        `steps_per_execution`); the same steps in the same order, so the same weights. Under a
+        strategy with several replicas it is 1 whatever is asked: Keras 3.15's multi-step loop
+        fails there ("You must feed a value for placeholder tensor ... while/cond").
     """
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        steps_per_execution = 1
     rate = learning_rate_schedule(learning_rate, schedule=schedule, decay_steps=decay_steps)
     optimizer = (keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay)
                  if weight_decay else keras.optimizers.Adam(learning_rate=rate))

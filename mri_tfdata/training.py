@@ -116,13 +116,9 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
         seed=config.seed, **pipeline)
     val_ds = (input_pipeline.make_dataset(job.val_source, batch_size=config.batch_size,
                                           training=False, **pipeline) if job.val_source else None)
-    # As head_fit counts them: whole global batches, capped in smoke runs.
-    steps_per_epoch = job.train_source.num_examples // config.batch_size
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     with job.strategy.scope():
         model.compile_model(classifier, learning_rate=learning_rate, schedule=config.schedule,
-                            decay_steps=steps_per_epoch * (epochs - initial_epoch),
+                            decay_steps=_steps_per_epoch(job) * (epochs - initial_epoch),
                             label_smoothing=config.label_smoothing,
                             weight_decay=config.weight_decay)
     with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate,
@@ -198,11 +194,17 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
     return TrainResult(workdir=run.path, history=history, metrics=metrics, resumed=run.resuming)
 
 
+def _steps_per_epoch(job: _Job) -> int:
+    """As head_fit counts them: whole global batches, capped in smoke runs."""
+    steps = job.train_source.num_examples // job.config.batch_size
+    if job.config.max_steps_per_epoch:
+        steps = min(steps, job.config.max_steps_per_epoch)
+    return steps
+
+
 def _log_start(job: _Job, precision_policy: str) -> None:
     config, replicas = job.config, job.strategy.num_replicas_in_sync
-    steps = job.train_source.num_examples // config.batch_size
-    if config.max_steps_per_epoch:
-        steps = min(steps, config.max_steps_per_epoch)
+    steps = _steps_per_epoch(job)
     logging.info("Data: %s; train %r: %d examples; validation %r: %s; test %r: %s.",
                  job.data.describe(), config.train_split, job.train_source.num_examples,
                  config.validation_split,

@@ -117,8 +117,8 @@ def _validate_flags(model_spec) -> tuple[int, ...]:
 
 
 def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
-    """Builds training's backbone; returns (train, validation) FeatureSets, cached on disk, and the
-    content hash of every example of both (train's first), which groups the selection's folds."""
+    """Builds training's backbone; returns (train, validation) FeatureSets, cached on disk, and
+    their two Sources, whose content hashes group the selection's folds (read only if it runs)."""
     # The seed first, as training does: with --weights=none the backbone's random weights (and so
     # the cache key and the features) are then those `train --flagfile=best.flags` builds.
     keras.utils.set_random_seed(FLAGS.seed)
@@ -127,13 +127,13 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
                                         weights=model_spec.weights)
     data.prepare()
     cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
-    sets, hashes = [], []
+    sets, opened = [], []
     for split in (FLAGS.train_split, FLAGS.validation_split):
         source = data.open(split)
         sets.append(features.load_or_extract(
             source, backbone=backbone, image_size=model_spec.image_size,
             cache_dir=cache_dir, strategy=strategy))  # at the inference batch, not the head's
-        hashes.extend(source.content_hashes)
+        opened.append(source)
     train, validation = sets
     if len(train.labels) < batch_sizes[-1]:
         raise UserError(f"The training split {FLAGS.train_split!r} has {len(train.labels)} "
@@ -141,7 +141,7 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
                         "--batch_sizes.")
     logging.info("Search data: %d training and %d validation feature vectors.",
                  len(train.labels), len(validation.labels))
-    return train, validation, tuple(hashes)
+    return train, validation, tuple(opened)
 
 
 def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[str, str]:
@@ -180,7 +180,9 @@ def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, st
         epochs=FLAGS.epochs)
     candidates = selection.finalists(rows, OBJECTIVE, top=FLAGS.finalists, default=default,
                                      epochs=FLAGS.epochs)
-    train, validation, hashes = search_data
+    train, validation, opened = search_data
+    # Train's first, as the features are pooled below.
+    hashes = [h for source in opened for h in source.content_hashes]
     # Byte-identical images (train holds 207 duplicate files) fall in one fold together.
     groups = selection.content_groups(hashes)
     # Both splits are carved from train. Pooled, every example is held out once: with the default
