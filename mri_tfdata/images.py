@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import pathlib
+import re
 import stat
 
 import numpy as np
@@ -158,8 +159,13 @@ def check_decodes(data: bytes) -> None:
     try:
         decoding.check(tf.constant(data))
     except tf.errors.InvalidArgumentError as e:
-        raise CorruptImageError(f"TensorFlow cannot decode it ({e.message.splitlines()[0]})") \
-            from None
+        raise CorruptImageError(f"TensorFlow cannot decode it ({_decoder_reason(e)})") from None
+
+
+def _decoder_reason(error: tf.errors.OpError) -> str:
+    """The decoder's own words, without TF's "{{function_node ...}}" and "[Op:...]" wrapping."""
+    reason = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]", "", error.message.splitlines()[0])
+    return " ".join(reason.split())
 
 
 def prepare_image(data: bytes, *, verify: bool = True) -> StoredImage:
