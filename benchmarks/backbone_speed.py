@@ -13,7 +13,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from mri_tfdata import cli, model
+from mri_tfdata.cli import runner
+from mri_tfdata.model import architecture
 
 flags.DEFINE_integer("image_size", 128, "Input height and width in pixels.")
 flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
@@ -24,12 +25,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    cli.require(FLAGS.image_size >= 32, "--image_size must be at least 32 (ResNet50's minimum).")
+    runner.require(FLAGS.image_size >= 32, "--image_size must be at least 32 (ResNet50's minimum).")
     forwards = {}
     for policy in FLAGS.policies:
         # Layers take the global policy when built, so each backbone keeps its own.
         keras.mixed_precision.set_global_policy(policy)
-        backbone = model.build_backbone(image_size=FLAGS.image_size, weights="none")
+        backbone = architecture.build_backbone(image_size=FLAGS.image_size, weights="none")
         forwards[policy] = tf.function(lambda x, m=backbone: m(x, training=False))
     keras.mixed_precision.set_global_policy("float32")
     images = np.random.default_rng(0).integers(
@@ -51,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

@@ -22,7 +22,7 @@ import time
 
 from absl import flags, logging
 
-from mri_tfdata import cli
+from mri_tfdata.cli import runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Kaggle-layout folder (Training/ and Testing/).")
@@ -42,7 +42,7 @@ def _startup_cpu() -> float:
     """CPU seconds of a new Python process importing what the build and its workers import."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-c", "import apache_beam, tensorflow_datasets, "
-                    "mri_tfdata.build_pipeline"], check=True, capture_output=True)
+                    "mri_tfdata.data.beam_steps"], check=True, capture_output=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
@@ -67,7 +67,7 @@ def _profile(data_dir: str, tmp: pathlib.Path) -> dict:
     from tensorflow_datasets.core import example_serializer, hashing
 
     from builders.brain_tumor_mri import brain_tumor_mri_dataset_builder
-    from mri_tfdata import images, kaggle_layout
+    from mri_tfdata.data import images, kaggle_layout
 
     cpu = {}
     start = time.process_time()
@@ -109,7 +109,7 @@ def _profile(data_dir: str, tmp: pathlib.Path) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    cli.require(FLAGS.data_dir is not None and pathlib.Path(FLAGS.data_dir).is_dir(),
+    runner.require(FLAGS.data_dir is not None and pathlib.Path(FLAGS.data_dir).is_dir(),
                 "--data_dir must be a Kaggle-layout folder (Training/ and Testing/).")
     with tempfile.TemporaryDirectory(prefix="mri_tfdata-build-profile-") as tmp:
         result = _profile(FLAGS.data_dir, pathlib.Path(tmp))
@@ -121,4 +121,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.WARNING)
-    cli.run(main)
+    runner.run(main)

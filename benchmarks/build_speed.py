@@ -26,8 +26,8 @@ import time
 
 from absl import flags, logging
 
-from mri_tfdata import cli
-from mri_tfdata.errors import UserError
+from mri_tfdata.cli import runner
+from mri_tfdata.core.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Kaggle-layout folder (Training/ and Testing/), the "
@@ -104,7 +104,7 @@ def _warm_page_cache(folder: str) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    cli.require(FLAGS.data_dir is not None and pathlib.Path(FLAGS.data_dir).is_dir(),
+    runner.require(FLAGS.data_dir is not None and pathlib.Path(FLAGS.data_dir).is_dir(),
                 "--data_dir must be a Kaggle-layout folder (Training/ and Testing/).")
     _warm_page_cache(FLAGS.data_dir)
     load_before = os.getloadavg()
@@ -137,4 +137,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.WARNING)
-    cli.run(main)
+    runner.run(main)

@@ -31,8 +31,11 @@ import time
 
 from absl import flags, logging
 
-from mri_tfdata import cli, features, head_fit, kaggle_layout, model, precision, sources
-from mri_tfdata.cli import require
+from mri_tfdata.cli import runner
+from mri_tfdata.cli.runner import require
+from mri_tfdata.data import kaggle_layout, sources
+from mri_tfdata.model import architecture, features, head_fit
+from mri_tfdata.runtime import precision
 
 flags.DEFINE_string("data_dir", None, "Kaggle-layout root holding Training/ and Testing/.")
 flags.DEFINE_integer("subset", 100, "Images per split, stratified across classes; 0 = all.")
@@ -86,7 +89,7 @@ def make_subset(data_dir: pathlib.Path, out: pathlib.Path, n: int) -> dict:
 
 def build_head(head_weights, *, standardize: bool):
     """A fresh 512-128 head holding `head_weights` (the same initial head for both runs)."""
-    head = model.build_head(hidden_units=(512, 128), standardize=standardize)
+    head = architecture.build_head(hidden_units=(512, 128), standardize=standardize)
     head.set_weights(head_weights)
     if standardize:
         # Keras's Normalization recomputes its mean and variance from the weights only here;
@@ -152,7 +155,7 @@ def train_on_features(feature_sets: dict, backbone, head_weights, *, batch_size:
                                 validation=(test.features, test.labels),
                                 learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
                                 seed=seed, verbose=2)
-    model.build_classifier(backbone, head)  # what train.py saves and evaluates
+    architecture.build_classifier(backbone, head)  # what train.py saves and evaluates
     return history.history["val_accuracy"]
 
 
@@ -186,7 +189,7 @@ def main(argv):
 
         keras.utils.set_random_seed(FLAGS.seed)
         policy = precision.apply_precision(FLAGS.precision)
-        backbone = model.build_backbone(image_size=FLAGS.image_size, weights=FLAGS.weights)
+        backbone = architecture.build_backbone(image_size=FLAGS.image_size, weights=FLAGS.weights)
         # Variables are float32 under every policy, so these copy into the float32 reference.
         resnet_weights = backbone.get_layer("resnet50").get_weights()
 
@@ -195,8 +198,8 @@ def main(argv):
         clock = Clock()
         feature_sets = extract_splits(tmp / "data", backbone, tmp / "features", **sizes)
         extract_s, extract_cpu = clock.read()
-        head = model.build_head(hidden_units=(512, 128), standardize=FLAGS.standardize)
-        model.adapt_standardization(head, feature_sets["train"].features)
+        head = architecture.build_head(hidden_units=(512, 128), standardize=FLAGS.standardize)
+        architecture.adapt_standardization(head, feature_sets["train"].features)
         head_weights = head.get_weights()
 
         clock = Clock()
@@ -237,4 +240,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

@@ -19,8 +19,13 @@ import keras
 import numpy as np
 from absl import flags
 
-from mri_tfdata import cli, evaluation, features, head_fit, model, precision, sources, training
-from mri_tfdata.cli import require
+from mri_tfdata.cli import runner
+from mri_tfdata.cli.runner import require
+from mri_tfdata.data import sources
+from mri_tfdata.evaluation import evaluator
+from mri_tfdata.model import architecture, features, head_fit
+from mri_tfdata.runtime import precision
+from mri_tfdata.training import trainer
 
 flags.DEFINE_string("data_dir", "../shared/data/kaggle-brain-tumor-mri-224",
                     "Kaggle-layout root holding Training/ and Testing/.")
@@ -31,7 +36,7 @@ flags.DEFINE_list("recipes", [], "Names of RECIPES to run; empty = all.")
 flags.DEFINE_string("feature_cache", "auto", "Feature cache: auto or a folder.")
 
 FLAGS = flags.FLAGS
-_DEFAULT = training.TrainConfig()
+_DEFAULT = trainer.TrainConfig()
 RECIPES = {
     "old default: 1e-3 constant": dict(learning_rate=1e-3, schedule="constant",
                                        label_smoothing=0.0),
@@ -62,11 +67,11 @@ def run_recipe(recipe: dict, train, test, policy: str) -> list[float]:
     for seed in range(FLAGS.seeds):
         keras.utils.set_random_seed(seed)
         keras.mixed_precision.set_global_policy(policy)
-        head = model.build_head(hidden_units=(512, 128), dropout=dropout, standardize=True)
+        head = architecture.build_head(hidden_units=(512, 128), dropout=dropout, standardize=True)
         head_fit.fit_head(head, train.features, train.labels, validation=None,
                           epochs=_DEFAULT.epochs, batch_size=_DEFAULT.batch_size,
                           weight_decay=0.0, seed=seed, verbose=0, **recipe)
-        predicted = evaluation.head_probabilities(head, test.features).argmax(axis=1)
+        predicted = evaluator.head_probabilities(head, test.features).argmax(axis=1)
         accuracies.append(float(np.mean(predicted == test.labels)))
     return accuracies
 
@@ -80,7 +85,7 @@ def main(argv):
     policy = precision.apply_precision("auto")
     # As training seeds before it builds the classifier: the same random backbone and features.
     keras.utils.set_random_seed(0)
-    backbone = model.build_backbone(image_size=FLAGS.image_size, weights=FLAGS.weights)
+    backbone = architecture.build_backbone(image_size=FLAGS.image_size, weights=FLAGS.weights)
     cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
     train, test = (_features(split, backbone, cache_dir) for split in ("train[:90%]", "test"))
     found = {}
@@ -97,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

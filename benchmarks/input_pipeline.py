@@ -27,7 +27,7 @@ import time
 
 from absl import flags, logging
 
-from mri_tfdata import cli
+from mri_tfdata.cli import runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Kaggle-layout folder (Training/<class>/*.jpg).")
@@ -76,7 +76,7 @@ def _pipeline_rates(source, cache_dir: str) -> dict:
     """Cold and warm rates (img/s) of the memory cache and the file cache, plus opening times."""
     import tensorflow as tf
 
-    from mri_tfdata import input_pipeline
+    from mri_tfdata.data import input_pipeline
 
     def make(cache):
         return input_pipeline.make_dataset(source, image_size=FLAGS.image_size,
@@ -115,11 +115,12 @@ def _extraction_rates(source) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from mri_tfdata import features, input_pipeline, model
+    from mri_tfdata.data import input_pipeline
+    from mri_tfdata.model import architecture, features
 
     size, batch = FLAGS.extract_image_size, features.INFERENCE_BATCH
     keras.mixed_precision.set_global_policy(FLAGS.precision)
-    backbone = model.build_backbone(image_size=size, weights="none")
+    backbone = architecture.build_backbone(image_size=size, weights="none")
     keras.mixed_precision.set_global_policy("float32")
     forward = tf.function(lambda x: backbone(x, training=False))
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
@@ -151,10 +152,10 @@ def _extraction_rates(source) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    cli.require(FLAGS.data_dir is not None, "--data_dir is required: the Kaggle-layout folder.")
-    cli.require(FLAGS.image_size > 0 and FLAGS.batch_size > 0 and FLAGS.max_images >= 0,
+    runner.require(FLAGS.data_dir is not None, "--data_dir is required: the Kaggle-layout folder.")
+    runner.require(FLAGS.image_size > 0 and FLAGS.batch_size > 0 and FLAGS.max_images >= 0,
                 "--image_size and --batch_size must be positive, --max_images at least 0.")
-    from mri_tfdata import sources
+    from mri_tfdata.data import sources
 
     split = f"train[:{FLAGS.max_images}]" if FLAGS.max_images else "train"
     load_average = os.getloadavg()
@@ -212,4 +213,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.WARNING)
-    cli.run(main)
+    runner.run(main)

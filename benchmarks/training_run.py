@@ -22,10 +22,12 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+import timed_command  # benchmarks/, beside this script
 from absl import flags
 
-import timed_command  # benchmarks/, beside this script
-from mri_tfdata import cli, features, model, precision
+from mri_tfdata.cli import runner
+from mri_tfdata.model import architecture, features
+from mri_tfdata.runtime import precision
 
 flags.DEFINE_string("data_dir", None, "Kaggle-layout root holding Training/ and Testing/.")
 flags.DEFINE_integer("image_size", 128, "Image side of the run.")
@@ -57,11 +59,11 @@ def run_training(work: pathlib.Path, extra: list[str]) -> tuple[float, str]:
 
 
 def main(argv):
-    cli.require(FLAGS.data_dir is not None, "--data_dir is required: the Kaggle dataset root.")
+    runner.require(FLAGS.data_dir is not None, "--data_dir is required: the Kaggle dataset root.")
     extra = argv[1:]
     # The run's own precision choice (--precision=auto), so both sides use the same policy.
     policy = precision.apply_precision("auto")
-    backbone = model.build_backbone(image_size=FLAGS.image_size, weights="none")
+    backbone = architecture.build_backbone(image_size=FLAGS.image_size, weights="none")
     before = bare_rate(backbone, FLAGS.bare_images)
     with tempfile.TemporaryDirectory(prefix="mri_tfdata-run-") as tmp:
         wall, log = run_training(pathlib.Path(tmp), extra)
@@ -89,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

@@ -34,11 +34,15 @@ import time
 import keras
 import keras_tuner
 import numpy as np
+import timed_command  # benchmarks/, beside this script
 from absl import flags
 
-import timed_command  # benchmarks/, beside this script
-from mri_tfdata import cli, evaluation, features, head_fit, model, precision, sources
-from mri_tfdata.cli import require
+from mri_tfdata.cli import runner
+from mri_tfdata.cli.runner import require
+from mri_tfdata.data import sources
+from mri_tfdata.evaluation import evaluator
+from mri_tfdata.model import architecture, features, head_fit
+from mri_tfdata.runtime import precision
 from tuning import hypermodel, results, selection, tuners
 
 flags.DEFINE_string("data_dir", "../shared/data/kaggle-brain-tumor-mri-224",
@@ -66,7 +70,7 @@ REFERENCE_IMAGES_PER_EPOCH = 5708 + 1311  # Training + Testing (the report valid
 def reference_rate(num_images: int) -> float:
     """Images/s of the reference's frozen ResNet50 forward pass (256 px, float32, batch 32)."""
     keras.mixed_precision.set_global_policy("float32")
-    backbone = model.build_backbone(image_size=REFERENCE_SIZE, weights="none")
+    backbone = architecture.build_backbone(image_size=REFERENCE_SIZE, weights="none")
     batch = np.random.default_rng(0).integers(0, 256, (32, REFERENCE_SIZE, REFERENCE_SIZE, 3),
                                               dtype=np.uint8)
     backbone.predict(batch, verbose=0)  # Trace and warm up.
@@ -102,7 +106,7 @@ def test_accuracies(candidate: selection.Candidate, train, test, *, policy: str)
         # The fit every trial, every selection fold and training's fast path use.
         head_fit.fit_head(head, train.features, train.labels, validation=None, seed=seed,
                           verbose=0, **recipe)
-        predicted = evaluation.head_probabilities(head, test.features).argmax(axis=1)
+        predicted = evaluator.head_probabilities(head, test.features).argmax(axis=1)
         accuracies.append(float(np.mean(predicted == test.labels)))
     return accuracies
 
@@ -150,7 +154,7 @@ def main(argv):
     # The search's backbone, precision and cache: train/validation features come from its cache.
     policy = precision.apply_precision("auto")
     keras.utils.set_random_seed(0)
-    backbone = model.build_backbone(image_size=FLAGS.image_size, weights="none")
+    backbone = architecture.build_backbone(image_size=FLAGS.image_size, weights="none")
     load = dict(backbone=backbone, image_size=FLAGS.image_size, cache_dir=work / "features")
     searched, train, test = (
         features.load_or_extract(sources.load_folder_source(FLAGS.data_dir, split=split), **load)
@@ -198,4 +202,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

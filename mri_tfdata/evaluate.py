@@ -10,14 +10,22 @@ few images shown with their Grad-CAMs.
 """
 
 import pathlib
+import sys
 
-from absl import flags, logging
+from mri_tfdata.cli import console
 
-from mri_tfdata import cli, evaluation, features, flags_common, inference
-from mri_tfdata.cli import require
-from mri_tfdata.errors import UserError
+console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
 
-flags_common.define_data_flags()
+from absl import flags, logging  # noqa: E402
+
+from mri_tfdata.cli import runner, shared_flags  # noqa: E402
+from mri_tfdata.cli.runner import require  # noqa: E402
+from mri_tfdata.core.errors import UserError  # noqa: E402
+from mri_tfdata.evaluation import evaluator  # noqa: E402
+from mri_tfdata.model import features  # noqa: E402
+from mri_tfdata.serving import model_file  # noqa: E402
+
+shared_flags.define_data_flags()
 flags.DEFINE_string("model", None, "The saved model: a model.keras file written by training.")
 flags.DEFINE_string("split", "test", "The split to evaluate (TFDS split syntax).")
 flags.DEFINE_string("out", None,
@@ -27,7 +35,7 @@ flags.DEFINE_bool("overwrite", False,
 
 FLAGS = flags.FLAGS
 
-_OUTPUTS = ("metrics.json", "errors.csv", *(f"{plot}.png" for plot in evaluation.PLOTS), "logs")
+_OUTPUTS = ("metrics.json", "errors.csv", *(f"{plot}.png" for plot in evaluator.PLOTS), "logs")
 
 
 def main(argv):
@@ -40,13 +48,13 @@ def main(argv):
     if existing and not FLAGS.overwrite:
         raise UserError(f"--out={out} already holds {', '.join(existing)}. Pass another --out, or "
                         "add --overwrite to replace them.")
-    saved = inference.load_classifier(FLAGS.model)
+    saved = model_file.load_classifier(FLAGS.model)
     image_size = saved.image_size
     if FLAGS["image_size"].present:
         require(FLAGS.image_size == image_size,
                 f"--image_size={FLAGS.image_size} differs from the model's input size "
                 f"{image_size}; drop the flag (the model's size is used).")
-    data = flags_common.data_spec_from_flags(image_size=image_size)
+    data = shared_flags.data_spec_from_flags(image_size=image_size)
     source = data.open(FLAGS.split)
     if tuple(source.class_names) != saved.class_names:
         raise UserError(f"{saved.path} predicts the classes {', '.join(saved.class_names)} but "
@@ -55,7 +63,7 @@ def main(argv):
     logging.info("Evaluating %s on %s split %r (%d images at %d px).", FLAGS.model,
                  data.describe(), FLAGS.split, source.num_examples, image_size)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluation.evaluate_split(
+    metrics = evaluator.evaluate_split(
         saved.model, source, out_dir=out, batch_size=FLAGS.batch_size,
         cache_dir=features.resolve_cache_dir(FLAGS.feature_cache),
         extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()},
@@ -68,7 +76,7 @@ def main(argv):
 
 def console_main():
     """The `mri-evaluate` command."""
-    cli.run(main)
+    runner.run(main)
 
 
 if __name__ == "__main__":

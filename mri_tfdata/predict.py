@@ -16,13 +16,21 @@ import pathlib
 import sys
 from collections.abc import Iterator, Sequence
 
-import keras
-import numpy as np
-from absl import flags, logging
+from mri_tfdata.cli import console
 
-from mri_tfdata import atomic, cli, gradcam, images, inference, kaggle_layout
-from mri_tfdata.cli import require
-from mri_tfdata.errors import UserError
+console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from mri_tfdata.cli import runner  # noqa: E402
+from mri_tfdata.cli.runner import require  # noqa: E402
+from mri_tfdata.core import atomic  # noqa: E402
+from mri_tfdata.core.errors import UserError  # noqa: E402
+from mri_tfdata.data import images, kaggle_layout  # noqa: E402
+from mri_tfdata.evaluation import gradcam  # noqa: E402
+from mri_tfdata.serving import model_file  # noqa: E402
 
 
 def find_images(paths: Sequence) -> list[pathlib.Path]:
@@ -41,7 +49,7 @@ def _read(path: pathlib.Path, image_size: int) -> np.ndarray | str:
     if path.is_dir():
         return f"a folder with no {', '.join(kaggle_layout.IMAGE_SUFFIXES)} file in it"
     try:
-        return inference.load_image(path, image_size=image_size)
+        return model_file.load_image(path, image_size=image_size)
     except images.CorruptImageError as e:
         return str(e)
     except OSError as e:
@@ -53,12 +61,12 @@ def overlay_paths(files: Sequence, gradcam_dir) -> list[pathlib.Path]:
     return [pathlib.Path(gradcam_dir) / name for name in gradcam.overlay_names(files)]
 
 
-def classify_files(saved: inference.SavedClassifier, files: Sequence,
+def classify_files(saved: model_file.SavedClassifier, files: Sequence,
                    *, batch_size: int = 32, gradcam_dir=None) -> Iterator[dict]:
     """Classifies image files, `batch_size` at a time; yields one result per file, in order.
 
     Args:
-      saved: the classifier, from inference.load_classifier.
+      saved: the classifier, from model_file.load_classifier.
       files: paths of image files.
       batch_size: images per forward pass.
       gradcam_dir: an existing folder for the Grad-CAM overlay of every readable image, at
@@ -166,7 +174,7 @@ def main(argv):
     if gradcam_dir:
         require(not gradcam_dir.exists() or gradcam_dir.is_dir(),
                 f"--gradcam={gradcam_dir} is a file; pass a folder for the overlay PNGs.")
-    saved = inference.load_classifier(FLAGS.model)
+    saved = model_file.load_classifier(FLAGS.model)
     files = find_images(argv[1:])
     if gradcam_dir:
         _prepare_gradcam_dir(gradcam_dir, overlay_paths(files, gradcam_dir),
@@ -202,7 +210,7 @@ def main(argv):
 def console_main():
     """The `mri-predict` command."""
     _define_flags()
-    cli.run(main)
+    runner.run(main)
 
 
 if __name__ == "__main__":

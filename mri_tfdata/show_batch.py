@@ -8,13 +8,18 @@ To check the inputs by eye, with their class names:
 
 import math
 import pathlib
+import sys
 from typing import Sequence, Union
 
-import numpy as np
-from absl import flags, logging
+from mri_tfdata.cli import console
 
-from mri_tfdata import cli
-from mri_tfdata.errors import UserError
+console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
+
+import numpy as np  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from mri_tfdata.cli import runner  # noqa: E402
+from mri_tfdata.core.errors import UserError  # noqa: E402
 
 
 def save_batch_grid(images: np.ndarray, labels: Sequence[int], class_names: Sequence[str],
@@ -78,15 +83,15 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    cli.require(FLAGS.batch_size > 0 and FLAGS.image_size > 0,
+    runner.require(FLAGS.batch_size > 0 and FLAGS.image_size > 0,
                 "--batch_size and --image_size must be positive.")
-    cli.require(FLAGS.source != "folder" or FLAGS.data_dir,
+    runner.require(FLAGS.source != "folder" or FLAGS.data_dir,
                 "--source=folder needs --data_dir, the folder holding Training/ and Testing/.")
     out = pathlib.Path(FLAGS.out).expanduser()
     if out.exists() and not FLAGS.overwrite:
         raise UserError(f"{out} already exists; pass another --out, or --overwrite to replace it.")
     # TensorFlow loads only once the flags are known to be valid.
-    from mri_tfdata import input_pipeline, sources
+    from mri_tfdata.data import input_pipeline, sources
 
     if FLAGS.source == "folder":
         source = sources.load_folder_source(FLAGS.data_dir, split=FLAGS.split)
@@ -109,7 +114,7 @@ def main(argv: list[str]) -> None:
 def console_main():
     """The `mri-show-batch` command."""
     _define_flags()
-    cli.run(main)
+    runner.run(main)
 
 
 if __name__ == "__main__":

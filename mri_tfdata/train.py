@@ -6,13 +6,22 @@ logs/ (TensorBoard), flags.txt. Rerunning the same command after a kill resumes 
 finished epoch; a finished workdir is refused unless --overwrite is given.
 """
 
-from absl import flags, logging
+import sys
 
-from mri_tfdata import cli, distribute, flags_common, model, precision, training
-from mri_tfdata.cli import require
+from mri_tfdata.cli import console
 
-flags_common.define_data_flags()
-flags_common.define_model_flags()
+console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
+
+from absl import flags, logging  # noqa: E402
+
+from mri_tfdata.cli import runner, shared_flags  # noqa: E402
+from mri_tfdata.cli.runner import require  # noqa: E402
+from mri_tfdata.model import optimization  # noqa: E402
+from mri_tfdata.runtime import distribute, precision  # noqa: E402
+from mri_tfdata.training import trainer  # noqa: E402
+
+shared_flags.define_data_flags()
+shared_flags.define_model_flags()
 flags.DEFINE_string("train_split", "train[:90%]", "Split trained on (TFDS split syntax).")
 flags.DEFINE_string("validation_split", "train[90%:]",
                     "Split validated on after each epoch; empty for none. The reference recipe "
@@ -20,12 +29,12 @@ flags.DEFINE_string("validation_split", "train[90%:]",
 flags.DEFINE_string("test_split", "test",
                     "Split of the final evaluation (metrics.json); empty for none.")
 # The defaults are TrainConfig's: the best stable head recipe measured (README, "Default recipe").
-_DEFAULTS = training.TrainConfig()
+_DEFAULTS = trainer.TrainConfig()
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs of head training on the frozen backbone.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate,
                    "Initial learning rate of the head phase (Adam, or AdamW with "
                    "--weight_decay).")
-flags.DEFINE_enum("lr_schedule", _DEFAULTS.schedule, model.SCHEDULES,
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.schedule, optimization.SCHEDULES,
                   "Learning rate over each phase's steps: constant; cosine (decays to 0 by the "
                   "phase's last step); step (a tenth of the rate after two thirds of the steps).")
 flags.DEFINE_float("label_smoothing", _DEFAULTS.label_smoothing,
@@ -49,7 +58,7 @@ flags.DEFINE_bool("allow_missing_classes", False,
 FLAGS = flags.FLAGS
 
 
-def _train_config() -> training.TrainConfig:
+def _train_config() -> trainer.TrainConfig:
     require(bool(FLAGS.workdir), "--workdir is required: the directory for the model, metrics and "
             "plots (created if missing), e.g. --workdir=runs/demo.")
     require(bool(FLAGS.train_split.strip()), "--train_split must name a split, e.g. train[:90%].")
@@ -68,7 +77,7 @@ def _train_config() -> training.TrainConfig:
             "or leave both at 0.")
     require(bool(FLAGS.feature_cache.strip()), "--feature_cache must be auto, off or a folder.")
     require(FLAGS.max_steps_per_epoch >= 0, "--max_steps_per_epoch must be 0 (no cap) or more.")
-    return training.TrainConfig(
+    return trainer.TrainConfig(
         train_split=FLAGS.train_split, validation_split=FLAGS.validation_split,
         test_split=FLAGS.test_split, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
         learning_rate=FLAGS.learning_rate, schedule=FLAGS.lr_schedule,
@@ -84,22 +93,22 @@ def _train_config() -> training.TrainConfig:
 
 def main(argv):
     require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
-    data = flags_common.data_spec_from_flags()
-    model_spec = flags_common.model_spec_from_flags()
+    data = shared_flags.data_spec_from_flags()
+    model_spec = shared_flags.model_spec_from_flags()
     config = _train_config()
     # The strategy first (multi-worker must configure the runtime before any other TF work),
     # then the precision policy, before any layer is built.
     strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     policy = precision.apply_precision(FLAGS.precision)
     logging.info("Strategy: %s.", distribute.describe_strategy(strategy))
-    training.train(data=data, model_spec=model_spec, config=config, workdir_path=FLAGS.workdir,
+    trainer.train(data=data, model_spec=model_spec, config=config, workdir_path=FLAGS.workdir,
                    strategy=strategy, precision_policy=policy, overwrite=FLAGS.overwrite,
-                   flags_text=flags_common.flags_as_text([flags_common, __name__]))
+                   flags_text=shared_flags.flags_as_text([flags_common, __name__]))
 
 
 def console_main():
     """The `mri-train` command."""
-    cli.run(main)
+    runner.run(main)
 
 
 if __name__ == "__main__":

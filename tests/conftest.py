@@ -14,7 +14,7 @@ def reset_policy():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A DataSpec of the synthetic Kaggle tree: 8 training and 2 test images per class, 32 px."""
-    from mri_tfdata import dataspec
+    from mri_tfdata.data import dataspec
 
     spec = dataspec.DataSpec(source="synthetic", data_dir=str(tmp_path_factory.mktemp("synth")),
                              synthetic_train_per_class=8, synthetic_test_per_class=2,

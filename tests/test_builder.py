@@ -8,15 +8,15 @@ import subprocess
 import sys
 import zipfile
 
+import kaggle_trees
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 import builders.brain_tumor_mri  # noqa: F401  (registers "brain_tumor_mri" with TFDS)
-import kaggle_trees
 from builders.brain_tumor_mri import brain_tumor_mri_dataset_builder
-from mri_tfdata import kaggle_layout
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import kaggle_layout
 
 BUILDER_DIR = pathlib.Path(brain_tumor_mri_dataset_builder.__file__).parent
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from absl import flags
 
-from mri_tfdata import flags_common
+from mri_tfdata.cli import shared_flags
 
 ROOT = pathlib.Path(__file__).parents[1]
 # The C++ start-up block TensorFlow prints (twice) on import, and the CUDA probe without a GPU.
@@ -97,7 +97,7 @@ def test_flagfiles_store_absolute_paths(tmp_path, monkeypatch):
                         ("weights", "imagenet"), ("train_split", "train")]:
         flags.DEFINE_string(name, value, "", flag_values=values)
     values(["prog"])
-    lines = {name: flags_common.serialize(values[name]) for name in values}
+    lines = {name: shared_flags.serialize(values[name]) for name in values}
     assert lines == {"data_dir": f"--data_dir={tmp_path / 'data'}",
                      "tfds_data_dir": "--tfds_data_dir=gs://bucket/tfds",
                      "workdir": f"--workdir={pathlib.Path.home() / 'runs/x'}",

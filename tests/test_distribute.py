@@ -1,4 +1,4 @@
-"""Tests for mri_tfdata.distribute: strategy selection, descriptions and configuration errors."""
+"""Tests for mri_tfdata.runtime.distribute: strategy selection, descriptions and configuration errors."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import distribute
-from mri_tfdata.errors import FlagError, UserError
+from mri_tfdata.core.errors import FlagError, UserError
+from mri_tfdata.runtime import distribute
 
 
 @pytest.fixture

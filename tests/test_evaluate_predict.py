@@ -6,10 +6,9 @@ import pathlib
 import subprocess
 import sys
 
+import kaggle_trees
 import numpy as np
 import pytest
-
-import kaggle_trees
 
 SIZE = 32
 
@@ -19,18 +18,20 @@ def tiny(tmp_path_factory):
     """A saved untrained 32 px classifier and a tiny synthetic Kaggle tree."""
     import keras
 
-    from mri_tfdata import inference, kaggle_layout, model, synthetic
+    from mri_tfdata.data import kaggle_layout, synthetic
+    from mri_tfdata.model import architecture, optimization
+    from mri_tfdata.serving import model_file
 
     root = tmp_path_factory.mktemp("evaluate_predict")
     data = synthetic.write_synthetic_dataset(root / "data", train_per_class=1, test_per_class=2,
                                              image_size=SIZE)
     keras.utils.set_random_seed(1)
-    classifier = model.build_classifier(model.build_backbone(image_size=SIZE, weights="none"),
-                                        model.build_head(hidden_units=(8,)))
+    classifier = architecture.build_classifier(architecture.build_backbone(image_size=SIZE, weights="none"),
+                                        architecture.build_head(hidden_units=(8,)))
     # Compiled and trained a step, as training leaves it: its optimizer state is not saved.
-    model.compile_model(classifier, learning_rate=1e-3)
+    optimization.compile_model(classifier, learning_rate=1e-3)
     classifier.fit(np.zeros((4, SIZE, SIZE, 3), np.uint8), np.arange(4), verbose=0)
-    inference.save_classifier(classifier, root / "model.keras",
+    model_file.save_classifier(classifier, root / "model.keras",
                               class_names=kaggle_layout.CLASS_NAMES)
     return root, data, classifier
 
@@ -43,9 +44,9 @@ def _run(module, *args):
 
 
 def _expected(classifier, files):
-    from mri_tfdata import inference
+    from mri_tfdata.serving import model_file
 
-    images = np.stack([inference.load_image(f, image_size=SIZE) for f in files])
+    images = np.stack([model_file.load_image(f, image_size=SIZE) for f in files])
     return classifier.predict(images, verbose=0)
 
 
@@ -70,7 +71,8 @@ def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
             for value in event.summary.value}
     assert {"epoch_accuracy", "roc_auc/macro", "gradcam_examples", "roc"} <= tags
 
-    from mri_tfdata import kaggle_layout, reports
+    from mri_tfdata.data import kaggle_layout
+    from mri_tfdata.evaluation import reports
 
     files = sorted((data / "Testing").rglob("*.jpg"))
     labels = [kaggle_layout.CLASS_NAMES.index(f.parent.name) for f in files]
@@ -255,34 +257,34 @@ def test_load_classifier_explains_every_refusal(tiny, tmp_path):
 
     import keras
 
-    from mri_tfdata import inference
-    from mri_tfdata.errors import UserError
+    from mri_tfdata.core.errors import UserError
+    from mri_tfdata.serving import model_file
 
     root, _, _ = tiny
     not_zip = tmp_path / "text.keras"
     not_zip.write_text("hello")
     with pytest.raises(UserError, match="is not a Keras model file"):
-        inference.load_classifier(not_zip)
+        model_file.load_classifier(not_zip)
     # A model.keras of mri_tfdata 0.1 (custom preprocessing layer, no metadata).
     legacy = tmp_path / "run" / "model.keras"
     legacy.parent.mkdir()
     with zipfile.ZipFile(legacy, "w") as archive:
         archive.writestr("config.json", '{"class_name": "mri_tfdata>ResNetPreprocess"}')
     with pytest.raises(UserError, match=r"before 0\.2\.0.*flagfile=.*run/flags\.txt --overwrite"):
-        inference.load_classifier(legacy)
+        model_file.load_classifier(legacy)
     # Our metadata on a model that does not match it.
     other, damaged = tmp_path / "other.keras", tmp_path / "damaged.keras"
     keras.Sequential([keras.Input((SIZE, SIZE, 3), dtype="uint8"), keras.layers.Flatten(),
                       keras.layers.Dense(4)]).save(other)
     damaged.write_bytes(other.read_bytes())
     with zipfile.ZipFile(root / "model.keras") as ours, zipfile.ZipFile(other, "a") as archive:
-        archive.writestr(inference.METADATA_FILE, ours.read(inference.METADATA_FILE))
+        archive.writestr(model_file.METADATA_FILE, ours.read(model_file.METADATA_FILE))
     with pytest.raises(UserError, match="does not match its own mri_tfdata.json"):
-        inference.load_classifier(other)
+        model_file.load_classifier(other)
     with zipfile.ZipFile(damaged, "a") as archive:
-        archive.writestr(inference.METADATA_FILE, "{not json")
+        archive.writestr(model_file.METADATA_FILE, "{not json")
     with pytest.raises(UserError, match="damaged"):
-        inference.load_classifier(damaged)
+        model_file.load_classifier(damaged)
 
 
 def test_predict_refuses_missing_model(tmp_path):

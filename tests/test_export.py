@@ -4,12 +4,11 @@ import pathlib
 import subprocess
 import sys
 
+import image_trees
+import kaggle_trees
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import image_trees
-import kaggle_trees
 
 SIZE = 32  # the model's input
 ORIGINAL = 48  # the files' size: another size than the model's
@@ -27,7 +26,8 @@ def exported(tmp_path_factory):
     and image files of 48 px (JPEG and PNG) with their class labels."""
     import keras
 
-    from mri_tfdata import inference, model
+    from mri_tfdata.model import architecture, optimization
+    from mri_tfdata.serving import model_file
 
     root = tmp_path_factory.mktemp("export")
     files = []
@@ -37,12 +37,12 @@ def exported(tmp_path_factory):
         files += sorted((tree / "Testing").rglob(f"*.{fmt}"))
     labels = np.array([image_trees.CLASS_NAMES.index(f.parent.name) for f in files])
     keras.utils.set_random_seed(1)
-    backbone = model.build_backbone(image_size=SIZE, weights="none")
-    head = model.build_head(hidden_units=(8,), dropout=0.5, standardize=True)
-    pixels = np.stack([inference.load_image(f, image_size=SIZE) for f in files])
-    model.adapt_standardization(head, np.asarray(backbone(pixels)))  # spread-out predictions
-    classifier = model.build_classifier(backbone, head, augment=True)
-    path = inference.save_classifier(classifier, root / "model.keras", class_names=CLASS_NAMES)
+    backbone = architecture.build_backbone(image_size=SIZE, weights="none")
+    head = architecture.build_head(hidden_units=(8,), dropout=0.5, standardize=True)
+    pixels = np.stack([model_file.load_image(f, image_size=SIZE) for f in files])
+    architecture.adapt_standardization(head, np.asarray(backbone(pixels)))  # spread-out predictions
+    classifier = architecture.build_classifier(backbone, head, augment=True)
+    path = model_file.save_classifier(classifier, root / "model.keras", class_names=CLASS_NAMES)
 
     code, stdout, err = _run("-m", "mri_tfdata.export", f"--model={path}")
     assert code == 0, err[-3000:]
@@ -75,10 +75,12 @@ def test_signatures_inputs_outputs_and_class_names(exported):
 
 
 def test_served_at_any_size_and_as_bytes_agrees_with_predict(exported):
-    from mri_tfdata import decoding, inference, predict
+    from mri_tfdata import predict
+    from mri_tfdata.data import decoding
+    from mri_tfdata.serving import model_file
 
     _, path, export_dir, files, labels = exported
-    saved = inference.load_classifier(path)
+    saved = model_file.load_classifier(path)
     predicted = list(predict.classify_files(saved, files, batch_size=5))
     expected = np.array([list(r["probabilities"].values()) for r in predicted])
     served = tf.saved_model.load(str(export_dir))
@@ -134,11 +136,11 @@ np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
 
 
 def test_model_keras_loads_with_keras_alone_in_a_fresh_interpreter(exported, tmp_path):
-    from mri_tfdata import inference
+    from mri_tfdata.serving import model_file
 
     _, path, _, files, _ = exported
-    saved = inference.load_classifier(path)
-    pixels = np.stack([inference.load_image(f, image_size=SIZE) for f in files])
+    saved = model_file.load_classifier(path)
+    pixels = np.stack([model_file.load_image(f, image_size=SIZE) for f in files])
     np.save(tmp_path / "x.npy", pixels)
     code, _, err = _run("-c", _LOAD_WITH_KERAS_ONLY, str(path), str(tmp_path / "x.npy"),
                         str(tmp_path / "y.npy"))
@@ -154,19 +156,20 @@ def test_model_keras_holds_no_optimizer_state(tmp_path):
 
     import keras
 
-    from mri_tfdata import head_fit, inference, model
+    from mri_tfdata.model import architecture, head_fit, optimization
+    from mri_tfdata.serving import model_file
 
-    backbone = model.build_backbone(image_size=SIZE, weights="none")
-    head = model.build_head(hidden_units=(8,))
-    classifier = model.build_classifier(backbone, head)
+    backbone = architecture.build_backbone(image_size=SIZE, weights="none")
+    head = architecture.build_head(hidden_units=(8,))
+    classifier = architecture.build_classifier(backbone, head)
     # Training's fast path compiles and fits the head; the end-to-end path the whole classifier.
-    features = np.random.default_rng(0).normal(size=(8, model.FEATURE_DIM)).astype("float32")
+    features = np.random.default_rng(0).normal(size=(8, architecture.FEATURE_DIM)).astype("float32")
     head_fit.fit_head(head, features, np.arange(8) % 4, validation=None, learning_rate=1e-3,
                       epochs=1, batch_size=4, verbose=0)
-    model.compile_model(classifier, learning_rate=1e-3)
-    path = inference.save_classifier(classifier, tmp_path / "model.keras", class_names="abcd")
+    optimization.compile_model(classifier, learning_rate=1e-3)
+    path = model_file.save_classifier(classifier, tmp_path / "model.keras", class_names="abcd")
     assert b"optimizer" not in zipfile.ZipFile(path).read("model.weights.h5")
-    loaded = inference.load_classifier(path).model
+    loaded = model_file.load_classifier(path).model
     images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
     np.testing.assert_array_equal(loaded(images, training=False),
                                   classifier(images, training=False))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import features, head_fit, input_pipeline, model, sources
+from mri_tfdata.data import input_pipeline, sources
+from mri_tfdata.model import architecture, features, head_fit, optimization
 
 IMAGE_SIZE = 32
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -44,7 +45,7 @@ def float32_policy():
 
 @pytest.fixture(scope="module")
 def backbone():
-    return model.build_backbone(image_size=IMAGE_SIZE, weights="none")
+    return architecture.build_backbone(image_size=IMAGE_SIZE, weights="none")
 
 
 def test_cache_key_changes_with_each_keyed_input(backbone):
@@ -88,7 +89,7 @@ def test_features_equal_a_direct_backbone_call(backbone):
                                                          num_examples=source.num_examples)
     images, labels = images_of(source)
     want = backbone(images, training=False).numpy()
-    assert got_features.dtype == np.float32 and got_features.shape == (7, model.FEATURE_DIM)
+    assert got_features.dtype == np.float32 and got_features.shape == (7, architecture.FEATURE_DIM)
     np.testing.assert_allclose(got_features, want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(got_labels, labels)
     np.testing.assert_array_equal(got_labels, np.arange(7) % 4)
@@ -99,7 +100,7 @@ def test_extraction_traces_the_backbone_once_with_static_shapes(backbone):
     dataset = input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=2,
                                           training=False)
     got, labels = features.extract_features(backbone, dataset, batch_size=2)
-    assert got.shape == (7, model.FEATURE_DIM) and labels.tolist() == (np.arange(7) % 4).tolist()
+    assert got.shape == (7, architecture.FEATURE_DIM) and labels.tolist() == (np.arange(7) % 4).tolist()
     ((spec, step),) = [(spec, step) for (_, spec), step in features._STEPS[backbone].items()
                        if spec[0].shape[0] == 2]
     assert [s.shape.as_list() for s in spec] == [[2, IMAGE_SIZE, IMAGE_SIZE, 3], [2], [2]]
@@ -135,7 +136,7 @@ def test_cache_is_reused_and_a_truncated_file_is_rebuilt(backbone, tmp_path):
 
 
 def test_feature_dataset_batches_like_the_image_pipeline():
-    feats = np.arange(10 * model.FEATURE_DIM, dtype=np.float32).reshape(10, model.FEATURE_DIM)
+    feats = np.arange(10 * architecture.FEATURE_DIM, dtype=np.float32).reshape(10, architecture.FEATURE_DIM)
     labels = np.arange(10) % 4
     train = head_fit.make_feature_dataset(feats, labels, batch_size=4, training=True, seed=1)
     epochs = [np.concatenate([x[:, 0].numpy() for x, _ in train]) for _ in range(2)]
@@ -164,8 +165,8 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
     """The fast path is the end-to-end computation: same weights, same batch -> same update."""
     source = tiny_source(num_examples=8)
     images, labels = images_of(source)
-    head_end_to_end = model.build_head(standardize=True)
-    head_fast = model.build_head(standardize=True)
+    head_end_to_end = architecture.build_head(standardize=True)
+    head_fast = architecture.build_head(standardize=True)
     head_fast.set_weights(head_end_to_end.get_weights())
 
     # The fast path's own code: extraction, then the fit training and tuning call.
@@ -176,10 +177,10 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
 
     # End to end, as training's end-to-end path does it: standardisation fitted on all training
     # features, then one step of the full model on the images.
-    model.adapt_standardization(head_end_to_end, train.features)
+    architecture.adapt_standardization(head_end_to_end, train.features)
     initial = head_end_to_end.get_weights()
-    classifier = model.build_classifier(backbone, head_end_to_end, augment=False)
-    model.compile_model(classifier, learning_rate=1e-2)
+    classifier = architecture.build_classifier(backbone, head_end_to_end, augment=False)
+    optimization.compile_model(classifier, learning_rate=1e-2)
     classifier.run_eagerly = True  # tracing ResNet50's train step would take most of the test
     classifier.train_on_batch(images, labels)
 
@@ -196,7 +197,7 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
 def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbone, tmp_path):
     train = features.load_or_extract(tiny_source(num_examples=8), backbone=backbone,
                                      image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
-    head = model.build_head(standardize=True)
+    head = architecture.build_head(standardize=True)
     history = head_fit.fit_head(head, train.features, train.labels,
                                 validation=(train.features, train.labels), learning_rate=1e-3,
                                 epochs=2, batch_size=4, seed=0, verbose=0)
@@ -204,7 +205,7 @@ def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbo
     # Standardisation was fitted on all training features.
     np.testing.assert_allclose(np.ravel(head.get_layer("standardize").mean),
                                train.features.mean(axis=0), rtol=1e-4, atol=1e-5)
-    classifier = model.build_classifier(backbone, head, augment=False)
+    classifier = architecture.build_classifier(backbone, head, augment=False)
     classifier.run_eagerly = True  # saves tracing ResNet50; the numbers are the same
     images, _ = images_of(tiny_source(num_examples=8))
     in_memory = classifier.predict(images, verbose=0)
@@ -225,7 +226,7 @@ import test_features as t
 from mri_tfdata import features, input_pipeline, model
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
-    backbone = model.build_backbone(image_size=t.IMAGE_SIZE, weights="none")
+    backbone = architecture.build_backbone(image_size=t.IMAGE_SIZE, weights="none")
 source = t.tiny_source()
 # Batches of 4 over 2 replicas; the last batch (3 examples) splits unevenly.
 dataset = input_pipeline.make_dataset(source, image_size=t.IMAGE_SIZE, batch_size=4, training=False)

@@ -1,4 +1,4 @@
-"""Tests for mri_tfdata.gradcam on the package's own classifier (small, weights=None)."""
+"""Tests for mri_tfdata.evaluation.gradcam on the package's own classifier (small, weights=None)."""
 
 import csv
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import evaluation, gradcam, model, sources
-from mri_tfdata import decoding
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import decoding, sources
+from mri_tfdata.evaluation import evaluator, gradcam
+from mri_tfdata.model import architecture
 
 # 128 px gives ResNet50's last block a 4 x 4 map: the smallest size at which "where" means much.
 SIZE, SIDE = 128, 48
@@ -31,8 +32,8 @@ def _squares(rng, count, *, square: bool):
 
 
 def _square_classifier():
-    return model.build_classifier(model.build_backbone(image_size=SIZE, weights="none"),
-                                  model.build_head(hidden_units=(16,), standardize=True,
+    return architecture.build_classifier(architecture.build_backbone(image_size=SIZE, weights="none"),
+                                  architecture.build_head(hidden_units=(16,), standardize=True,
                                                    num_classes=2))
 
 
@@ -49,7 +50,7 @@ def square_finder(tmp_path_factory):
     marked, _ = _squares(rng, 48, square=True)
     features = backbone.predict(np.concatenate([plain, marked]), batch_size=16, verbose=0)
     labels = np.repeat([0, 1], 48)
-    model.adapt_standardization(head, features)
+    architecture.adapt_standardization(head, features)
     head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     head.fit(features, labels, epochs=60, batch_size=16, verbose=0)
     weights = tmp_path_factory.mktemp("squares") / "square_finder.weights.h5"
@@ -97,7 +98,7 @@ def test_cells_are_centred_on_multiples_of_the_stride():
     # The overlay draws cell (i, j) on pixel (32 i, 32 j); check on the network that it looks there.
     keras.utils.set_random_seed(0)
     size = 96
-    backbone = model.build_backbone(image_size=size, weights="none")
+    backbone = architecture.build_backbone(image_size=size, weights="none")
     resnet = backbone.get_layer("resnet50")
     to_maps = keras.Model(resnet.input, resnet.get_layer(gradcam.CONV_LAYER).output)
     # Preprocessed-like input (about zero-mean): the preprocessing is per pixel, so it moves
@@ -115,8 +116,8 @@ def test_cells_are_centred_on_multiples_of_the_stride():
 
 
 def _small_classifier(size=64):
-    return model.build_classifier(model.build_backbone(image_size=size, weights="none"),
-                                  model.build_head(hidden_units=(8,), standardize=True))
+    return architecture.build_classifier(architecture.build_backbone(image_size=size, weights="none"),
+                                  architecture.build_head(hidden_units=(8,), standardize=True))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def reference(tmp_path_factory):
     classifier = _small_classifier()
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (5, 64, 64, 3)).astype(np.uint8)
-    model.adapt_standardization(classifier.get_layer("head"),
+    architecture.adapt_standardization(classifier.get_layer("head"),
                                 classifier.get_layer("backbone").predict(images, verbose=0))
     weights = tmp_path_factory.mktemp("gradcam") / "reference.weights.h5"
     classifier.save_weights(weights)
@@ -144,7 +145,7 @@ def test_the_cut_model_is_the_classifier_under_every_policy(policy, fine_tuned, 
     classifier.load_weights(weights)
     if fine_tuned:
         frozen = gradcam.gradcam(classifier, images, batch_size=2)
-        model.unfreeze_top_blocks(classifier, 1)
+        architecture.unfreeze_top_blocks(classifier, 1)
         conv = classifier.get_layer("backbone").get_layer("resnet50").get_layer(
             "conv5_block3_3_conv")
         conv.kernel.assign(conv.kernel * 1.5)  # as if fine-tuning had moved it
@@ -234,7 +235,7 @@ def test_evaluation_writes_the_gradcam_grid_errors_and_tensorboard(tmp_path, mon
     classifier = _small_classifier()
     head = classifier.get_layer("head")
     train_features = classifier.get_layer("backbone").predict(train_pictures, verbose=0)
-    model.adapt_standardization(head, train_features)
+    architecture.adapt_standardization(head, train_features)
     # Trained with notumor and pituitary swapped: those test images become confident mistakes.
     head.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     head.fit(train_features, np.array([0, 1, 3, 2])[train.labels], epochs=40, verbose=0)
@@ -245,7 +246,7 @@ def test_evaluation_writes_the_gradcam_grid_errors_and_tensorboard(tmp_path, mon
     out = tmp_path / "out"
     out.mkdir()
     for _ in range(2):  # the second evaluation replaces the first one's summaries
-        metrics = evaluation.evaluate_split(classifier, source, out_dir=out, batch_size=4,
+        metrics = evaluator.evaluate_split(classifier, source, out_dir=out, batch_size=4,
                                             cache_dir=None, log_dir=out / "logs", log_step=3)
 
     labels = source.labels
@@ -275,14 +276,14 @@ def test_evaluation_writes_the_gradcam_grid_errors_and_tensorboard(tmp_path, mon
         np.testing.assert_allclose(np.stack([p[1] for p in panels]), expected.heatmaps, atol=1e-5)
         for i, (_, _, caption) in zip(picked, panels):
             assert f"predicted {source.class_names[predictions[i]]}" in caption
-    for plot in evaluation.PLOTS:
+    for plot in evaluator.PLOTS:
         assert (out / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / f"{plot}.png").stat().st_size > 10_000
 
     # TensorBoard: the plots as images and the metrics as scalars, once each, at the step given.
     found, files = _events(out / "logs")
     assert len(files) == 1
-    for tag in evaluation.PLOTS:
+    for tag in evaluator.PLOTS:
         [(step, plugin, image)] = found[tag]
         assert (step, plugin) == (3, "images") and image[2][:4] == b"\x89PNG"
     for tag in ("epoch_accuracy", "epoch_loss", "roc_auc/macro", "roc_auc/glioma",

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from mri_tfdata import head_fit, losses, model, training
+from mri_tfdata.model import architecture, head_fit, losses, optimization
+from mri_tfdata.training import trainer
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -48,23 +49,23 @@ def test_the_loss_round_trips_through_its_config():
 
 
 def test_schedules_decay_over_the_given_steps():
-    assert model.learning_rate_schedule(1e-3, schedule="constant", decay_steps=0) == 1e-3
-    cosine = model.learning_rate_schedule(1e-3, schedule="cosine", decay_steps=100)
+    assert optimization.learning_rate_schedule(1e-3, schedule="constant", decay_steps=0) == 1e-3
+    cosine = optimization.learning_rate_schedule(1e-3, schedule="cosine", decay_steps=100)
     rates = [float(cosine(step)) for step in (0, 50, 100)]
     np.testing.assert_allclose(rates, [1e-3, 5e-4, 0.0], atol=1e-9)
-    step = model.learning_rate_schedule(1e-3, schedule="step", decay_steps=90)
+    step = optimization.learning_rate_schedule(1e-3, schedule="step", decay_steps=90)
     np.testing.assert_allclose([float(step(s)) for s in (0, 59, 61, 89)],
                                [1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6)
     with pytest.raises(ValueError, match="decay_steps"):
-        model.learning_rate_schedule(1e-3, schedule="cosine", decay_steps=0)
+        optimization.learning_rate_schedule(1e-3, schedule="cosine", decay_steps=0)
 
 
 def _head_and_data(n=48, seed=0):
     rng = np.random.default_rng(seed)
     labels = (np.arange(n) % 4).astype(np.int32)
-    feats = (rng.normal(size=(n, model.FEATURE_DIM)) + labels[:, None]).astype(np.float32)
+    feats = (rng.normal(size=(n, architecture.FEATURE_DIM)) + labels[:, None]).astype(np.float32)
     keras.utils.set_random_seed(seed)
-    return model.build_head(hidden_units=(8,), standardize=True), feats, labels
+    return architecture.build_head(hidden_units=(8,), standardize=True), feats, labels
 
 
 def test_fit_head_compiles_the_recipe_and_the_cosine_reaches_zero():
@@ -117,7 +118,7 @@ def _recipe_of(*flagfile):
 
 
 def test_defaults_are_the_measured_recipe_and_reference_keeps_the_reports():
-    default = training.TrainConfig()
+    default = trainer.TrainConfig()
     recipe = {"learning_rate": 3e-4, "lr_schedule": "cosine", "label_smoothing": 0.1,
               "weight_decay": 0.0, "epochs": 10, "dropout": 0.0}
     assert (default.learning_rate, default.schedule, default.label_smoothing,

@@ -1,4 +1,4 @@
-"""Tests of mri_tfdata.images: what is kept, converted or refused, by one reader and decoder."""
+"""Tests of mri_tfdata.data.images: what is kept, converted or refused, by one reader and decoder."""
 
 import io
 import os
@@ -6,14 +6,14 @@ import struct
 import threading
 import zlib
 
+import kaggle_trees
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-import kaggle_trees
-from mri_tfdata import decoding, images
-from mri_tfdata.images import CorruptImageError
+from mri_tfdata.data import decoding, images
+from mri_tfdata.data.images import CorruptImageError
 
 
 def decode(stored: images.StoredImage) -> np.ndarray:

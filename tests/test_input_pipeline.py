@@ -7,15 +7,14 @@ import subprocess
 import sys
 import textwrap
 
+import image_trees
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import image_trees
-from mri_tfdata import image_cache, input_pipeline, sources
-from mri_tfdata import decoding
-from mri_tfdata.atomic import DiskError
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.atomic import DiskError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import decoding, image_cache, input_pipeline, sources
 
 TESTS_DIR = pathlib.Path(__file__).parent
 

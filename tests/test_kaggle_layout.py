@@ -1,13 +1,12 @@
-"""Tests of mri_tfdata.kaggle_layout: split and class folders, junk, links, listing."""
+"""Tests of mri_tfdata.data.kaggle_layout: split and class folders, junk, links, listing."""
 
 import os
 
+import kaggle_trees
 import pytest
 
-import kaggle_trees
-from mri_tfdata import kaggle_layout
-from mri_tfdata.errors import UserError
-
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import kaggle_layout
 
 # --- split folders ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Tests for mri_tfdata.model: dtypes, preprocessing, frozen BatchNorm, fine-tuning, saving."""
+"""Tests for mri_tfdata.model.architecture: dtypes, preprocessing, frozen BatchNorm, fine-tuning, saving."""
 
 import os
 import subprocess
@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from mri_tfdata import model
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.model import architecture, optimization
 
 SIZE = 32  # ResNet50's minimum input size keeps every test fast.
 
@@ -26,13 +26,13 @@ def labels():
 
 def _classifier(augment=False, standardize=False):
     keras.utils.set_random_seed(1)
-    backbone = model.build_backbone(image_size=SIZE, weights="none")
-    head = model.build_head(hidden_units=(16, 8), standardize=standardize)
-    return model.build_classifier(backbone, head, augment=augment)
+    backbone = architecture.build_backbone(image_size=SIZE, weights="none")
+    head = architecture.build_head(hidden_units=(16, 8), standardize=standardize)
+    return architecture.build_classifier(backbone, head, augment=augment)
 
 
 def _fit_one_step(classifier, images, labels):
-    model.compile_model(classifier, learning_rate=1e-2)
+    optimization.compile_model(classifier, learning_rate=1e-2)
     classifier.run_eagerly = True  # Tracing ResNet50's train step costs more than one eager step.
     classifier.fit(images, labels, batch_size=8, epochs=1, verbose=0)
 
@@ -53,7 +53,7 @@ def test_shapes_dtypes_and_preprocessing_under_each_policy(policy, images):
     features = classifier.get_layer("backbone")(images)
     probabilities = classifier(images)
     assert classifier.input.dtype == "uint8"
-    assert features.shape == (8, model.FEATURE_DIM) and features.dtype == "float32"
+    assert features.shape == (8, architecture.FEATURE_DIM) and features.dtype == "float32"
     assert probabilities.shape == (8, 4) and probabilities.dtype == "float32"
     np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, rtol=1e-5)
     resnet = classifier.get_layer("backbone").get_layer("resnet50")
@@ -95,7 +95,7 @@ def test_frozen_backbone_keeps_batchnorm_in_inference_mode(images, labels):
 
 def test_unfreeze_top_blocks_trains_only_those_convs_and_keeps_batchnorm(images, labels):
     classifier = _classifier()
-    assert model.unfreeze_top_blocks(classifier, 2) == ["conv5_block3", "conv5_block2"]
+    assert architecture.unfreeze_top_blocks(classifier, 2) == ["conv5_block3", "conv5_block2"]
     resnet = classifier.get_layer("backbone").get_layer("resnet50")
     trainable = [layer for layer in resnet.layers if layer.trainable_weights]
     assert trainable
@@ -110,15 +110,15 @@ def test_unfreeze_top_blocks_trains_only_those_convs_and_keeps_batchnorm(images,
     np.testing.assert_array_equal(frozen_before, np.array(frozen_conv.kernel))
     for before, after in zip(stats, _bn_stats(classifier)):
         np.testing.assert_array_equal(before, after)
-    assert model.unfreeze_top_blocks(classifier, 0) == []
+    assert architecture.unfreeze_top_blocks(classifier, 0) == []
     assert classifier.get_layer("backbone").trainable_weights == []
     with pytest.raises(UserError, match="ResNet50 has 16"):
-        model.unfreeze_top_blocks(classifier, 17)
+        architecture.unfreeze_top_blocks(classifier, 17)
 
 
 def test_augmentation_runs_only_in_training(images):
     augmented = _classifier(augment=True)
-    plain = model.build_classifier(augmented.get_layer("backbone"), augmented.get_layer("head"))
+    plain = architecture.build_classifier(augmented.get_layer("backbone"), augmented.get_layer("head"))
     np.testing.assert_array_equal(augmented(images, training=False), plain(images))
     assert not np.array_equal(augmented(images, training=True), plain(images))
 
@@ -127,7 +127,7 @@ def test_keras_file_roundtrip_in_safe_mode(tmp_path, images):
     classifier = _classifier(augment=True, standardize=True)
     head = classifier.get_layer("head")
     features = np.array(classifier.get_layer("backbone")(images))
-    assert model.adapt_standardization(head, features)
+    assert architecture.adapt_standardization(head, features)
     path = tmp_path / "model.keras"
     classifier.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
@@ -142,10 +142,10 @@ def test_standardization_floors_the_spread_of_dead_features():
     # Feature 0 is constant over training (a dead unit of a random backbone); a new image that
     # moves it by 1e-3 must not become a huge input to the head.
     rng = np.random.default_rng(0)
-    train = rng.normal(size=(64, model.FEATURE_DIM)).astype("float32")
+    train = rng.normal(size=(64, architecture.FEATURE_DIM)).astype("float32")
     train[:, 0] = 0.5
-    head = model.build_head(hidden_units=(8,), standardize=True)
-    assert model.adapt_standardization(head, train)
+    head = architecture.build_head(hidden_units=(8,), standardize=True)
+    assert architecture.adapt_standardization(head, train)
     layer = head.get_layer("standardize")
     probe = train[:1].copy()
     probe[0, 0] += 1e-3
@@ -156,14 +156,14 @@ def test_standardization_floors_the_spread_of_dead_features():
 
 
 def test_adapt_without_standardize_is_a_no_op():
-    assert not model.adapt_standardization(model.build_head(), np.zeros((2, model.FEATURE_DIM)))
+    assert not architecture.adapt_standardization(architecture.build_head(), np.zeros((2, architecture.FEATURE_DIM)))
 
 
 _OFFLINE_BACKBONE = """
-from mri_tfdata import model
-from mri_tfdata.errors import UserError
+from mri_tfdata.model import architecture
+from mri_tfdata.core.errors import UserError
 try:
-    model.build_backbone(image_size=32, weights="imagenet")
+    architecture.build_backbone(image_size=32, weights="imagenet")
 except UserError as e:
     print(" ".join(str(e).split()))
 """
@@ -181,25 +181,25 @@ def test_imagenet_offline_without_cache_says_how_to_supply_weights(tmp_path):
                             text=True, env=env, timeout=120)
     message = result.stdout
     assert "Cannot get the ImageNet ResNet50 weights" in message, result.stderr[-2000:]
-    assert f"--weights=/path/to/{model.WEIGHTS_FILE}" in message
+    assert f"--weights=/path/to/{architecture.WEIGHTS_FILE}" in message
     assert "--weights=none" in message
-    assert not (tmp_path / "models" / model.WEIGHTS_FILE).exists()
+    assert not (tmp_path / "models" / architecture.WEIGHTS_FILE).exists()
 
 
 def test_weights_from_a_file_none_and_bad_paths(tmp_path, images):
     keras.utils.set_random_seed(2)
-    source = model.build_backbone(image_size=SIZE, weights="none")
+    source = architecture.build_backbone(image_size=SIZE, weights="none")
     path = tmp_path / "resnet50.weights.h5"
     source.get_layer("resnet50").save_weights(path)
     keras.utils.set_random_seed(3)
-    loaded = model.build_backbone(image_size=SIZE, weights=str(path))
+    loaded = architecture.build_backbone(image_size=SIZE, weights=str(path))
     np.testing.assert_allclose(loaded(images), source(images), rtol=1e-5, atol=1e-5)
     keras.utils.set_random_seed(3)
-    random = model.build_backbone(image_size=SIZE, weights="None")
+    random = architecture.build_backbone(image_size=SIZE, weights="None")
     assert not np.allclose(random(images), source(images))
     with pytest.raises(UserError, match="neither 'imagenet', 'none' nor an existing file"):
-        model.build_backbone(image_size=SIZE, weights=str(tmp_path / "missing.h5"))
+        architecture.build_backbone(image_size=SIZE, weights=str(tmp_path / "missing.h5"))
     junk = tmp_path / "junk.h5"
     junk.write_text("not weights")
     with pytest.raises(UserError, match="Cannot load ResNet50 weights"):
-        model.build_backbone(image_size=SIZE, weights=str(junk))
+        architecture.build_backbone(image_size=SIZE, weights=str(junk))

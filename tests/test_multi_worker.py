@@ -16,14 +16,15 @@ def _worker() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from mri_tfdata import distribute, model
+    from mri_tfdata.model import architecture, optimization
+    from mri_tfdata.runtime import distribute
 
     strategy = distribute.create_strategy("multi_worker")
     with strategy.scope():
-        head = model.build_head(hidden_units=(8,), standardize=False)
-        model.compile_model(head, learning_rate=1e-2)
+        head = architecture.build_head(hidden_units=(8,), standardize=False)
+        optimization.compile_model(head, learning_rate=1e-2)
     rng = np.random.default_rng(0)  # Same data on both workers; the strategy shards it.
-    features = rng.normal(size=(32, model.FEATURE_DIM)).astype("float32")
+    features = rng.normal(size=(32, architecture.FEATURE_DIM)).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices((features, np.arange(32) % 4)).batch(8).repeat()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -1,12 +1,13 @@
-"""Tests for mri_tfdata.precision: policy resolution, hardware detection and loss scaling."""
+"""Tests for mri_tfdata.runtime.precision: policy resolution, hardware detection and loss scaling."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import model, precision
-from mri_tfdata.errors import FlagError
+from mri_tfdata.core.errors import FlagError
+from mri_tfdata.model import architecture, optimization
+from mri_tfdata.runtime import precision
 
 
 @pytest.fixture
@@ -59,11 +60,11 @@ def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path):
 )
 def test_compile_adds_loss_scaling_only_for_float16(policy, loss_scaled):
     precision.apply_precision(policy)
-    head = model.build_head(hidden_units=(8,))
-    model.compile_model(head, learning_rate=1e-3)
+    head = architecture.build_head(hidden_units=(8,))
+    optimization.compile_model(head, learning_rate=1e-3)
     assert isinstance(head.optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled
     assert head.get_layer("dense_0").compute_dtype == policy.split("_")[1]
     assert head.output.dtype == "float32"
-    features = np.random.default_rng(0).normal(size=(8, model.FEATURE_DIM)).astype("float32")
+    features = np.random.default_rng(0).normal(size=(8, architecture.FEATURE_DIM)).astype("float32")
     history = head.fit(features, np.arange(8) % 4, batch_size=8, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import atomic, dataspec, features, resumable, sources, training, workdir
-from mri_tfdata.errors import FlagError, UserError
-from mri_tfdata.model import ModelSpec
+from mri_tfdata.core import atomic
+from mri_tfdata.core.errors import FlagError, UserError
+from mri_tfdata.data import dataspec, sources
+from mri_tfdata.model import features
+from mri_tfdata.model.architecture import ModelSpec
+from mri_tfdata.training import resumable, trainer, workdir
 
 SPEC = ModelSpec(image_size=32, weights="none", head_units=(16,))
 
@@ -20,10 +23,10 @@ def feature_cache(tmp_path_factory):
 
 
 def _train(data, workdir_path, feature_cache, model_spec=SPEC, **config):
-    config = training.TrainConfig(**{"batch_size": 4, "epochs": 2,
+    config = trainer.TrainConfig(**{"batch_size": 4, "epochs": 2,
                                      "feature_cache": str(feature_cache), **config})
     keras.mixed_precision.set_global_policy("float32")
-    return training.train(data=data, model_spec=model_spec, config=config,
+    return trainer.train(data=data, model_spec=model_spec, config=config,
                           workdir_path=workdir_path, strategy=tf.distribute.get_strategy(),
                           precision_policy="float32")
 
@@ -46,8 +49,9 @@ def test_a_run_that_fails_at_start_leaves_no_trace_and_the_fix_then_runs(data, t
 
 
 def test_a_missing_class_is_refused_unless_allowed_and_then_recorded(tmp_path, feature_cache):
-    from mri_tfdata import synthetic
     import shutil
+
+    from mri_tfdata.data import synthetic
 
     root = synthetic.write_synthetic_dataset(tmp_path / "tree", train_per_class=8,
                                              test_per_class=2, image_size=32)
@@ -130,7 +134,7 @@ def test_an_unusable_cache_folder_is_named(data, tmp_path):
 def test_a_file_name_with_a_newline_cannot_forge_a_log_line(tmp_path, caplog):
     import logging
 
-    from mri_tfdata import synthetic
+    from mri_tfdata.data import synthetic
 
     root = synthetic.write_synthetic_dataset(tmp_path / "tree", train_per_class=2,
                                              test_per_class=1, image_size=32)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mri_tfdata import probability_metrics, reports
+from mri_tfdata.evaluation import probability_metrics, reports
 
 NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -208,7 +208,7 @@ def test_plots_of_a_split_without_a_class(tmp_path):
 def test_summaries_hold_the_scalars_and_images(tmp_path):
     import tensorflow as tf
 
-    from mri_tfdata import summaries
+    from mri_tfdata.evaluation import summaries
 
     labels, probabilities = _fixed_predictions(n=40)
     metrics = reports.write_evaluation(tmp_path, labels=labels, probabilities=probabilities,

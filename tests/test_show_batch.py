@@ -4,10 +4,10 @@ import os
 import subprocess
 import sys
 
+import image_trees
 import numpy as np
 from PIL import Image
 
-import image_trees
 from mri_tfdata import show_batch
 
 

@@ -6,16 +6,16 @@ import logging
 import os
 import pathlib
 
+import image_trees
+import kaggle_trees
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import image_trees
-import kaggle_trees
-from mri_tfdata import sources
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import sources
 
 DUMMY_DATA = pathlib.Path(__file__).parents[1] / "builders" / "brain_tumor_mri" / "dummy_data"
 

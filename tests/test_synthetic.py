@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from mri_tfdata import images, kaggle_layout, synthetic
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import images, kaggle_layout, synthetic
 
 SMALL = dict(train_per_class=3, test_per_class=2, image_size=24)
 

@@ -86,9 +86,9 @@ def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
     assert f"--workdir={workdir}\n" in flags_txt
 
     # model.keras carries the class names and image size; the loaded model matches the metrics.
-    from mri_tfdata import inference
+    from mri_tfdata.serving import model_file
 
-    saved = inference.load_classifier(workdir / "model.keras")
+    saved = model_file.load_classifier(workdir / "model.keras")
     assert saved.class_names == ("glioma", "meningioma", "notumor", "pituitary")
     assert saved.image_size == 32
 
@@ -109,8 +109,8 @@ def test_flags_txt_holds_absolute_paths(tmp_path):
 def test_nan_loss_stops_with_clear_message(tmp_path):
     import keras
 
-    from mri_tfdata import resumable, workdir
-    from mri_tfdata.errors import UserError
+    from mri_tfdata.core.errors import UserError
+    from mri_tfdata.training import resumable, workdir
 
     # The NaN handling is the same for every model; a tiny one keeps this test to seconds.
     net = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),

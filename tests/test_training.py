@@ -1,4 +1,4 @@
-"""In-process runs of training.train(): the fast path, fine-tuning, the file cache, DataSpec."""
+"""In-process runs of trainer.train(): the fast path, fine-tuning, the file cache, DataSpec."""
 
 import json
 
@@ -7,18 +7,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import dataspec, evaluation, features, inference, sources, training
-from mri_tfdata.errors import UserError
-from mri_tfdata.model import ModelSpec
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import dataspec, sources
+from mri_tfdata.evaluation import evaluator
+from mri_tfdata.model import features
+from mri_tfdata.model.architecture import ModelSpec
+from mri_tfdata.serving import model_file
+from mri_tfdata.training import trainer
 
 SPEC = ModelSpec(image_size=32, weights="none", head_units=(16,))
 
 
 def _train(data, tmp_path, name, **config):
-    config = training.TrainConfig(**{"batch_size": 4, "epochs": 2, "learning_rate": 1e-3,
+    config = trainer.TrainConfig(**{"batch_size": 4, "epochs": 2, "learning_rate": 1e-3,
                                      "feature_cache": str(tmp_path / "features"), **config})
     keras.mixed_precision.set_global_policy("float32")
-    return training.train(data=data, model_spec=SPEC, config=config,
+    return trainer.train(data=data, model_spec=SPEC, config=config,
                           workdir_path=tmp_path / name, strategy=tf.distribute.get_strategy(),
                           precision_policy="float32")
 
@@ -33,9 +37,9 @@ def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_mod
     metrics = json.loads((result.workdir / "metrics.json").read_text())
     assert metrics["num_examples"] == 8
     # The metrics are those of the saved model on the test images.
-    saved = inference.load_classifier(result.workdir / "model.keras").model
+    saved = model_file.load_classifier(result.workdir / "model.keras").model
     test = data.open("test")
-    direct = evaluation.head_probabilities(
+    direct = evaluator.head_probabilities(
         saved.get_layer("head"), features.load_or_extract(
             test, backbone=saved.get_layer("backbone"), image_size=32, batch_size=4,
             cache_dir=None).features)
@@ -48,7 +52,7 @@ def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_mod
     errors = (result.workdir / "errors.csv").read_text().splitlines()
     assert errors[0] == "file,true_class,predicted_class,probability"
     assert {line.split(",")[0] for line in errors[1:]} == wrong
-    for plot in evaluation.PLOTS:
+    for plot in evaluator.PLOTS:
         assert (result.workdir / f"{plot}.png").stat().st_size > 10_000
     # The test results are in TensorBoard beside the training curves, at the last epoch.
     tags = {}
@@ -67,9 +71,9 @@ def test_fine_tuning_trains_the_top_block_end_to_end(data, tmp_path):
     assert result.history["phase"] == ["head", "fine_tune"]
     assert result.history["epoch"] == [1, 2]
     keras.utils.set_random_seed(0)  # The run's seed: the same initial random backbone.
-    from mri_tfdata import model
-    initial = model.build_backbone(image_size=32, weights="none").get_layer("resnet50")
-    trained = inference.load_classifier(result.workdir / "model.keras").model.get_layer(
+    from mri_tfdata.model import architecture
+    initial = architecture.build_backbone(image_size=32, weights="none").get_layer("resnet50")
+    trained = model_file.load_classifier(result.workdir / "model.keras").model.get_layer(
         "backbone").get_layer("resnet50")
     for layer, moved in (("conv5_block3_3_conv", True), ("conv5_block2_3_conv", False),
                          ("conv5_block3_3_bn", False)):

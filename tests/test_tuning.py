@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata import calibration, dataspec, features, reports, training
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import dataspec
+from mri_tfdata.evaluation import calibration, reports
+from mri_tfdata.model import features
+from mri_tfdata.training import trainer
 from tuning import hypermodel, project, results, selection, tuners
 
 OBJECTIVE = tuners.OBJECTIVE.name
@@ -103,7 +106,7 @@ def test_build_model_with_default_hyperparameters_is_the_default_head_and_recipe
     dense = [layer.units for layer in head.layers if isinstance(layer, keras.layers.Dense)]
     assert dense == [512, 128, 4]  # train.py's default head
     recipe = hypermodel.declare_recipe(hp, batch_sizes=(16, 32), epochs=(5, 10, 15))
-    defaults = training.TrainConfig()  # train.py's flag defaults
+    defaults = trainer.TrainConfig()  # train.py's flag defaults
     assert recipe == {"learning_rate": pytest.approx(defaults.learning_rate),
                       "schedule": defaults.schedule, "label_smoothing": defaults.label_smoothing,
                       "weight_decay": defaults.weight_decay, "batch_size": defaults.batch_size,

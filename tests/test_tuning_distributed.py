@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mri_tfdata.dataspec import DataSpec
+from mri_tfdata.data.dataspec import DataSpec
 from tuning import results, selection
 
 TIMEOUT_S = 240

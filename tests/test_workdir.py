@@ -1,4 +1,4 @@
-"""Tests for mri_tfdata.workdir: fresh start, resume, refusals, damaged state, the lock."""
+"""Tests for mri_tfdata.training.workdir: fresh start, resume, refusals, damaged state, the lock."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from mri_tfdata import workdir
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.training import workdir
 
 SETTINGS = {"train": {"epochs": 3}, "model": {"image_size": 64}}
 

@@ -4,11 +4,14 @@ import keras
 import keras_tuner
 from absl import logging
 
-from mri_tfdata import calibration, features, head_fit, kaggle_layout, model, training
+from mri_tfdata.data import kaggle_layout
+from mri_tfdata.evaluation import calibration
+from mri_tfdata.model import architecture, features, head_fit, optimization
+from mri_tfdata.training import trainer
 
 # Defaults are train.py's, so a trial at the defaults is the default head and recipe.
-_MODEL_DEFAULTS = model.ModelSpec()
-_TRAIN_DEFAULTS = training.TrainConfig()
+_MODEL_DEFAULTS = architecture.ModelSpec()
+_TRAIN_DEFAULTS = trainer.TrainConfig()
 MAX_LAYERS = 2
 DEFAULT_UNITS = _MODEL_DEFAULTS.head_units
 DEFAULT_LEARNING_RATE = _TRAIN_DEFAULTS.learning_rate
@@ -63,7 +66,7 @@ def build_model(hp: keras_tuner.HyperParameters, *, dropout: float = 0.0,
         hp.Int(f"units_{i}", 64, 1024, step=2, sampling="log", default=DEFAULT_UNITS[i])
         for i in range(num_layers))
     rate = hp.Fixed("dropout", float(dropout))
-    return model.build_head(hidden_units=units, activation=activation, dropout=rate,
+    return architecture.build_head(hidden_units=units, activation=activation, dropout=rate,
                             standardize=standardize, num_classes=num_classes)
 
 
@@ -80,7 +83,7 @@ def declare_recipe(hp: keras_tuner.HyperParameters, *, batch_sizes: tuple[int, .
     recipe = {
         "learning_rate": hp.Float("learning_rate", *LEARNING_RATES, sampling="log",
                                   default=DEFAULT_LEARNING_RATE),
-        "schedule": hp.Choice("lr_schedule", list(model.SCHEDULES), default=DEFAULT_SCHEDULE),
+        "schedule": hp.Choice("lr_schedule", list(optimization.SCHEDULES), default=DEFAULT_SCHEDULE),
         "label_smoothing": hp.Choice("label_smoothing", list(LABEL_SMOOTHINGS), ordered=True,
                                      default=DEFAULT_LABEL_SMOOTHING),
         "weight_decay": hp.Choice("weight_decay", list(WEIGHT_DECAYS), ordered=True,
@@ -161,7 +164,7 @@ class HeadHyperModel(keras_tuner.HyperModel):
         # The objective, written into every epoch's logs by a callback placed before KerasTuner's
         # own (Keras hands one logs dict to the callbacks in list order), so that they and the
         # History read it: the validation cross-entropy after temperature scaling, which label
-        # smoothing does not inflate (mri_tfdata.calibration).
+        # smoothing does not inflate (mri_tfdata.evaluation.calibration).
         kwargs["callbacks"] = [
             calibration.CalibratedCrossEntropy(self._validation.features, self._validation.labels),
             *kwargs.get("callbacks", [])]

@@ -4,8 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from mri_tfdata import atomic
-from mri_tfdata.errors import UserError
+from mri_tfdata.core import atomic
+from mri_tfdata.core.errors import UserError
 
 # The settings a resumed search must share with the search it resumes.
 SETTINGS_FILE = "search.json"

@@ -8,8 +8,9 @@ from pathlib import Path
 import keras_tuner
 from matplotlib.ticker import MaxNLocator
 
-from mri_tfdata import atomic, reports
-from mri_tfdata.reports import plt
+from mri_tfdata.core import atomic
+from mri_tfdata.evaluation import reports
+from mri_tfdata.evaluation.reports import plt
 from tuning.hypermodel import head_units
 from tuning.tuners import trial_number
 

@@ -1,10 +1,10 @@
 """Searches the head with KerasTuner: `mri-tune --flagfile=configs/tune.flags`.
 
-Trials train the head on backbone features computed once and cached (mri_tfdata.features), so a
+Trials train the head on backbone features computed once and cached (mri_tfdata.model.features), so a
 trial costs seconds on a CPU. The space is the head's shape and its training recipe (learning
 rate, schedule, label smoothing, weight decay, epochs; tuning.hypermodel). The objective is the
 cross-entropy after temperature scaling (val_calibrated_cross_entropy, lower is better;
-mri_tfdata.calibration) on a validation split carved from the training split, the measure the
+mri_tfdata.evaluation.calibration) on a validation split carved from the training split, the measure the
 final selection ranks by; unlike the plain cross-entropy it does not penalise the lower confidence
 that label smoothing trains into a head. The test split is never read. Outputs
 in --directory/--project_name: results.csv, objective.png, selection.csv, best.flags
@@ -23,22 +23,29 @@ KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see the README.
 import dataclasses
 import functools
 import os
+import sys
 import time
 from pathlib import Path
 
-import keras
-import numpy as np
-from absl import flags, logging
+from mri_tfdata.cli import console
 
-from mri_tfdata import (cli, console, distribute, features, flags_common, kaggle_layout, model,
-                        precision)
-from mri_tfdata.cli import require
-from mri_tfdata.errors import UserError
-from tuning import hypermodel, project, results, selection, tuners
-from tuning.hypermodel import HeadHyperModel
+console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
 
-flags_common.define_data_flags()
-flags_common.define_model_flags()
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from mri_tfdata.cli import runner, shared_flags  # noqa: E402
+from mri_tfdata.cli.runner import require  # noqa: E402
+from mri_tfdata.core.errors import UserError  # noqa: E402
+from mri_tfdata.data import kaggle_layout  # noqa: E402
+from mri_tfdata.model import architecture, features  # noqa: E402
+from mri_tfdata.runtime import distribute, precision, progress  # noqa: E402
+from tuning import hypermodel, project, results, selection, tuners  # noqa: E402
+from tuning.hypermodel import HeadHyperModel  # noqa: E402
+
+shared_flags.define_data_flags()
+shared_flags.define_model_flags()
 flags.DEFINE_enum("tuner", "bayesian", tuners.TUNERS, "KerasTuner algorithm.")
 flags.DEFINE_integer("max_trials", 20, "Trials in all (random, bayesian); a resumed search runs "
                      "only the missing ones. Hyperband's budget is set by --epochs instead.")
@@ -123,7 +130,7 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
     # the cache key and the features) are then those `train --flagfile=best.flags` builds.
     keras.utils.set_random_seed(FLAGS.seed)
     with strategy.scope():
-        backbone = model.build_backbone(image_size=model_spec.image_size,
+        backbone = architecture.build_backbone(image_size=model_spec.image_size,
                                         weights=model_spec.weights)
     data.prepare()
     cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
@@ -146,7 +153,7 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
 
 def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[str, str]:
     """train.py's flags for the chosen head: the search's data/model flags plus its values."""
-    lines = {flag.name: flags_common.serialize(flag)
+    lines = {flag.name: shared_flags.serialize(flag)
              for flag in FLAGS.get_flags_for_module(flags_common)}
     recipe = best.recipe
     values = {
@@ -260,8 +267,8 @@ def _write_outputs(tuner, project_dir: Path, *, search_data, model_spec, policy:
 def main(argv):
     require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
     start = time.perf_counter()
-    data = flags_common.data_spec_from_flags()
-    model_spec = flags_common.model_spec_from_flags()
+    data = shared_flags.data_spec_from_flags()
+    model_spec = shared_flags.model_spec_from_flags()
     batch_sizes = _validate_flags(model_spec)
     role = project.distributed_role()
     # As in training: the strategy first, then the precision policy, before any layer is built.
@@ -331,7 +338,7 @@ def main(argv):
     if role == "chief":
         logging.info("Chief: serving the oracle on %s:%s until the workers have run every trial.",
                      os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
-    tuner.search(epochs=FLAGS.epochs, verbose=console.progress_verbose())
+    tuner.search(epochs=FLAGS.epochs, verbose=progress.progress_verbose())
     if role == "worker":
         logging.info("Worker %s: no trials left; the chief writes the results.",
                      os.environ["KERASTUNER_TUNER_ID"])
@@ -343,7 +350,7 @@ def main(argv):
 
 def console_main():
     """The `mri-tune` command."""
-    cli.run(main)
+    runner.run(main)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import numpy as np
 from absl import logging
 from sklearn.model_selection import StratifiedGroupKFold
 
-from mri_tfdata import atomic, features
+from mri_tfdata.core import atomic
+from mri_tfdata.model import features
 from tuning import results, tuners
 from tuning.hypermodel import HeadHyperModel, head_units
 
@@ -129,7 +130,7 @@ def _subset(feature_set: features.FeatureSet, index: np.ndarray) -> features.Fea
 
 # What a fold reports, from the held-out examples: the name of each in the fit's logs.
 # "loss" is the cross-entropy after temperature scaling (tuners.OBJECTIVE's metric,
-# mri_tfdata.calibration): the fit's own val_loss includes the label smoothing, and the plain
+# mri_tfdata.evaluation.calibration): the fit's own val_loss includes the label smoothing, and the plain
 # val_cross_entropy penalises the lower confidence smoothing trains into a head without its
 # accuracy being any lower, so ranking by either is biased by the smoothing.
 FOLD_METRICS = {"loss": tuners.OBJECTIVE.name, "accuracy": "val_accuracy"}

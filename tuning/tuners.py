@@ -8,10 +8,11 @@ import keras
 import keras_tuner
 from keras_tuner.src import utils as keras_tuner_utils
 
-from mri_tfdata import atomic, calibration
+from mri_tfdata.core import atomic
+from mri_tfdata.evaluation import calibration
 
 TUNERS = ("random", "bayesian", "hyperband")
-# The cross-entropy on the validation split after temperature scaling (mri_tfdata.calibration,
+# The cross-entropy on the validation split after temperature scaling (mri_tfdata.evaluation.calibration,
 # written into the logs by HeadHyperModel.fit): the measure the final selection ranks by. Unlike
 # `val_loss` it does not depend on the label smoothing of the loss, and unlike the plain
 # `val_cross_entropy` it does not penalise the lower confidence that smoothing trains into a head

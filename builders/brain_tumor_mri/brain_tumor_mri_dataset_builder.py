@@ -8,8 +8,8 @@ import pathlib
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mri_tfdata import build_pipeline, kaggle_layout
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import beam_steps, kaggle_layout
 
 
 @dataclasses.dataclass(eq=False)
@@ -80,7 +80,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # own. See README.md, "Build it once with TFDS", for runners.
         split_dirs = kaggle_layout.find_split_dirs(self._data_root(dl_manager))
         files = []
-        for split in build_pipeline.SPLIT_ORDER:
+        for split in beam_steps.SPLIT_ORDER:
             if split in split_dirs:
                 # Listed here, not on workers: it takes a second, and a bad tree fails at once.
                 examples = kaggle_layout.list_examples(split_dirs[split])
@@ -88,14 +88,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 logging.info("%s: %d image files in %s.", split, len(examples), split_dirs[split])
         # Files per split, for the report _process_pipeline_result reads after the pipeline.
         self._listed = collections.Counter(split for split, _ in files)
-        checked = build_pipeline.check_files(pipeline, files, dedup=self.builder_config.dedup)
-        build_pipeline.write_report(checked, self._report_path())
+        checked = beam_steps.check_files(pipeline, files, dedup=self.builder_config.dedup)
+        beam_steps.write_report(checked, self._report_path())
         return {split: self._generate_examples(checked, split) for split in self._listed}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         # Runs after the pipeline and before TFDS saves the metadata with the dataset.
         del pipeline_result
-        metadata = build_pipeline.read_report(
+        metadata = beam_steps.read_report(
             self._report_path(), self._listed, dedup=self.builder_config.dedup)
         self.info.metadata.update(metadata)
 
@@ -133,4 +133,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """The (relpath, example) pairs of one split, from the files checked for all splits."""
         beam = tfds.core.lazy_imports.apache_beam
         return checked | f"{split.capitalize()}Examples" >> beam.FlatMap(
-            build_pipeline.example_of, split=split)
+            beam_steps.example_of, split=split)

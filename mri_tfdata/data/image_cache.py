@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import faults
-from mri_tfdata.atomic import DiskError, disk_error
+from mri_tfdata.core import faults
+from mri_tfdata.core.atomic import DiskError, disk_error
 
 # Part of the manifest: bump it when the folder's layout changes. (What the pixels are is part of
 # the folder's name, the key, which input_pipeline derives.)

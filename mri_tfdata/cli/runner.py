@@ -12,7 +12,7 @@ import textwrap
 
 from absl import app, flags
 
-from mri_tfdata.errors import FlagError, UserError
+from mri_tfdata.core.errors import FlagError, UserError
 
 FLAGS = flags.FLAGS
 
@@ -75,7 +75,7 @@ def short_help(module) -> str:
     width = min(shutil.get_terminal_size((100, 24)).columns, 120)
     groups = {"flags": FLAGS.get_flags_for_module(module),
               "data, model and hardware flags": FLAGS.get_flags_for_module(
-                  "mri_tfdata.flags_common")}
+                  "mri_tfdata.cli.shared_flags")}
     lines = [(module.__doc__ or "").strip().split("\n\n")[0], ""]
     for title, group in groups.items():
         if group:

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from mri_tfdata import decoding
+from mri_tfdata.data import decoding
 
 # 8192 x 8192: far above any MRI slice (the Kaggle ones are mostly 512 x 512); decoding more than
 # this as uint8 RGB would take > 200 MB for a single image, the signature of a decompression bomb.

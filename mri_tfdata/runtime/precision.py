@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata.errors import FlagError
+from mri_tfdata.core.errors import FlagError
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 

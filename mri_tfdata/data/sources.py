@@ -12,8 +12,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mri_tfdata import images, kaggle_layout
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import images, kaggle_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +175,7 @@ def _select(files_by_split: dict, split: str) -> list:
 
 
 def _usable(selected: list, split: str) -> list:
-    """(example, FileCheck) of the files that pass mri_tfdata.images' checks; the rest is logged."""
+    """(example, FileCheck) of the files that pass mri_tfdata.data.images' checks; the rest is logged."""
     verdicts = images.check_files([e.path for e in selected])
     skipped = [(e, v.error) for e, v in zip(selected, verdicts) if v.error]
     for example, reason in skipped:
@@ -191,7 +191,7 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
     """Opens a split of a Kaggle-layout folder (Training/<class>/*.jpg, Testing/<class>/*.jpg).
 
     Junk (hidden files, .ipynb_checkpoints, non-images) is ignored as the TFDS builder ignores it.
-    Every selected file is checked as the builder checks it (mri_tfdata.images: regular file,
+    Every selected file is checked as the builder checks it (mri_tfdata.data.images: regular file,
     header, size limit, a decode with the pipeline's own decoder, in parallel); unusable files are
     logged by name and skipped. Images TF cannot decode as intended are converted to RGB PNG
     bytes once, as the builder converts them.

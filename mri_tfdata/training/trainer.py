@@ -10,12 +10,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import (atomic, console, dataspec, distribute, evaluation, faults, features,
-                        head_fit, inference, input_pipeline, model, reports, resumable, workdir)
-from mri_tfdata.dataspec import DataSpec
-from mri_tfdata.errors import UserError
-from mri_tfdata.model import ModelSpec
-from mri_tfdata.sources import Source
+from mri_tfdata.core import atomic, faults
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import dataspec, input_pipeline
+from mri_tfdata.data.dataspec import DataSpec
+from mri_tfdata.data.sources import Source
+from mri_tfdata.evaluation import evaluator, reports
+from mri_tfdata.model import architecture, features, head_fit, optimization
+from mri_tfdata.model.architecture import ModelSpec
+from mri_tfdata.runtime import distribute, progress
+from mri_tfdata.serving import model_file
+from mri_tfdata.training import resumable, workdir
 
 HEAD_PHASE = "head"
 FINE_TUNE_PHASE = "fine_tune"
@@ -34,7 +39,7 @@ class TrainConfig:
     # from 3e-4 with label smoothing 0.1 tested 0.9365 with the smallest spread (SD 0.001).
     epochs: int = 10
     learning_rate: float = 3e-4
-    schedule: str = "cosine"  # model.SCHEDULES, over each phase's steps
+    schedule: str = "cosine"  # optimization.SCHEDULES, over each phase's steps
     label_smoothing: float = 0.1
     weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0 = Adam
     fine_tune_blocks: int = 0  # top ResNet50 blocks unfrozen in a second phase (0 = none)
@@ -90,7 +95,7 @@ def _fit_head_on_features(classifier: keras.Model, job: _Job) -> None:
                           batch_size=config.batch_size, schedule=config.schedule,
                           label_smoothing=config.label_smoothing,
                           weight_decay=config.weight_decay, seed=config.seed, callbacks=callbacks,
-                          strategy=job.strategy, verbose=console.progress_verbose())
+                          strategy=job.strategy, verbose=progress.progress_verbose())
 
 
 def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
@@ -103,12 +108,12 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
             train_set = features.load_or_extract(
                 job.train_source, backbone=classifier.get_layer("backbone"),
                 image_size=job.spec.image_size, cache_dir=job.cache_dir, strategy=job.strategy)
-            model.adapt_standardization(classifier.get_layer("head"), train_set.features)
+            architecture.adapt_standardization(classifier.get_layer("head"), train_set.features)
     else:
         learning_rate = config.fine_tune_learning_rate
         initial_epoch, epochs = config.epochs, config.epochs + config.fine_tune_epochs
         with job.strategy.scope():
-            model.unfreeze_top_blocks(classifier, config.fine_tune_blocks)
+            architecture.unfreeze_top_blocks(classifier, config.fine_tune_blocks)
     pipeline = dict(image_size=job.spec.image_size, cache=config.cache)
     train_ds = input_pipeline.distribute_dataset(
         job.strategy, lambda ctx: job.data.open(config.train_split, input_context=ctx),
@@ -117,7 +122,7 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
     val_ds = (input_pipeline.make_dataset(job.val_source, batch_size=config.batch_size,
                                           training=False, **pipeline) if job.val_source else None)
     with job.strategy.scope():
-        model.compile_model(classifier, learning_rate=learning_rate, schedule=config.schedule,
+        optimization.compile_model(classifier, learning_rate=learning_rate, schedule=config.schedule,
                             decay_steps=_steps_per_epoch(job) * (epochs - initial_epoch),
                             label_smoothing=config.label_smoothing,
                             weight_decay=config.weight_decay)
@@ -125,7 +130,7 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
                          max_steps_per_epoch=config.max_steps_per_epoch) as callbacks:
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
                        epochs=epochs, callbacks=callbacks, shuffle=False,
-                       verbose=console.progress_verbose())
+                       verbose=progress.progress_verbose())
 
 
 def _checkpoint(run: workdir.RunDir, phase: str) -> pathlib.Path:
@@ -166,7 +171,7 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
     run, config = job.run, job.config
     # Every step rewrites its outputs whole, so a rerun after a kill anywhere here redoes the
     # steps from the top; the phase weights go only once the run is recorded as finished.
-    saved_path = inference.save_classifier(classifier, run.path / inference.MODEL_FILE,
+    saved_path = model_file.save_classifier(classifier, run.path / model_file.MODEL_FILE,
                                            class_names=class_names)
     faults.point("model_saved")
     history = resumable.read_history(run.path)
@@ -176,12 +181,12 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
         # The probabilities come from the trained head on the test features; the model as saved
         # and loaded again must agree with them on a few images.
         counts = np.bincount(job.train_source.labels, minlength=len(class_names))
-        metrics = evaluation.evaluate_split(
+        metrics = evaluator.evaluate_split(
             classifier, job.test_source, out_dir=run.path,
             batch_size=features.INFERENCE_BATCH, cache_dir=job.cache_dir, strategy=job.strategy,
             extra={"split": config.test_split, "model": str(saved_path),
                    "training_examples_per_class": dict(zip(class_names, counts.tolist()))},
-            checked_model=inference.load_classifier(saved_path).model,
+            checked_model=model_file.load_classifier(saved_path).model,
             # Beside the train/ and validation/ curves, at the last epoch (Keras counts from 0).
             log_dir=run.path / "logs" / "test", log_step=history["epoch"][-1] - 1)
         faults.point("evaluated")
@@ -260,7 +265,7 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
       data: where the images come from.
       model_spec: the classifier's shape.
       config: splits, optimisation, input pipeline.
-      workdir_path: the output directory (see mri_tfdata.workdir for rerun rules).
+      workdir_path: the output directory (see mri_tfdata.training.workdir for rerun rules).
       strategy: the tf.distribute strategy; the precision policy must already be set.
       precision_policy: the policy in force (apply_precision's result), for the log and run.json.
       overwrite: replace a finished (or differently configured) run in the workdir.
@@ -288,7 +293,7 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
                           allow_missing_classes=config.allow_missing_classes)
     class_names = tuple(splits["train_split"].class_names)
     with strategy.scope():
-        classifier = model.build_from_spec(model_spec, num_classes=len(class_names))
+        classifier = architecture.build_from_spec(model_spec, num_classes=len(class_names))
     # The data and the weights are good: only now is the workdir written (and locked).
     run = workdir.open_run(out, settings=settings, overwrite=overwrite)
     if flags_text is not None:

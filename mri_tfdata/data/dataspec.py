@@ -7,8 +7,8 @@ import pathlib
 import numpy as np
 from absl import logging
 
-from mri_tfdata import sources, synthetic
-from mri_tfdata.errors import FlagError, UserError
+from mri_tfdata.core.errors import FlagError, UserError
+from mri_tfdata.data import sources, synthetic
 
 SOURCES = ("tfds", "folder", "synthetic")
 

@@ -7,9 +7,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import decoding, features, gradcam, input_pipeline, reports, summaries
-from mri_tfdata.errors import UserError
-from mri_tfdata.sources import Source
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import decoding, input_pipeline
+from mri_tfdata.data.sources import Source
+from mri_tfdata.evaluation import gradcam, reports, summaries
+from mri_tfdata.model import features
 
 # Images on which the assembled (or saved) model must agree with the head on cached features.
 CHECK_IMAGES = 8

@@ -11,8 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 import mri_tfdata
-from mri_tfdata import atomic, decoding, images
-from mri_tfdata.errors import UserError
+from mri_tfdata.core import atomic
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import decoding, images
 
 MODEL_FILE = "model.keras"
 # A file of our own inside the .keras zip archive. Keras reads only the members it knows
@@ -144,7 +145,7 @@ def load_classifier(path) -> SavedClassifier:
 def load_image(path, *, image_size: int) -> np.ndarray:
     """Reads an image file as training data is read: checked, RGB, resized to a uint8 square.
 
-    The file is checked as the dataset builder checks it (mri_tfdata.images): a regular file of
+    The file is checked as the dataset builder checks it (mri_tfdata.data.images): a regular file of
     sane size, a header declaring sane dimensions (a decompression bomb is refused before any
     pixel is decoded), decodable by the pipeline's own decoder; grey, palette, CMYK and 16-bit
     files are converted to 8-bit RGB as the builder converts them.

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from typing import BinaryIO, Callable, Union
 
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
 
 Content = Union[bytes, str, Callable[[BinaryIO], None]]
 

@@ -7,11 +7,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mri_tfdata import atomic
-from mri_tfdata.errors import UserError
-
+from mri_tfdata.core import atomic
+from mri_tfdata.core.errors import UserError
 # reports owns the matplotlib set-up (the Agg backend) and the atomic PNG writer.
-from mri_tfdata.reports import plt, save_figure
+from mri_tfdata.evaluation.reports import plt, save_figure
 
 # ResNet50's last convolutional block: the 2,048 maps (1/32 of the input side: 4 x 4 at 128 px,
 # 7 x 7 at 224 px) that the average pooling turns into the head's features, so the finest maps

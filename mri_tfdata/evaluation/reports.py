@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as sk_metrics  # noqa: E402
 
-from mri_tfdata import atomic, probability_metrics  # noqa: E402
+from mri_tfdata.core import atomic
+from mri_tfdata.evaluation import probability_metrics
 
 # Keras clips probabilities to [eps, 1 - eps] before the log when it computes the cross-entropy of
 # probabilities; metrics.json does the same. (model.evaluate can report more for wildly confident

@@ -18,8 +18,8 @@ import shutil
 
 from absl import logging
 
-from mri_tfdata import atomic
-from mri_tfdata.errors import UserError
+from mri_tfdata.core import atomic
+from mri_tfdata.core.errors import UserError
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"

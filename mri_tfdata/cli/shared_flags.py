@@ -4,10 +4,10 @@ import os
 
 from absl import flags
 
-from mri_tfdata import distribute, precision
-from mri_tfdata.cli import require
-from mri_tfdata.dataspec import SOURCES, DataSpec
-from mri_tfdata.model import ModelSpec
+from mri_tfdata.cli.runner import require
+from mri_tfdata.data.dataspec import SOURCES, DataSpec
+from mri_tfdata.model.architecture import ModelSpec
+from mri_tfdata.runtime import distribute, precision
 
 FLAGS = flags.FLAGS
 

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mri_tfdata import model
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.model import architecture, optimization
 
 # A head's step on a batch of features takes about a millisecond, as long as Keras's own
 # per-call overhead; running 32 steps per call into the graph cut a 10-epoch fit from 19 s to
@@ -47,18 +47,18 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
     """Standardises, compiles and fits a head on features, as training compiles the classifier.
 
     The head's Normalization layer (if any) is fitted to all of `features`. A classifier
-    assembled with `model.build_classifier(backbone, head)` shares the head's layers, so after
+    assembled with `architecture.build_classifier(backbone, head)` shares the head's layers, so after
     this fit it is the trained full model (raw uint8 images in).
 
     Args:
-      head: `model.build_head(...)`, built in `strategy`'s scope.
+      head: `architecture.build_head(...)`, built in `strategy`'s scope.
       features: training features, float32 [N, FEATURE_DIM].
       labels: training labels, int [N].
       validation: (features, labels) validated on after every epoch, or None.
-      learning_rate: the optimizer's (initial) learning rate (`model.compile_model`).
+      learning_rate: the optimizer's (initial) learning rate (`optimization.compile_model`).
       epochs: the epoch to stop at (absolute, as in Keras's fit).
       batch_size: the global batch.
-      schedule: the learning-rate schedule (`model.SCHEDULES`), spanning the steps of epochs
+      schedule: the learning-rate schedule (`optimization.SCHEDULES`), spanning the steps of epochs
         `initial_epoch` to `epochs`.
       label_smoothing: the loss's label smoothing.
       weight_decay: AdamW's weight decay; 0 = Adam.
@@ -80,12 +80,12 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
             f"The training split has {len(labels)} examples, fewer than one batch of "
             f"{batch_size}, so the head would never be trained; lower --batch_size.")
     strategy = strategy or tf.distribute.get_strategy()
-    model.adapt_standardization(head, features)
+    architecture.adapt_standardization(head, features)
     steps_per_epoch = len(labels) // batch_size
     if keras.config.max_steps_per_epoch():  # A smoke run's cap shortens every epoch.
         steps_per_epoch = min(steps_per_epoch, keras.config.max_steps_per_epoch())
     with strategy.scope():
-        model.compile_model(head, learning_rate=learning_rate, schedule=schedule,
+        optimization.compile_model(head, learning_rate=learning_rate, schedule=schedule,
                             decay_steps=steps_per_epoch * (epochs - initial_epoch),
                             label_smoothing=label_smoothing, weight_decay=weight_decay,
                             steps_per_execution=STEPS_PER_EXECUTION)

@@ -11,8 +11,10 @@ import shutil
 import keras
 from absl import logging
 
-from mri_tfdata import atomic, faults, reports, workdir
-from mri_tfdata.errors import UserError
+from mri_tfdata.core import atomic, faults
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.evaluation import reports
+from mri_tfdata.training import workdir
 
 _BACKUP = re.compile(r"epoch-(\d+)\.weights\.h5")
 # A loss this many times the loss of guessing uniformly (ln C) means training diverged.

@@ -7,10 +7,10 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from mri_tfdata import image_cache
-from mri_tfdata.errors import UserError
-from mri_tfdata.decoding import decode_and_resize
-from mri_tfdata.sources import Source
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import image_cache
+from mri_tfdata.data.decoding import decode_and_resize
+from mri_tfdata.data.sources import Source
 
 # Part of every file-cache key: bump it when decode_and_resize changes its pixels, so that caches
 # written by an older version are not served.
@@ -37,7 +37,7 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     accelerator.
 
     Args:
-      source: The split to read (see mri_tfdata.sources).
+      source: The split to read (see mri_tfdata.data.sources).
       image_size: Side of the square output images in pixels.
       batch_size: Batch size of this pipeline (per replica under a strategy).
       training: Shuffle examples (reshuffled every epoch; within `shuffle_buffer` examples, or

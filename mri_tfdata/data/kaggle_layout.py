@@ -7,7 +7,7 @@ from typing import Union
 
 from absl import logging
 
-from mri_tfdata.errors import UserError
+from mri_tfdata.core.errors import UserError
 
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -186,7 +186,7 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
 
     Hidden files and folders, OS junk and files that are not .jpg/.jpeg/.png are skipped, and no
     file or folder is listed twice (symlink loops, hard or soft links to the same file); the files
-    are not opened here (see mri_tfdata.images), so corrupt images are still listed.
+    are not opened here (see mri_tfdata.data.images), so corrupt images are still listed.
 
     Args:
       split_dir: A split folder as returned by find_split_dirs.

@@ -6,7 +6,7 @@ import pathlib
 
 import tensorflow as tf
 
-from mri_tfdata.errors import FlagError, UserError
+from mri_tfdata.core.errors import FlagError, UserError
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from mri_tfdata import images, kaggle_layout
+from mri_tfdata.data import images, kaggle_layout
 
 # Earlier splits win when de-duplicating: an image of train is dropped from validation and test.
 SPLIT_ORDER = ("train", "validation", "test")

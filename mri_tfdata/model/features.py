@@ -15,7 +15,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata import atomic, console, input_pipeline, model
+from mri_tfdata.core import atomic
+from mri_tfdata.data import input_pipeline
+from mri_tfdata.model import architecture
+from mri_tfdata.runtime import progress
 
 # Part of every cache key: bump it when the extraction itself changes (resizing, preprocessing,
 # file layout), so that features computed by older code are never served.
@@ -195,7 +198,7 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, batch_s
     to reach the host, so the input pipeline, the transfer and the backbone overlap.
 
     Args:
-      backbone: `model.build_backbone(...)`, built in `strategy`'s scope.
+      backbone: `architecture.build_backbone(...)`, built in `strategy`'s scope.
       dataset: batches of (uint8 images, labels) in a fixed order, every example once
         (`input_pipeline.make_dataset(..., training=False)`).
       batch_size: the global batch of `dataset`; a shorter last batch is padded to it.
@@ -222,7 +225,7 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, batch_s
     distributed = strategy.experimental_distribute_dataset(dataset)
     step = _extraction_step(backbone, strategy, distributed.element_spec)
     progbar = keras.utils.Progbar(num_examples, unit_name="image",
-                                  verbose=console.progress_verbose())
+                                  verbose=progress.progress_verbose())
     all_features, all_labels = [], []
     start = time.perf_counter()
     for index, batch in enumerate(distributed):
@@ -233,7 +236,7 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, batch_s
         done = (index + 1) * batch_size
         progbar.update(min(done, num_examples) if num_examples else done)
     features = tf.concat(all_features, 0).numpy() if all_features else np.zeros(
-        (0, model.FEATURE_DIM), np.float32)
+        (0, architecture.FEATURE_DIM), np.float32)
     labels = tf.concat(all_labels, 0).numpy() if all_labels else np.zeros(0, np.int32)
     seconds = time.perf_counter() - start
     logging.info("Extracted %d feature vectors in %.1f s (%.1f images/s).",
@@ -277,7 +280,7 @@ def _read_valid(path: Path, key: CacheKey,
     problems = []
     if meta.get("digest") != key.digest:
         problems.append(f"key {meta.get('digest')} != {key.digest}")
-    if features.shape != (count, model.FEATURE_DIM) or labels.shape != (count,):
+    if features.shape != (count, architecture.FEATURE_DIM) or labels.shape != (count,):
         problems.append(f"shapes {features.shape}/{labels.shape} != recorded count {count}")
     elif meta.get("checksum") != _checksum(features, labels):
         problems.append("its arrays do not match their recorded checksum")

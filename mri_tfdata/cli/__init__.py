@@ -1,0 +1,1 @@
+"""What the commands share: the absl runner, shared flags and console quieting."""

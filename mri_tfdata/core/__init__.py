@@ -1,0 +1,1 @@
+"""Errors, atomic file writes and fault-injection points: what every other layer builds on."""

@@ -1,0 +1,1 @@
+"""How good a classifier is: metrics, calibration, plots, Grad-CAM and the split evaluator."""

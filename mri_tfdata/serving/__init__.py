@@ -1,0 +1,1 @@
+"""A trained classifier as a file: model.keras with its metadata, and the SavedModel export."""

@@ -1,0 +1,109 @@
+"""The SavedModel export for TF Serving and Vertex AI (the `mri-export` command writes it).
+
+Writes a SavedModel (default: export/ beside the model) with two signatures:
+  serve_bytes (also serving_default): image_bytes, string [N]: JPEG or PNG files, any size
+  serve: images, uint8 [N, H, W, 3], any H and W (one size per request)
+Both decode and resize inside the graph with the input pipeline's own functions, so an image
+reaches the model exactly as in training, and both return probabilities (float32 [N, C]),
+class_index (int64 [N]) and class_name (string [N]); assets/class_names.txt lists the classes.
+"""
+
+import pathlib
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from mri_tfdata.core import atomic
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import decoding, images
+from mri_tfdata.serving import model_file
+
+EXPORT_DIR = "export"
+
+
+def _checked_size(encoded: tf.Tensor) -> tf.Tensor:
+    """`encoded`, once its header is known to declare at most images.MAX_PIXELS pixels.
+
+    A server must not allocate gigabytes for a few bytes of decompression bomb; the dimensions
+    are read from the JPEG header (extract_jpeg_shape) or the PNG's IHDR chunk.
+    """
+    def png_height_width():
+        width_height = tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.uint8)
+        width_height = tf.reshape(tf.cast(width_height, tf.int64), [2, 4])  # big-endian bytes
+        width_height = tf.reduce_sum(width_height * [2 ** 24, 2 ** 16, 2 ** 8, 1], axis=1)
+        return tf.reverse(width_height, [0])
+
+    height_width = tf.cond(tf.io.is_jpeg(encoded),
+                           lambda: tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64),
+                           png_height_width)
+    check = tf.debugging.assert_less_equal(
+        height_width[0] * height_width[1], tf.constant(images.MAX_PIXELS, tf.int64),
+        message=f"image_bytes: an image declares more than {images.MAX_PIXELS} pixels")
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
+
+
+def export_serving(classifier: keras.Model, export_dir, *, class_names) -> None:
+    """Writes the serving SavedModel of `classifier` into `export_dir` (which must not exist).
+
+    The model's weights are stored once: the archive does not track() the model, whose Keras
+    variable wrappers would be saved beside the tf.Variables the endpoints capture, the same
+    weights twice (keras-team/keras#23553).
+
+    Args:
+      classifier: uint8 images [S, S, 3] -> float32 probabilities [C].
+      export_dir: the SavedModel folder to create.
+      class_names: the C class names, in label order.
+    """
+    image_size, num_classes = int(classifier.input_shape[1]), len(class_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The lookup table reads this file, which the SavedModel then keeps as an asset.
+        names_file = pathlib.Path(tmp) / "class_names.txt"
+        names_file.write_text("".join(f"{name}\n" for name in class_names))
+        table = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+            str(names_file), key_dtype=tf.int64, key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+            value_dtype=tf.string, value_index=tf.lookup.TextFileIndex.WHOLE_LINE),
+            default_value="")
+
+        # One function shared by both endpoints, so ResNet50's graph is stored once.
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)], autograph=False)
+        def outputs(batch):
+            # training=False: Keras's random layers (augmentation, dropout) default to training
+            # mode when a model is called without it. The cond answers an empty request, on
+            # which ResNet50's BatchNorm would fail.
+            probabilities = tf.cond(
+                tf.shape(batch)[0] > 0,
+                lambda: tf.cast(classifier(batch, training=False), tf.float32),
+                lambda: tf.zeros([0, num_classes], tf.float32))
+            class_index = tf.argmax(probabilities, axis=-1)
+            return {"probabilities": probabilities, "class_index": class_index,
+                    "class_name": table.lookup(class_index)}
+
+        def serve_bytes(image_bytes):
+            def decode(encoded):
+                return decoding.decode_and_resize(_checked_size(encoded), image_size=image_size)
+
+            batch = tf.map_fn(decode, image_bytes,
+                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
+            return outputs(batch)
+
+        def serve(images_uint8):
+            return outputs(decoding.resize(images_uint8, image_size))
+
+        archive = keras.export.ExportArchive()
+        archive.track(table)  # only the table (and its asset); the model: see the docstring
+        # The first endpoint is also serving_default: bytes, what REST clients send.
+        archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[
+            tf.TensorSpec([None], tf.string, name="image_bytes")])
+        archive.add_endpoint("serve", serve, input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        archive.write_out(str(export_dir), verbose=False)
+
+
+def export_model(model_path, out_dir) -> pathlib.Path:
+    """Loads a model.keras and writes its serving SavedModel to `out_dir`, whole or not at all."""
+    saved = model_file.load_classifier(model_path)
+    return atomic.publish(out_dir, lambda tmp: export_serving(
+        saved.model, tmp, class_names=saved.class_names))
