@@ -159,7 +159,7 @@ def test_a_writer_killed_at_any_point_leaves_no_cache_and_the_next_run_rebuilds_
     # SIGKILL (faults.point) in the middle of the writing, or after the last fsync but before the
     # rename: no cleanup runs. Segments of 5 images, so there are several.
     code = f"""
-        from mri_tfdata import image_cache, input_pipeline, sources
+        from mri_tfdata.data import image_cache, input_pipeline, sources
         image_cache._SEGMENT_BYTES = 16 * 16 * 3 * 5
         source = sources.load_folder_source({str(tree)!r}, split="train")
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
@@ -309,7 +309,7 @@ def test_per_replica_batches_under_a_two_replica_mirrored_strategy(tree, tmp_pat
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import image_trees
-        from mri_tfdata import input_pipeline, sources
+        from mri_tfdata.data import input_pipeline, sources
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         contexts = []
         def source_fn(ctx):

@@ -38,5 +38,5 @@ def test_cli_writes_the_grid_and_never_overwrites(tmp_path):
         assert picture.size[0] > 200
     before = out.read_bytes()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 1 and "already exists" in " ".join(again.stderr.split())
     assert "Traceback" not in again.stderr and out.read_bytes() == before

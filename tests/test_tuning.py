@@ -293,10 +293,11 @@ def test_search_writes_results_plot_and_best_flags(resumed_search):
 _PARSE_WITH_TRAIN_FLAGS = """
 import json, sys
 from absl import flags
-from mri_tfdata import flags_common, train
+from mri_tfdata import train
+from mri_tfdata.cli import shared_flags
 flags.FLAGS(["train", "--flagfile=" + sys.argv[1]])
-spec = flags_common.model_spec_from_flags()
-data = flags_common.data_spec_from_flags()
+spec = shared_flags.model_spec_from_flags()
+data = shared_flags.data_spec_from_flags()
 F = flags.FLAGS
 print(json.dumps({"head_units": list(spec.head_units), "dropout": spec.dropout,
                   "learning_rate": F.learning_rate, "lr_schedule": F.lr_schedule,

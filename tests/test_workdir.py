@@ -78,7 +78,7 @@ def test_a_second_live_run_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_pat
     first.close()
     # A process that holds the lock and is killed: the kernel releases its lock.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mri_tfdata import workdir; "
+        [sys.executable, "-c", "import sys, time; from mri_tfdata.training import workdir; "
          f"workdir.open_run({str(tmp_path / 'run')!r}, settings={SETTINGS!r}); "
          "print('locked', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
     try:

@@ -154,7 +154,7 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
 def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[str, str]:
     """train.py's flags for the chosen head: the search's data/model flags plus its values."""
     lines = {flag.name: shared_flags.serialize(flag)
-             for flag in FLAGS.get_flags_for_module(flags_common)}
+             for flag in FLAGS.get_flags_for_module(shared_flags)}
     recipe = best.recipe
     values = {
         "head_units": ",".join(map(str, best.head_units)),

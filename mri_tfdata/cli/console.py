@@ -1,8 +1,7 @@
 """What the commands print: TensorFlow's start-up noise hidden, progress bars only on a terminal.
 
-`setup_command` runs from the package's `__init__` (and tuning's), which Python executes before
-the body of `python -m mri_tfdata.train` and before a console script imports its module, so
-before anything imports TensorFlow. At the default --verbosity it hides:
+Each command module calls `setup_command` before its other imports, so before anything imports
+TensorFlow. At the default --verbosity it hides:
   * the C++ start-up block (oneDNN, "Could not find cuda drivers", CPU features), printed twice
     because two of TF's shared libraries each log from static initialisers while being loaded,
     before TF_CPP_MIN_LOG_LEVEL is read: only a redirect of file descriptor 2 around the first
@@ -31,7 +30,7 @@ _STARTUP_NOISE = re.compile(
 
 # INFO lines stay visible from these package folders only (not the repository root: a .venv
 # inside it holds TensorFlow, whose INFO records carry the same absl logger name as ours).
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _OWN_DIRS = tuple(os.path.join(_ROOT, name) + os.sep for name in ("mri_tfdata", "tuning",
                                                                   "builders"))
 
@@ -39,8 +38,15 @@ _done = False
 
 
 def is_command(argv) -> bool:
-    """True while `python -m <package>...` starts (argv[0] is still "-m") or in an mri-* script."""
-    return bool(argv) and (argv[0] == "-m" or os.path.basename(argv[0]).startswith("mri-"))
+    """True in an mri-* script or a `python -m` run of one of the package's own modules.
+
+    `python -m` sets argv[0] to "-m" while it imports the packages, then to the module's file.
+    """
+    if not argv:
+        return False
+    path = os.path.abspath(argv[0])
+    return (argv[0] == "-m" or os.path.basename(argv[0]).startswith("mri-")
+            or path.startswith(_OWN_DIRS))
 
 
 def verbosity_from_argv(argv) -> int:

@@ -69,7 +69,7 @@ def _flag_line(flag, width: int) -> str:
 def short_help(module) -> str:
     """The module's usage paragraph, then the flags it uses one per line, its own flags first.
 
-    One command runs per process, so the shared flags defined so far (flags_common) are exactly
+    One command runs per process, so the shared flags defined so far (cli.shared_flags) are exactly
     the ones this command takes.
     """
     width = min(shutil.get_terminal_size((100, 24)).columns, 120)
