@@ -92,7 +92,7 @@ def main(argv):
     for name in FLAGS.recipes or RECIPES:
         accuracies = run_recipe(RECIPES[name], train, test, policy)
         found[name] = accuracies
-        # ddof=1: the seed SD as the README's tables give it.
+        # ddof=1: the seed SD as benchmarks/README.md's tables give it.
         print(f"{name}: test accuracy {np.mean(accuracies):.4f} +- "
               f"{np.std(accuracies, ddof=1):.4f} ({min(accuracies):.4f}-{max(accuracies):.4f})",
               flush=True)

@@ -28,7 +28,7 @@ flags.DEFINE_string("validation_split", "train[90%:]",
                     "validated on 'test'; carving it from train keeps the test split unseen.")
 flags.DEFINE_string("test_split", "test",
                     "Split of the final evaluation (metrics.json); empty for none.")
-# The defaults are TrainConfig's: the best stable head recipe measured (README, "Default recipe").
+# The defaults are TrainConfig's: the best stable head recipe measured (benchmarks/README.md).
 _DEFAULTS = trainer.TrainConfig()
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs of head training on the frozen backbone.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate,

@@ -19,8 +19,9 @@ DEFAULT_SCHEDULE = _TRAIN_DEFAULTS.schedule
 DEFAULT_LABEL_SMOOTHING = _TRAIN_DEFAULTS.label_smoothing
 DEFAULT_WEIGHT_DECAY = _TRAIN_DEFAULTS.weight_decay
 DEFAULT_BATCH_SIZE = _TRAIN_DEFAULTS.batch_size
-# The measured good region (README, "Default recipe"): learning rates from 3e-5 to 1e-3 with a
-# decaying schedule, smoothing up to 0.1, no dropout; the space extends past it on every side.
+# The measured good region (benchmarks/README.md, "Head recipes"): learning rates from 3e-5 to
+# 1e-3 with a decaying schedule, smoothing up to 0.1, no dropout; the space extends past it on
+# every side.
 LEARNING_RATES = (1e-5, 1e-2)
 LABEL_SMOOTHINGS = (0.0, 0.05, 0.1, 0.2)
 WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1e-1)

@@ -17,7 +17,7 @@ and validation splits together (tuning.selection; byte-identical images always i
 the best mean held-out calibrated cross-entropy wins.
 Rerunning the same command resumes the search: finished trials are kept, an interrupted one starts
 again, and fold scores already computed are reused. For distributed tuning (KERASTUNER_TUNER_ID,
-KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see the README.
+KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see docs/scaling.md.
 """
 
 import dataclasses

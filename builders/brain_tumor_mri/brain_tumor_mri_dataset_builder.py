@@ -77,7 +77,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
         # With a `pipeline` argument TFDS builds with Apache Beam: reading and checking the files
         # is shared by all splits (dedup compares them across splits), then each split takes its
-        # own. See README.md, "Build it once with TFDS", for runners.
+        # own. See docs/data.md, "On every core, or on a cluster", for runners.
         split_dirs = kaggle_layout.find_split_dirs(self._data_root(dl_manager))
         files = []
         for split in beam_steps.SPLIT_ORDER:

@@ -89,8 +89,8 @@ def decode_and_resize(encoded: tf.Tensor, *, image_size: int) -> tf.Tensor:
     A JPEG at least 2, 4 or 8 times the target on both sides is decoded at 1/2, 1/4 or 1/8 scale
     (see dct_ratio), then resized; the resize is skipped when the scaled decode already has the
     target size (a 512 px slice at 256 px). PNGs and smaller JPEGs are decoded in full. The
-    reduced decode differs from full decode + resize by about a grey level on average (README,
-    "Input pipeline").
+    reduced decode differs from full decode + resize by about a grey level on average
+    (benchmarks/README.md, "Input pipeline").
 
     Args:
       encoded: tf.string scalar with JPEG or PNG bytes.

@@ -34,9 +34,9 @@ class TrainConfig:
     validation_split: str = "train[90%:]"  # "" = no validation
     test_split: str = "test"  # "" = no final evaluation
     batch_size: int = 32
-    # The head's recipe: the best stable one measured on the real data (README, "Default head
-    # recipe": 5 seeds each). A constant 1e-3 varied by 7.6 points across seeds; a cosine decay
-    # from 3e-4 with label smoothing 0.1 tested 0.9365 with the smallest spread (SD 0.001).
+    # The head's recipe: the best stable one measured on the real data (benchmarks/README.md,
+    # "Head recipes": 5 seeds each). A constant 1e-3 varied by 7.6 points across seeds; a cosine
+    # decay from 3e-4 with label smoothing 0.1 tested 0.9365 with the smallest spread (SD 0.001).
     epochs: int = 10
     learning_rate: float = 3e-4
     schedule: str = "cosine"  # optimization.SCHEDULES, over each phase's steps
