@@ -91,13 +91,12 @@ def main(argv: list[str]) -> None:
     if out.exists() and not FLAGS.overwrite:
         raise UserError(f"{out} already exists; pass another --out, or --overwrite to replace it.")
     # TensorFlow loads only once the flags are known to be valid.
-    from mri_tfdata.data import input_pipeline, sources
+    from mri_tfdata.data import input_pipeline
+    from mri_tfdata.data.dataspec import DataSpec
 
-    if FLAGS.source == "folder":
-        source = sources.load_folder_source(FLAGS.data_dir, split=FLAGS.split)
-    else:
-        source = sources.load_tfds_source(split=FLAGS.split, data_dir=FLAGS.tfds_data_dir,
-                                          config=FLAGS.tfds_config)
+    source = DataSpec(source=FLAGS.source, data_dir=FLAGS.data_dir,
+                      tfds_data_dir=FLAGS.tfds_data_dir, tfds_config=FLAGS.tfds_config
+                      ).open(FLAGS.split)
     batch_size = min(FLAGS.batch_size, source.num_examples)
     # The training pipeline itself (shuffled, uint8, resized), so the picture shows what the
     # model gets; augmentation, if enabled, happens later inside the model.
