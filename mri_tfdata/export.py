@@ -1,4 +1,4 @@
-"""The `mri-export` command: a training run's model.keras as a SavedModel for TF Serving and Vertex AI.
+"""The `mri-export` command: a run's model.keras as a SavedModel for TF Serving and Vertex AI.
 
 Usage: mri-export --model=runs/demo/model.keras [--out=DIR]. The signatures are described in
 mri_tfdata.serving.export.
@@ -33,7 +33,8 @@ def _define_flags() -> None:
 
 def main(argv):
     runner.require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
-    runner.require(bool(FLAGS.model), "--model is required: the model.keras file of a training run.")
+    runner.require(bool(FLAGS.model),
+                   "--model is required: the model.keras file of a training run.")
     model_path = pathlib.Path(FLAGS.model).expanduser()
     model_dir = model_path if model_path.is_dir() else model_path.parent
     out = pathlib.Path(FLAGS.out).expanduser() if FLAGS.out else model_dir / export.EXPORT_DIR

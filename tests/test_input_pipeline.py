@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from mri_tfdata.core.atomic import DiskError
-from mri_tfdata.core.errors import UserError
+from mri_tfdata.core.errors import ParameterError, UserError
 from mri_tfdata.data import decoding, image_cache, input_pipeline, sources
 
 TESTS_DIR = pathlib.Path(__file__).parent
@@ -159,7 +159,7 @@ def test_a_writer_killed_at_any_point_leaves_no_cache_and_the_next_run_rebuilds_
     # SIGKILL (faults.point) in the middle of the writing, or after the last fsync but before the
     # rename: no cleanup runs. Segments of 5 images, so there are several.
     code = f"""
-        from mri_tfdata import image_cache, input_pipeline, sources
+        from mri_tfdata.data import image_cache, input_pipeline, sources
         image_cache._SEGMENT_BYTES = 16 * 16 * 3 * 5
         source = sources.load_folder_source({str(tree)!r}, split="train")
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=False,
@@ -284,7 +284,7 @@ def test_a_full_disk_while_writing_the_cache_is_a_disk_error_and_leaves_nothing(
 
     monkeypatch.setattr(image_cache.os, "fsync", full)
     with pytest.raises(DiskError, match=f"Cannot write the image cache in {cache}: No space left "
-                                        "on device. Free disk space, or pass --cache=memory"):
+                                        "on device. Free disk space, or pass cache='memory'"):
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
                                     cache=str(cache))
     assert list(cache.iterdir()) == []
@@ -293,7 +293,8 @@ def test_a_full_disk_while_writing_the_cache_is_a_disk_error_and_leaves_nothing(
 def test_a_cache_path_that_is_a_file_is_refused(tree, tmp_path):
     source = sources.load_folder_source(tree, split="train")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(ParameterError, match=f"cache='{tmp_path / 'file'}' is a file; cache must "
+                                             "be 'none', 'memory' or a folder"):
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
                                     cache=str(tmp_path / "file"))
 
@@ -309,7 +310,7 @@ def test_per_replica_batches_under_a_two_replica_mirrored_strategy(tree, tmp_pat
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import image_trees
-        from mri_tfdata import input_pipeline, sources
+        from mri_tfdata.data import input_pipeline, sources
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         contexts = []
         def source_fn(ctx):

@@ -6,6 +6,7 @@ absl parses anything, for the module that defines `main`.
 """
 
 import ast
+import functools
 import re
 import shlex
 import shutil
@@ -21,9 +22,10 @@ FLAGS = flags.FLAGS
 _SHORT_HELP = ("help", "helpshort", "h", "?")
 # The end of a help text's first sentence: ". " or "; " (not the dot of "e.g." or "i.e.").
 _SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)[.;]\s")
-# absl's own flags as these commands use them (--flagfile is no flag object: absl's parser reads it).
-# Library parameters set by a flag of another name, and flag values that differ from the
-# parameter's (parameter -> (flag, {parameter value: flag value})); others are set by their namesake.
+# absl's own flags as these commands use them (--flagfile is no flag object: absl's parser reads
+# it).
+# Library parameters set by a flag of another name or with other values:
+# parameter -> (flag, {parameter value: flag value}). Any other parameter is set by its namesake.
 _FLAG_OF_PARAMETER = {
     "global_batch_size": ("batch_size", {}),
     "model_path": ("model", {}),
@@ -113,13 +115,14 @@ def parse_flags(argv: list[str], module=None) -> list[str]:
         sys.exit(2)
 
 
-def flag_spelling(name: str, *, value=NO_VALUE, setting: str | None = None) -> str:
+def flag_spelling(name: str, *, value=NO_VALUE, setting: str | None = None,
+                  flag_values: flags.FlagValues = FLAGS) -> str:
     """A library parameter as the command line sets it: --flag=value, --flag, --noflag.
 
-    Parameters that no flag of this program sets keep their Python spelling.
+    Parameters that no flag of `flag_values` sets keep their Python spelling.
     """
     flag, values = _FLAG_OF_PARAMETER.get(name, (name, {}))
-    if flag not in FLAGS:
+    if flag not in flag_values:
         return python_spelling(name, value=value, setting=setting)
     if setting is not None:
         try:
@@ -137,11 +140,11 @@ def flag_spelling(name: str, *, value=NO_VALUE, setting: str | None = None) -> s
     return f"--{flag}={shlex.quote(str(value))}"
 
 
-def in_flag_terms(error: UserError) -> UserError:
+def in_flag_terms(error: UserError, flag_values: flags.FlagValues = FLAGS) -> UserError:
     """`error` restated for a command user: the parameters its flags set named as those flags."""
     if error.template is None:
         return error
-    restated = UserError(error.spell(flag_spelling))
+    restated = UserError(error.spell(functools.partial(flag_spelling, flag_values=flag_values)))
     restated.exit_code = error.exit_code
     return restated
 

@@ -15,9 +15,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata.core import faults
+from mri_tfdata.core import caches, faults
 from mri_tfdata.core.atomic import DiskError, disk_error
-from mri_tfdata.core.caches import FORMAT_VERSION
 
 MANIFEST = "manifest.json"
 IMAGES = "images.u8"  # uint8 [count, size, size, 3], C order, no header
@@ -94,8 +93,9 @@ def _write(decoded: tf.data.Dataset, partial: pathlib.Path, *, key: str, count: 
         os.fsync(f.fileno())
     if len(labels) != count:
         raise RuntimeError(f"the source yielded {len(labels)} images; it declares {count}")
-    manifest = {"format": FORMAT_VERSION, "key": key, "count": count, "image_size": image_size,
-                "segment_images": per_segment, "crc32": checksums, "labels": labels}
+    manifest = {"format": caches.FORMAT_VERSION, "key": key, "count": count,
+                "image_size": image_size, "segment_images": per_segment, "crc32": checksums,
+                "labels": labels}
     with open(partial / MANIFEST, "w") as f:
         json.dump(manifest, f)
         f.flush()
@@ -154,7 +154,8 @@ def _open(folder: pathlib.Path, *, key: str, count: int, image_size: int) -> Cac
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _Damaged(f"its manifest is missing or unreadable ({type(e).__name__}: {e})") \
             from None
-    expected = {"format": FORMAT_VERSION, "key": key, "count": count, "image_size": image_size}
+    expected = {"format": caches.FORMAT_VERSION, "key": key, "count": count,
+                "image_size": image_size}
     for field, value in expected.items():
         if manifest.get(field) != value:
             raise _Damaged(f"its manifest says {field}={manifest.get(field)!r}, not {value!r}")
@@ -221,7 +222,8 @@ def open_or_build(decoded: tf.data.Dataset, *, root: pathlib.Path, key: str, cou
         return _open(folder, key=key, count=count, image_size=image_size)
     except _Damaged as e:  # Damaged right after it was written: the folder is not usable.
         raise DiskError("The image cache {folder!s} does not read back as written ({reason!s}); "
-                        "check the disk, or pass {cache:'memory'}.", folder=folder, reason=e) from None
+                        "check the disk, or pass {cache:'memory'}.", folder=folder,
+                        reason=e) from None
 
 
 def _aligned(count: int, shape: list) -> np.ndarray:

@@ -176,7 +176,7 @@ def _select(files_by_split: dict, split: str) -> list:
 
 
 def _usable(selected: list, split: str) -> list:
-    """(example, FileCheck) of the files that pass mri_tfdata.data.images' checks; the rest is logged."""
+    """(example, FileCheck) of the files that pass mri_tfdata.data.images' checks; logs the rest."""
     verdicts = images.check_files([e.path for e in selected])
     skipped = [(e, v.error) for e, v in zip(selected, verdicts) if v.error]
     for example, reason in skipped:

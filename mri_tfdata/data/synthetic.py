@@ -11,8 +11,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from mri_tfdata.core import caches
 from mri_tfdata.core.atomic import disk_error
-from mri_tfdata.core.caches import FORMAT_VERSION
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data.kaggle_layout import CLASS_NAMES
 
@@ -126,7 +126,7 @@ def draw_image(label: int, *, image_size: int, rng: np.random.Generator) -> np.n
 
 def _parameters(**kwargs) -> dict:
     # A tree drawn by another format version (caches.FORMAT_VERSION) is never reused silently.
-    return {"format_version": FORMAT_VERSION, **kwargs}
+    return {"format_version": caches.FORMAT_VERSION, **kwargs}
 
 
 def _check_arguments(train_per_class: int, test_per_class: int, image_size: int,

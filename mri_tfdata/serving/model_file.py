@@ -1,5 +1,4 @@
-"""model.keras: saved with the metadata that marks it as ours, loaded safely and checked; image files
-read as the model takes them."""
+"""model.keras: saved with the metadata marking it ours, loaded safely and checked; images read."""
 
 import dataclasses
 import json
