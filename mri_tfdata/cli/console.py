@@ -31,7 +31,7 @@ _STARTUP_NOISE = re.compile(
 
 # INFO lines stay visible from these package folders only (not the repository root: a .venv
 # inside it holds TensorFlow, whose INFO records carry the same absl logger name as ours).
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _OWN_DIRS = tuple(os.path.join(_ROOT, name) + os.sep for name in ("mri_tfdata", "tuning",
                                                                   "builders"))
 
@@ -39,8 +39,13 @@ _done = False
 
 
 def is_command(argv) -> bool:
-    """True while `python -m <package>...` starts (argv[0] is still "-m") or in an mri-* script."""
-    return bool(argv) and (argv[0] == "-m" or os.path.basename(argv[0]).startswith("mri-"))
+    """True in an mri-* script and for `python -m <package>.<command>`: argv[0] is "-m" while the
+    packages import, then the file of the command, one of this project's modules."""
+    if not argv:
+        return False
+    first = argv[0]
+    return (first == "-m" or os.path.basename(first).startswith("mri-")
+            or os.path.abspath(first).startswith(_OWN_DIRS))
 
 
 def verbosity_from_argv(argv) -> int:
