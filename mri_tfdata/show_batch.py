@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
 from mri_tfdata.cli import runner  # noqa: E402
-from mri_tfdata.core.errors import UserError  # noqa: E402
 
 
 def save_batch_grid(images: np.ndarray, labels: Sequence[int], class_names: Sequence[str],
@@ -88,8 +87,7 @@ def main(argv: list[str]) -> None:
     runner.require(FLAGS.source != "folder" or FLAGS.data_dir,
                 "--source=folder needs --data_dir, the folder holding Training/ and Testing/.")
     out = pathlib.Path(FLAGS.out).expanduser()
-    if out.exists() and not FLAGS.overwrite:
-        raise UserError(f"{out} already exists; pass another --out, or --overwrite to replace it.")
+    runner.refuse_existing(out, "out")
     # TensorFlow loads only once the flags are known to be valid.
     from mri_tfdata.data import input_pipeline
     from mri_tfdata.data.dataspec import DataSpec
@@ -112,8 +110,7 @@ def main(argv: list[str]) -> None:
 
 def console_main():
     """The `mri-show-batch` command."""
-    _define_flags()
-    runner.run(main)
+    runner.run(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

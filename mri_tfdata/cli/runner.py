@@ -7,6 +7,7 @@ absl parses anything, for the module that defines `main`.
 
 import ast
 import functools
+import pathlib
 import re
 import shlex
 import shutil
@@ -149,13 +150,18 @@ def in_flag_terms(error: UserError, flag_values: flags.FlagValues = FLAGS) -> Us
     return restated
 
 
-def run(main) -> None:
+def run(main, *, define_flags=None) -> None:
     """Runs `main(argv)` under absl; a UserError prints its message and exits with its code.
+
+    `define_flags`, when given, is called first: a command that defines its flags only when run
+    adds none to a program that merely imports it.
 
     Library errors name the parameters they are about (see errors.UserError); here they name the
     flags that set them instead. The same from `python -m mri_tfdata.train` and from the
     `mri-train` console script: the help shows the flags of main's own module.
     """
+    if define_flags is not None:
+        define_flags()
     module = sys.modules[main.__module__]
 
     def guarded_main(argv):
@@ -175,3 +181,10 @@ def require(condition: bool, message: str) -> None:
     if not condition:
         raise ParameterError(message)
 
+
+
+def refuse_existing(path: pathlib.Path, flag: str) -> None:
+    """Raises a UserError when `path`, set by --`flag`, exists and --overwrite is not given."""
+    if path.exists() and not FLAGS.overwrite:
+        raise UserError(f"--{flag}={path} already exists; pass another --{flag}, or --overwrite "
+                        "to replace it.")
