@@ -132,3 +132,5 @@ def test_library_errors_name_parameters_and_commands_restate_them_as_flags():
     renamed = UserError("pass {data_dir:'x'}", data_dir=None).renamed(
         data_dir="tfds_data_dir", also="Or {source:'folder'}.")
     assert str(renamed) == "pass tfds_data_dir='x' Or source='folder'."
+    with pytest.raises(ValueError, match="takes !s or !n"):
+        UserError("{seed!r}", seed=1)

@@ -46,6 +46,8 @@ class UserError(Exception):
             parts.append(literal)
             if name is None:
                 continue
+            if conversion not in (None, "s", "n"):
+                raise ValueError(f"{{{name}!{conversion}}}: a template field takes !s or !n")
             if conversion == "s":
                 parts.append(str(self.values[name]))
             elif conversion == "n":
