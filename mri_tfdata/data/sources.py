@@ -89,6 +89,14 @@ def _tfds_index(builder, split: str) -> tuple[tuple, np.ndarray]:
     return tuple(n for n, _ in pairs), np.array([label for _, label in pairs], np.int64)
 
 
+def _not_built(name: str, config: str, data_dir: Optional[str]) -> UserError:
+    return UserError(
+        "The TFDS dataset {dataset!s} is not built in {where!s}. Build it with `tfds build "
+        "builders/brain_tumor_mri --config={config!s} --data_dir={where!s} --manual_dir=DIR` (DIR "
+        "holding the Kaggle download), or pass the {data_dir!n} it was built into.",
+        dataset=f"{name}/{config}", where=data_dir or "~/tensorflow_datasets", config=config)
+
+
 def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str = "default",
                      name: str = "brain_tumor_mri", input_context=None) -> Source:
     """Opens a split of a built TFDS dataset without decoding its images.
@@ -106,14 +114,10 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
       A Source of (encoded image, label).
 
     Raises:
-      UserError: The dataset is not built in `data_dir` (the message gives the `tfds build`
-        command), or the split does not exist.
+      UserError: The dataset is not built in `data_dir` (the fix: a `tfds build` command), or
+        the split does not exist.
     """
-    not_built = UserError(
-        "The TFDS dataset {dataset!s} is not built in {where!s}. Build it with `tfds build "
-        "builders/brain_tumor_mri --config={config!s} --data_dir={where!s} --manual_dir=DIR` (DIR "
-        "holding the Kaggle download), or pass the {data_dir!n} it was built into.",
-        dataset=f"{name}/{config}", where=data_dir or "~/tensorflow_datasets", config=config)
+    not_built = _not_built(name, config, data_dir)
     # The builder's code is not imported: TFDS reads a built dataset from its own files, and the
     # library never depends on builders/ (which depends on it).
     try:
