@@ -1,4 +1,4 @@
-"""The `mri-export` command: a training run's model.keras as a SavedModel for TF Serving and Vertex AI.
+"""The `mri-export` command: a run's model.keras as a SavedModel for TF Serving and Vertex AI.
 
 Usage: mri-export --model=runs/demo/model.keras [--out=DIR]. The signatures are described in
 mri_tfdata.serving.export.
@@ -18,7 +18,6 @@ from absl import flags  # noqa: E402
 from absl import logging
 
 from mri_tfdata.cli import runner  # noqa: E402
-from mri_tfdata.core.errors import UserError  # noqa: E402
 from mri_tfdata.serving import export  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -33,13 +32,12 @@ def _define_flags() -> None:
 
 def main(argv):
     runner.require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
-    runner.require(bool(FLAGS.model), "--model is required: the model.keras file of a training run.")
+    runner.require(bool(FLAGS.model),
+                   "--model is required: the model.keras file of a training run.")
     model_path = pathlib.Path(FLAGS.model).expanduser()
     model_dir = model_path if model_path.is_dir() else model_path.parent
     out = pathlib.Path(FLAGS.out).expanduser() if FLAGS.out else model_dir / export.EXPORT_DIR
-    if out.exists() and not FLAGS.overwrite:
-        raise UserError(f"--out={out} already exists; pass another --out, or --overwrite to "
-                        "replace it.")
+    runner.refuse_existing(out, "out")
     export.export_model(model_path, out)
     logging.info("Wrote the SavedModel %s (signatures serve_bytes = serving_default, serve).", out)
     print(out)
@@ -47,8 +45,7 @@ def main(argv):
 
 def console_main():
     """The `mri-export` command."""
-    _define_flags()
-    runner.run(main)
+    runner.run(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

@@ -167,9 +167,7 @@ def main(argv):
     if output:
         require(output.suffix.lower() in _OUTPUT_SUFFIXES,
                 f"--output={output} must end in .jsonl or .csv.")
-        if output.exists() and not FLAGS.overwrite:
-            raise UserError(f"--output={output} already exists; pass another --output, or "
-                            "--overwrite to replace it.")
+        runner.refuse_existing(output, "output")
     gradcam_dir = pathlib.Path(FLAGS.gradcam).expanduser() if FLAGS.gradcam else None
     if gradcam_dir:
         require(not gradcam_dir.exists() or gradcam_dir.is_dir(),
@@ -209,8 +207,7 @@ def main(argv):
 
 def console_main():
     """The `mri-predict` command."""
-    _define_flags()
-    runner.run(main)
+    runner.run(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
 from mri_tfdata.cli import runner  # noqa: E402
-from mri_tfdata.core.errors import UserError  # noqa: E402
 
 
 def save_batch_grid(images: np.ndarray, labels: Sequence[int], class_names: Sequence[str],
@@ -88,16 +87,14 @@ def main(argv: list[str]) -> None:
     runner.require(FLAGS.source != "folder" or FLAGS.data_dir,
                 "--source=folder needs --data_dir, the folder holding Training/ and Testing/.")
     out = pathlib.Path(FLAGS.out).expanduser()
-    if out.exists() and not FLAGS.overwrite:
-        raise UserError(f"{out} already exists; pass another --out, or --overwrite to replace it.")
+    runner.refuse_existing(out, "out")
     # TensorFlow loads only once the flags are known to be valid.
-    from mri_tfdata.data import input_pipeline, sources
+    from mri_tfdata.data import input_pipeline
+    from mri_tfdata.data.dataspec import DataSpec
 
-    if FLAGS.source == "folder":
-        source = sources.load_folder_source(FLAGS.data_dir, split=FLAGS.split)
-    else:
-        source = sources.load_tfds_source(split=FLAGS.split, data_dir=FLAGS.tfds_data_dir,
-                                          config=FLAGS.tfds_config)
+    source = DataSpec(source=FLAGS.source, data_dir=FLAGS.data_dir,
+                      tfds_data_dir=FLAGS.tfds_data_dir, tfds_config=FLAGS.tfds_config
+                      ).open(FLAGS.split)
     batch_size = min(FLAGS.batch_size, source.num_examples)
     # The training pipeline itself (shuffled, uint8, resized), so the picture shows what the
     # model gets; augmentation, if enabled, happens later inside the model.
@@ -113,8 +110,7 @@ def main(argv: list[str]) -> None:
 
 def console_main():
     """The `mri-show-batch` command."""
-    _define_flags()
-    runner.run(main)
+    runner.run(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `python -m mri_tfdata.synthetic --out=DIR` command: writes the synthetic Kaggle-style tree."""
+"""The `python -m mri_tfdata.synthetic --out=DIR` command: writes the synthetic Kaggle tree."""
 
 from absl import flags
 

@@ -103,3 +103,34 @@ def test_flagfiles_store_absolute_paths(tmp_path, monkeypatch):
                      "workdir": f"--workdir={pathlib.Path.home() / 'runs/x'}",
                      "cache": "--cache=memory", "feature_cache": f"--feature_cache={tmp_path}/feats",
                      "weights": "--weights=imagenet", "train_split": "--train_split=train"}
+
+
+def test_library_errors_name_parameters_and_commands_restate_them_as_flags():
+    from mri_tfdata.cli import runner
+    from mri_tfdata.core.errors import ParameterError, UserError
+
+    error = UserError(
+        "{global_batch_size} and {cache} ({why!s}); pass {allow_missing_classes:True}, "
+        "{cache_dir:None}, {tpu:NAME} or {seed:3}; {{literal}} {model_path!n}.",
+        global_batch_size=30, cache=pathlib.Path("/a b"), why="{not a field}")
+    assert str(error) == ("global_batch_size=30 and cache='/a b' ({not a field}); pass "
+                          "allow_missing_classes=True, cache_dir=None, tpu=NAME or seed=3; "
+                          "{literal} model_path.")
+    command = flags.FlagValues()
+    for name in ("batch_size", "cache", "feature_cache", "tpu", "model"):
+        flags.DEFINE_string(name, None, "", flag_values=command)
+    flags.DEFINE_bool("allow_missing_classes", False, "", flag_values=command)
+    restated = runner.in_flag_terms(error, command)
+    # seed is no flag of this command: it keeps its Python spelling.
+    assert str(restated) == ("--batch_size=30 and --cache='/a b' ({not a field}); pass "
+                             "--allow_missing_classes, --feature_cache=off, --tpu=NAME or seed=3; "
+                             "{literal} --model.")
+    assert restated.exit_code == 1
+    assert runner.in_flag_terms(ParameterError("{seed} <0", seed=-1), command).exit_code == 2
+    plain = UserError("no {fields} here")
+    assert runner.in_flag_terms(plain, command) is plain and str(plain) == "no {fields} here"
+    renamed = UserError("pass {data_dir:'x'}", data_dir=None).renamed(
+        data_dir="tfds_data_dir", also="Or {source:'folder'}.")
+    assert str(renamed) == "pass tfds_data_dir='x' Or source='folder'."
+    with pytest.raises(ValueError, match="takes !s or !n"):
+        UserError("{seed!r}", seed=1)

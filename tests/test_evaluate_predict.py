@@ -263,7 +263,8 @@ def test_load_classifier_explains_every_refusal(tiny, tmp_path):
     root, _, _ = tiny
     not_zip = tmp_path / "text.keras"
     not_zip.write_text("hello")
-    with pytest.raises(UserError, match="is not a Keras model file"):
+    # In a library call the message names the parameter (mri-predict says --model instead).
+    with pytest.raises(UserError, match=f"model_path='{not_zip}' is not a Keras model file"):
         model_file.load_classifier(not_zip)
     # A model.keras of mri_tfdata 0.1 (custom preprocessing layer, no metadata).
     legacy = tmp_path / "run" / "model.keras"

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from mri_tfdata.core.atomic import DiskError
-from mri_tfdata.core.errors import UserError
+from mri_tfdata.core.errors import ParameterError, UserError
 from mri_tfdata.data import decoding, image_cache, input_pipeline, sources
 
 TESTS_DIR = pathlib.Path(__file__).parent
@@ -284,7 +284,7 @@ def test_a_full_disk_while_writing_the_cache_is_a_disk_error_and_leaves_nothing(
 
     monkeypatch.setattr(image_cache.os, "fsync", full)
     with pytest.raises(DiskError, match=f"Cannot write the image cache in {cache}: No space left "
-                                        "on device. Free disk space, or pass --cache=memory"):
+                                        "on device. Free disk space, or pass cache='memory'"):
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
                                     cache=str(cache))
     assert list(cache.iterdir()) == []
@@ -293,7 +293,8 @@ def test_a_full_disk_while_writing_the_cache_is_a_disk_error_and_leaves_nothing(
 def test_a_cache_path_that_is_a_file_is_refused(tree, tmp_path):
     source = sources.load_folder_source(tree, split="train")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(ParameterError, match=f"cache='{tmp_path / 'file'}' is a file; cache must "
+                                             "be 'none', 'memory' or a folder"):
         input_pipeline.make_dataset(source, image_size=16, batch_size=4, training=True,
                                     cache=str(tmp_path / "file"))
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata.core.errors import FlagError
+from mri_tfdata.core.errors import ParameterError
 from mri_tfdata.model import architecture, optimization
 from mri_tfdata.runtime import precision
 
@@ -25,7 +25,7 @@ def test_explicit_names_are_kept_and_set(name):
 
 def test_bad_name_lists_accepted_names():
     accepted = "auto, float32, mixed_float16, mixed_bfloat16"
-    with pytest.raises(FlagError, match=f"float16.*Use one of: {accepted}"):
+    with pytest.raises(ParameterError, match=f"precision='float16'.*Use one of: {accepted}"):
         precision.resolve_precision("float16")
 
 

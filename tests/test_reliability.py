@@ -6,9 +6,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
+from mri_tfdata.cli import runner
 from mri_tfdata.core import atomic
-from mri_tfdata.core.errors import FlagError, UserError
+from mri_tfdata.core.errors import ParameterError, UserError
 from mri_tfdata.data import dataspec, sources
 from mri_tfdata.model import features
 from mri_tfdata.model.architecture import ModelSpec
@@ -57,7 +59,7 @@ def test_a_missing_class_is_refused_unless_allowed_and_then_recorded(tmp_path, f
                                              test_per_class=2, image_size=32)
     shutil.rmtree(root / "Training" / "pituitary")
     data = dataspec.DataSpec(source="folder", data_dir=str(root))
-    with pytest.raises(UserError, match="no example of pituitary.*--allow_missing_classes"):
+    with pytest.raises(UserError, match="no example of pituitary.*allow_missing_classes=True"):
         _train(data, tmp_path / "run", feature_cache)
     assert not (tmp_path / "run").exists()
     result = _train(data, tmp_path / "run", feature_cache, epochs=1, allow_missing_classes=True)
@@ -72,16 +74,29 @@ def _source(names, labels=None):
                           index=lambda: (tuple(names), labels))
 
 
-def test_overlapping_or_too_small_splits_are_flag_errors():
+def test_overlapping_or_too_small_splits_name_the_parameters_and_a_command_its_flags():
     train = _source([f"f{i}" for i in range(8)])
     dataspec.check_splits({"train_split": ("train[:60%]", train)}, batch_size=8)
-    with pytest.raises(FlagError, match="fewer than one batch of 16"):
+    with pytest.raises(ParameterError, match="fewer than one batch of batch_size=16; lower "
+                                             "batch_size.") as small:
         dataspec.check_splits({"train_split": ("train", train)}, batch_size=16)
     overlapping = _source(["f7", "f8"])
-    with pytest.raises(FlagError, match="--train_split='train\\[:60%\\]' and "
-                                        "--validation_split='train\\[50%:\\]' share 1"):
+    overlap = "train_split='train\\[:60%\\]' and validation_split='train\\[50%:\\]' share 1"
+    with pytest.raises(ParameterError, match=overlap) as shared:
         dataspec.check_splits({"train_split": ("train[:60%]", train),
                                "validation_split": ("train[50%:]", overlapping)}, batch_size=4)
+    # A command whose flags set these parameters names the flags instead, and exits with 2.
+    command = flags.FlagValues()
+    for name in ("train_split", "validation_split"):
+        flags.DEFINE_string(name, None, "", flag_values=command)
+    flags.DEFINE_integer("batch_size", 32, "", flag_values=command)
+    assert str(runner.in_flag_terms(small.value, command)).endswith(
+        "fewer than one batch of --batch_size=16; lower --batch_size.")
+    restated = runner.in_flag_terms(shared.value, command)
+    assert str(restated).startswith("--train_split='train[:60%]' and "
+                                    "--validation_split='train[50%:]' share 1 example(s)")
+    assert "e.g. --train_split='train[:90%]' --validation_split='train[90%:]'." in str(restated)
+    assert restated.exit_code == 2
 
 
 def test_a_feature_cache_file_with_other_numbers_is_not_served(tmp_path):

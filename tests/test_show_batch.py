@@ -40,3 +40,16 @@ def test_cli_writes_the_grid_and_never_overwrites(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert again.returncode == 1 and "already exists" in " ".join(again.stderr.split())
     assert "Traceback" not in again.stderr and out.read_bytes() == before
+
+
+def test_cli_names_the_flags_of_a_missing_tfds_build(tmp_path):
+    command = [sys.executable, "-m", "mri_tfdata.show_batch", "--source=tfds",
+               f"--tfds_data_dir={tmp_path}", f"--out={tmp_path / 'batch.png'}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    error = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "Traceback" not in error, error[-3000:]
+    assert (f"is not built in {tmp_path}. Build it with `tfds build builders/brain_tumor_mri "
+            "--config=default") in error
+    assert ("or pass the --tfds_data_dir it was built into. Or read the Kaggle folder itself: "
+            "--source=folder.") in error

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mri_tfdata.core.errors import UserError
-from mri_tfdata.data import sources
+from mri_tfdata.data import dataspec, sources
 
 DUMMY_DATA = pathlib.Path(__file__).parents[1] / "builders" / "brain_tumor_mri" / "dummy_data"
 
@@ -167,8 +167,13 @@ def test_tfds_worker_shards_are_disjoint_and_cover_the_split(tfds_dir):
 
 
 def test_tfds_errors_name_the_fix(tfds_dir, tmp_path):
-    with pytest.raises(UserError, match="tfds build"):
+    with pytest.raises(UserError, match="tfds build.*or pass the data_dir it was built into"):
         sources.load_tfds_source(split="train", data_dir=str(tmp_path))
+    # Through a DataSpec, whose own parameter passed the value on.
+    spec = dataspec.DataSpec(source="tfds", tfds_data_dir=str(tmp_path))
+    with pytest.raises(UserError, match="pass the tfds_data_dir it was built into. Or read the "
+                                        "Kaggle folder itself: source='folder'."):
+        spec.open("train")
     with pytest.raises(UserError, match="Valid splits are train, test"):
         sources.load_tfds_source(split="validation", data_dir=tfds_dir)
 

@@ -148,3 +148,33 @@ def test_cli_writes_the_tree_and_refuses_bad_flags(tmp_path):
     )
     assert bad.returncode == 2 and "error: --image_size=4 is too small" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_default_folder_follows_xdg_cache_home_and_the_settings(monkeypatch, tmp_path):
+    from mri_tfdata.data.dataspec import DataSpec
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    spec = DataSpec(source="synthetic", synthetic_train_per_class=3, synthetic_test_per_class=2,
+                    synthetic_image_size=24)
+    root = spec.synthetic_root()
+    assert root.parent == tmp_path / "xdg" / "mri_tfdata" / "synthetic"
+    assert root.name.startswith("train3-test2-24px-")
+    other = DataSpec(source="synthetic", synthetic_train_per_class=4, synthetic_test_per_class=2,
+                     synthetic_image_size=24).synthetic_root()
+    assert other.parent == root.parent and other != root
+    # A data_dir holds the same folder name instead.
+    given = DataSpec(source="synthetic", data_dir=str(tmp_path / "mine"),
+                     synthetic_train_per_class=3, synthetic_test_per_class=2,
+                     synthetic_image_size=24).synthetic_root()
+    assert given == tmp_path / "mine" / root.name
+    spec.prepare()
+    assert (root / synthetic.MARKER_NAME).is_file()
+
+
+def test_a_tree_of_another_format_version_is_not_reused(monkeypatch, tmp_path):
+    from mri_tfdata.core import caches
+
+    root = synthetic.write_synthetic_dataset(tmp_path / "demo", **SMALL)
+    monkeypatch.setattr(caches, "FORMAT_VERSION", caches.FORMAT_VERSION + 1)
+    with pytest.raises(UserError, match="other settings"):
+        synthetic.write_synthetic_dataset(root, **SMALL)

@@ -96,13 +96,13 @@ def test_end_to_end_with_a_file_cache_writes_it_once_and_reads_it_back(data, tmp
 
 
 def test_dataspec_opens_each_source_and_names_what_is_missing(data, tmp_path):
-    assert data.synthetic_root().name == "train8-test2-32px"
+    assert data.synthetic_root().name.startswith("train8-test2-32px-")
     train = data.open("train[:50%]")
     assert train.num_examples == 16 and train.class_names == sources.kaggle_layout.CLASS_NAMES
     assert "synthetic" in data.describe() and str(data.synthetic_root()) in data.describe()
     folder = dataspec.DataSpec(source="folder", data_dir=str(data.synthetic_root()))
     assert folder.open("test").num_examples == 8
-    with pytest.raises(UserError, match="needs --data_dir"):
+    with pytest.raises(UserError, match="source='folder' needs data_dir"):
         dataspec.DataSpec(source="folder").open("train")
     with pytest.raises(UserError, match="is not built in .*tfds build builders/brain_tumor_mri"):
         dataspec.DataSpec(source="tfds", tfds_data_dir=str(tmp_path)).open("train")

@@ -5,21 +5,33 @@ up the flags of sys.argv[0], the script's wrapper); so help requests are answere
 absl parses anything, for the module that defines `main`.
 """
 
+import ast
+import functools
+import pathlib
 import re
+import shlex
 import shutil
 import sys
 import textwrap
 
 from absl import app, flags
 
-from mri_tfdata.core.errors import FlagError, UserError
+from mri_tfdata.core.errors import NO_VALUE, ParameterError, UserError, python_spelling
 
 FLAGS = flags.FLAGS
 
 _SHORT_HELP = ("help", "helpshort", "h", "?")
 # The end of a help text's first sentence: ". " or "; " (not the dot of "e.g." or "i.e.").
 _SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)[.;]\s")
-# absl's own flags as these commands use them (--flagfile is no flag object: absl's parser reads it).
+# absl's own flags as these commands use them (--flagfile is no flag object: absl's parser reads
+# it).
+# Library parameters set by a flag of another name or with other values:
+# parameter -> (flag, {parameter value: flag value}). Any other parameter is set by its namesake.
+_FLAG_OF_PARAMETER = {
+    "global_batch_size": ("batch_size", {}),
+    "model_path": ("model", {}),
+    "cache_dir": ("feature_cache", {None: "off"}),
+}
 _GENERAL_FLAGS = (
     ("flagfile", "", "A file of flags, one per line (e.g. configs/demo.flags)"),
     ("verbosity", "0", "Log level: 0 this tool's progress, -1 warnings only, 1 also TensorFlow's"),
@@ -104,26 +116,75 @@ def parse_flags(argv: list[str], module=None) -> list[str]:
         sys.exit(2)
 
 
-def run(main) -> None:
+def flag_spelling(name: str, *, value=NO_VALUE, setting: str | None = None,
+                  flag_values: flags.FlagValues = FLAGS) -> str:
+    """A library parameter as the command line sets it: --flag=value, --flag, --noflag.
+
+    Parameters that no flag of `flag_values` sets keep their Python spelling.
+    """
+    flag, values = _FLAG_OF_PARAMETER.get(name, (name, {}))
+    if flag not in flag_values:
+        return python_spelling(name, value=value, setting=setting)
+    if setting is not None:
+        try:
+            value = ast.literal_eval(setting)
+        except (ValueError, SyntaxError):  # A placeholder such as NAME.
+            return f"--{flag}={setting}"
+    if value is NO_VALUE:
+        return f"--{flag}"
+    try:
+        value = values.get(value, value)
+    except TypeError:  # Unhashable, so no value of the table.
+        pass
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no{flag}"
+    return f"--{flag}={shlex.quote(str(value))}"
+
+
+def in_flag_terms(error: UserError, flag_values: flags.FlagValues = FLAGS) -> UserError:
+    """`error` restated for a command user: the parameters its flags set named as those flags."""
+    if error.template is None:
+        return error
+    restated = UserError(error.spell(functools.partial(flag_spelling, flag_values=flag_values)))
+    restated.exit_code = error.exit_code
+    return restated
+
+
+def run(main, *, define_flags=None) -> None:
     """Runs `main(argv)` under absl; a UserError prints its message and exits with its code.
 
-    The same from `python -m mri_tfdata.train` and from the `mri-train` console script: the help
-    shows the flags of main's own module.
+    `define_flags`, when given, is called first: a command that defines its flags only when run
+    adds none to a program that merely imports it.
+
+    Library errors name the parameters they are about (see errors.UserError); here they name the
+    flags that set them instead. The same from `python -m mri_tfdata.train` and from the
+    `mri-train` console script: the help shows the flags of main's own module.
     """
+    if define_flags is not None:
+        define_flags()
     module = sys.modules[main.__module__]
 
     def guarded_main(argv):
         try:
             return main(argv)
         except UserError as e:
-            _print_error(str(e))
-            sys.exit(e.exit_code)
+            restated = in_flag_terms(e)
+            _print_error(str(restated))
+            sys.exit(restated.exit_code)
 
     app.run(guarded_main, flags_parser=lambda argv: parse_flags(argv, module))
 
 
 def require(condition: bool, message: str) -> None:
-    """Raises FlagError(message) unless `condition`; for validating flag values in entry points."""
+    """Raises ParameterError(message) (exit status 2) unless `condition`; for validating flag
+    values in entry points, whose messages name the flags themselves."""
     if not condition:
-        raise FlagError(message)
+        raise ParameterError(message)
 
+
+
+def refuse_existing(path: pathlib.Path, flag: str) -> None:
+    """Raises a UserError when `path`, set by --`flag`, exists and --overwrite is not given."""
+    if path.exists() and not FLAGS.overwrite:
+        raise UserError(f"--{flag}={path} already exists; pass another --{flag}, or --overwrite "
+                        "to replace it.")

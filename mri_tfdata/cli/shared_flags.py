@@ -23,7 +23,8 @@ def define_data_flags() -> None:
     flags.DEFINE_string(
         "data_dir", None,
         "source=folder: the Kaggle-layout root (Training/, Testing/). source=synthetic: where the "
-        "generated set is cached (default ~/.cache/mri_tfdata/synthetic).")
+        "generated set is cached (default $XDG_CACHE_HOME/mri_tfdata/synthetic, else "
+        "~/.cache/mri_tfdata/synthetic).")
     flags.DEFINE_string(
         "tfds_data_dir", None,
         "source=tfds: the TFDS data_dir the dataset was built into "
@@ -43,7 +44,7 @@ def define_data_flags() -> None:
         "Cache of decoded, resized uint8 images: none, memory, or a directory for a file cache.")
     flags.DEFINE_string("feature_cache", "auto",
                         "Frozen-backbone fast path: auto computes each split's ResNet50 features "
-                        "once, caches them in $XDG_CACHE_HOME/mri_tfdata/features (default "
+                        "once, caches them in $XDG_CACHE_HOME/mri_tfdata/features (else "
                         "~/.cache/mri_tfdata/features) and trains the head on them when the "
                         "backbone stays frozen and --augment is off; a folder does the same with "
                         "the cache there; off always trains end to end.")
@@ -83,7 +84,7 @@ def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
       image_size: the image side to use instead of --image_size (e.g. a saved model's input).
 
     Raises:
-      FlagError: for inconsistent or out-of-range values (exit code 2).
+      ParameterError: for inconsistent or out-of-range values (exit code 2).
     """
     require(FLAGS.image_size >= 32, f"--image_size={FLAGS.image_size} is too small: ResNet50 needs "
             "at least 32 px. Use e.g. 64 for a quick run, 224 or 256 for the real data.")
@@ -113,7 +114,7 @@ def model_spec_from_flags() -> ModelSpec:
     """Validates the model flags and returns the ModelSpec they describe.
 
     Raises:
-      FlagError: for malformed or out-of-range values (exit code 2).
+      ParameterError: for malformed or out-of-range values (exit code 2).
     """
     try:
         units = tuple(int(u) for u in FLAGS.head_units)

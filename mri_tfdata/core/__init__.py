@@ -1,1 +1,1 @@
-"""Errors, atomic file writes and fault-injection points: what every other layer builds on."""
+"""Errors, atomic writes, fault-injection points and cache naming: what every layer builds on."""

@@ -1,1 +1,1 @@
-"""Images in: the Kaggle folder layout, file checks, decoding, sources, synthetic data, tf.data pipelines, caches and the TFDS build steps."""
+"""Images in: Kaggle layout, file checks, decoding, sources, synthetic data, tf.data, TFDS steps."""

@@ -7,7 +7,8 @@ import pathlib
 import numpy as np
 from absl import logging
 
-from mri_tfdata.core.errors import FlagError, UserError
+from mri_tfdata.core import caches
+from mri_tfdata.core.errors import ParameterError, UserError
 from mri_tfdata.data import sources, synthetic
 
 SOURCES = ("tfds", "folder", "synthetic")
@@ -23,7 +24,8 @@ class DataSpec:
     Attributes:
       source: "tfds" (a built brain_tumor_mri), "folder" (Kaggle layout under `data_dir`) or
         "synthetic" (generated once into `data_dir`, then read as a Kaggle-layout folder).
-      data_dir: the Kaggle-layout root ("folder"), or where generated data is kept ("synthetic").
+      data_dir: the Kaggle-layout root ("folder"), or where generated data is kept ("synthetic";
+        None for caches.cache_dir("synthetic")).
       tfds_data_dir: TFDS data_dir ("tfds"); None means the TFDS default (~/tensorflow_datasets).
       tfds_config: the builder config, "default" or "dedup" ("tfds").
       synthetic_train_per_class: generated Training images per class ("synthetic").
@@ -44,11 +46,14 @@ class DataSpec:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
     def synthetic_root(self) -> pathlib.Path:
-        """The folder the synthetic set is generated into; its name carries the generation settings
-        so that a different setting never reuses a tree made with another."""
-        base = pathlib.Path(self.data_dir or "~/.cache/mri_tfdata/synthetic").expanduser()
-        return base / (f"train{self.synthetic_train_per_class}-test{self.synthetic_test_per_class}"
-                       f"-{self.synthetic_image_size}px")
+        """The folder the synthetic set is generated into, named by caches.cache_key from the
+        generation settings, so that a different setting never reuses a tree made with another."""
+        base = pathlib.Path(self.data_dir).expanduser() if self.data_dir else \
+            caches.cache_dir("synthetic")
+        train, test = self.synthetic_train_per_class, self.synthetic_test_per_class
+        size = self.synthetic_image_size
+        return base / caches.cache_key(f"train{train}-test{test}-{size}px", train_per_class=train,
+                                       test_per_class=test, image_size=size)
 
     def prepare(self) -> None:
         """Generates the synthetic dataset unless a complete tree exists; a no-op for others."""
@@ -73,17 +78,25 @@ class DataSpec:
 
         Raises:
           UserError: the data is missing; the message says how to provide it.
+          ParameterError: source="folder" without a data_dir.
         """
         if self.source == "tfds":
-            return sources.load_tfds_source(split=split, data_dir=self.tfds_data_dir,
-                                            config=self.tfds_config, input_context=input_context)
+            try:
+                return sources.load_tfds_source(split=split, data_dir=self.tfds_data_dir,
+                                                config=self.tfds_config,
+                                                input_context=input_context)
+            except UserError as e:  # Its data_dir is this spec's tfds_data_dir.
+                raise e.renamed(data_dir="tfds_data_dir",
+                                also="Or read the Kaggle folder itself: {source:'folder'}.") \
+                    from None
         if self.source == "synthetic":
             self.prepare()
             root = self.synthetic_root()
         else:
             if not self.data_dir:
-                raise UserError("--source=folder needs --data_dir, the folder holding the Kaggle "
-                                "layout (Training/<class>/*.jpg and Testing/<class>/*.jpg).")
+                raise ParameterError("{source} needs {data_dir!n}, the folder holding the Kaggle "
+                                     "layout (Training/<class>/*.jpg and Testing/<class>/*.jpg).",
+                                     source=self.source)
             root = pathlib.Path(self.data_dir).expanduser()
         return sources.load_folder_source(root, split=split, input_context=input_context)
 
@@ -101,33 +114,39 @@ def check_splits(splits: dict, *, batch_size: int, allow_missing_classes: bool =
     """Refuses splits that would train on nothing, on too few classes, or on the scored data.
 
     Args:
-      splits: flag name ("train_split", "validation_split", "test_split") -> (split string,
-        sources.Source), for the splits in use; "train_split" is required.
+      splits: parameter name of the split ("train_split", "validation_split", "test_split", as
+        in training's config) -> (split string, sources.Source), for the splits in use;
+        "train_split" is required.
       batch_size: the global batch; the training split must fill one.
       allow_missing_classes: accept a training split that lacks a class.
 
     Raises:
-      FlagError: the batch exceeds the training split, or two splits share examples.
+      ParameterError: the batch exceeds the training split, or two splits share examples.
       UserError: the training split lacks a class (and that is not allowed).
     """
     train_split, train = splits["train_split"]
     if train.num_examples < batch_size:
-        raise FlagError(f"The training split {train_split!r} has {train.num_examples} examples, "
-                        f"fewer than one batch of {batch_size}; lower --batch_size.")
+        raise ParameterError("The training split {train_split} has {count!s} examples, fewer than "
+                             "one batch of {batch_size}; lower {batch_size!n}.",
+                             train_split=train_split, count=train.num_examples,
+                             batch_size=batch_size)
     counts = np.bincount(train.labels, minlength=len(train.class_names))
     missing = [name for name, count in zip(train.class_names, counts) if not count]
     if missing and not allow_missing_classes:
         raise UserError(
-            f"The training split {train_split!r} ({train.description}) has no example of "
-            f"{', '.join(missing)}, so the model could never predict it. Add the missing class "
-            "folder(s), or pass --allow_missing_classes to train without them.")
-    names = {flag: set(source.names) for flag, (_, source) in splits.items()}
+            "The training split {train_split} ({description!s}) has no example of {missing!s}, so "
+            "the model could never predict it. Add the missing class folder(s), or pass "
+            "{allow_missing_classes:True} to train without them.", train_split=train_split,
+            description=train.description, missing=", ".join(missing))
+    names = {parameter: set(source.names) for parameter, (_, source) in splits.items()}
     for first, second in itertools.combinations(names, 2):
         shared = names[first] & names[second]
         if shared:
-            raise FlagError(
-                f"--{first}={splits[first][0]!r} and --{second}={splits[second][0]!r} share "
-                f"{len(shared)} example(s), e.g. {sorted(shared)[0]!r}, so the "
-                f"{second.split('_')[0]} scores would be measured on examples of the "
-                f"{first.split('_')[0]} split. Use disjoint splits, e.g. "
-                "--train_split='train[:90%]' --validation_split='train[90%:]'.")
+            raise ParameterError(
+                "{" + first + "} and {" + second + "} share {count!s} example(s), e.g. "
+                "{example!s}, so the {scored!s} scores would be measured on examples of the "
+                "{trained!s} split. Use disjoint splits, e.g. {train_split:'train[:90%]'} "
+                "{validation_split:'train[90%:]'}.",
+                **{first: splits[first][0], second: splits[second][0]}, count=len(shared),
+                example=repr(sorted(shared)[0]), scored=second.split("_")[0],
+                trained=first.split("_")[0])

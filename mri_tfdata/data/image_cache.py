@@ -15,12 +15,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata.core import faults
+from mri_tfdata.core import caches, faults
 from mri_tfdata.core.atomic import DiskError, disk_error
 
-# Part of the manifest: bump it when the folder's layout changes. (What the pixels are is part of
-# the folder's name, the key, which input_pipeline derives.)
-LAYOUT = 1
 MANIFEST = "manifest.json"
 IMAGES = "images.u8"  # uint8 [count, size, size, 3], C order, no header
 PARTIAL_MARK = ".partial-"
@@ -42,10 +39,9 @@ class CachedImages:
 
 
 def _disk_error(root: pathlib.Path, error: OSError) -> DiskError:
-    reason = error.strerror or str(error)
-    return DiskError(f"Cannot write the image cache in {root}: {reason}. Free disk space, or pass "
-                     "--cache=memory (or another folder); the run resumes from its last finished "
-                     "epoch.")
+    return DiskError("Cannot write the image cache in {root!s}: {reason!s}. Free disk space, or "
+                     "pass {cache:'memory'} (or another folder); a training run resumes from its "
+                     "last finished epoch.", root=root, reason=error.strerror or str(error))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -97,8 +93,9 @@ def _write(decoded: tf.data.Dataset, partial: pathlib.Path, *, key: str, count: 
         os.fsync(f.fileno())
     if len(labels) != count:
         raise RuntimeError(f"the source yielded {len(labels)} images; it declares {count}")
-    manifest = {"layout": LAYOUT, "key": key, "count": count, "image_size": image_size,
-                "segment_images": per_segment, "crc32": checksums, "labels": labels}
+    manifest = {"format": caches.FORMAT_VERSION, "key": key, "count": count,
+                "image_size": image_size, "segment_images": per_segment, "crc32": checksums,
+                "labels": labels}
     with open(partial / MANIFEST, "w") as f:
         json.dump(manifest, f)
         f.flush()
@@ -157,7 +154,8 @@ def _open(folder: pathlib.Path, *, key: str, count: int, image_size: int) -> Cac
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _Damaged(f"its manifest is missing or unreadable ({type(e).__name__}: {e})") \
             from None
-    expected = {"layout": LAYOUT, "key": key, "count": count, "image_size": image_size}
+    expected = {"format": caches.FORMAT_VERSION, "key": key, "count": count,
+                "image_size": image_size}
     for field, value in expected.items():
         if manifest.get(field) != value:
             raise _Damaged(f"its manifest says {field}={manifest.get(field)!r}, not {value!r}")
@@ -194,13 +192,13 @@ def open_or_build(decoded: tf.data.Dataset, *, root: pathlib.Path, key: str, cou
     """Opens the cache root/key of the examples of `decoded`, building it first if needed.
 
     An absent cache is written now, in one pass over `decoded` (its parallel decoding is the
-    cold epoch's work). A cache that is incomplete, of another layout or key, truncated or
+    cold epoch's work). A cache that is incomplete, of another format or key, truncated or
     changed on disk is logged, removed and rebuilt.
 
     Args:
       decoded: (uint8 image [image_size, image_size, 3], int32 label) examples, in source order.
-      root: the --cache folder.
-      key: the cache's folder name, unique to what the images are (see input_pipeline).
+      root: the cache folder (make_dataset's `cache`).
+      key: the cache's folder name, unique to what the images are (input_pipeline.file_cache_key).
       count: the number of examples `decoded` yields.
       image_size: side of the images.
 
@@ -223,8 +221,9 @@ def open_or_build(decoded: tf.data.Dataset, *, root: pathlib.Path, key: str, cou
     try:
         return _open(folder, key=key, count=count, image_size=image_size)
     except _Damaged as e:  # Damaged right after it was written: the folder is not usable.
-        raise DiskError(f"The image cache {folder} does not read back as written ({e}); check "
-                        "the disk, or pass --cache=memory.") from None
+        raise DiskError("The image cache {folder!s} does not read back as written ({reason!s}); "
+                        "check the disk, or pass {cache:'memory'}.", folder=folder,
+                        reason=e) from None
 
 
 def _aligned(count: int, shape: list) -> np.ndarray:

@@ -1,27 +1,22 @@
 """The tf.data pipeline: decode once, resize, cache uint8 images, shuffle, batch, prefetch."""
 
-import hashlib
 import pathlib
-import re
 from typing import Callable, Optional
 
 import tensorflow as tf
 
-from mri_tfdata.core.errors import UserError
+from mri_tfdata.core import caches
+from mri_tfdata.core.errors import ParameterError
 from mri_tfdata.data import image_cache
 from mri_tfdata.data.decoding import decode_and_resize
 from mri_tfdata.data.sources import Source
 
-# Part of every file-cache key: bump it when decode_and_resize changes its pixels, so that caches
-# written by an older version are not served.
-CACHE_FORMAT = 2  # 2: JPEGs decoded at a DCT scale
 
-
-def _cache_key(source: Source, image_size: int) -> str:
-    """A directory name unique to (dataset, config, version, split, shard, size, cache format)."""
-    ident = f"{source.cache_id}|{image_size}px|format{CACHE_FORMAT}"
-    slug = re.sub(r"[^A-Za-z0-9.]+", "_", source.cache_id).strip("_")[-80:]
-    return f"{slug}-{image_size}px-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+def file_cache_key(source: Source, image_size: int) -> str:
+    """The file cache's folder name for these images: unique to the source's content (dataset,
+    config, version, split, shard), the size and caches.FORMAT_VERSION (what decoding gives)."""
+    return caches.cache_key(f"{source.cache_id}-{image_size}px", cache_id=source.cache_id,
+                            image_size=image_size)
 
 
 def make_dataset(source: Source, *, image_size: int, batch_size: int, training: bool,
@@ -30,11 +25,9 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     """Builds the input pipeline of one split for one replica (or one device).
 
     source -> decode + resize (parallel) -> cache -> shuffle -> batch -> prefetch. The cache holds
-    decoded uint8 images, so after the first epoch no JPEG is decoded again. A file cache that
-    does not exist yet is written here, in one parallel decoding pass; its batches are then read
-    straight from the file, shuffled as a full permutation (see image_cache). Images
-    stay uint8: the float conversion and ResNet preprocessing run inside the model, on the
-    accelerator.
+    decoded uint8 images, so after the first epoch no JPEG is decoded again; a file cache is
+    written on first use, in one parallel decoding pass (see image_cache). Images stay uint8: the
+    float conversion and ResNet preprocessing run inside the model, on the accelerator.
 
     Args:
       source: The split to read (see mri_tfdata.data.sources).
@@ -43,9 +36,8 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
       training: Shuffle examples (reshuffled every epoch; within `shuffle_buffer` examples, or
         over the whole split from a file cache) and drop the last partial batch; off for
         evaluation, which keeps the source order and every example.
-      cache: "none", "memory", or a folder for a file cache that survives processes. The file
-        cache is keyed by the source's cache_id and image_size, so a change never serves stale
-        images; it becomes visible only when complete, and a damaged one is rebuilt.
+      cache: "none", "memory", or a folder for a file cache that survives processes, keyed by
+        `file_cache_key` (never stale), visible only when complete, rebuilt when damaged.
       shuffle_buffer: Number of examples in the shuffle buffer (capped at the split size); unused
         with a file cache.
       seed: Shuffle seed; with a seed the order is reproducible (and tf.data deterministic),
@@ -55,10 +47,12 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
       A tf.data.Dataset of (uint8 [batch, image_size, image_size, 3], int32 [batch]).
 
     Raises:
-      UserError: The cache folder cannot be used (DiskError: it cannot be written).
+      ParameterError: `cache` is a file.
+      DiskError: the file cache cannot be written.
     """
     deterministic = seed is not None or not training
     options = _options(deterministic=deterministic)
+    in_files = cache not in ("none", "memory")
 
     def decode(encoded, label):
         return decode_and_resize(encoded, image_size=image_size), tf.cast(label, tf.int32)
@@ -67,17 +61,11 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     # that rely on the source order, so it is always written in that order. The options apply
     # here already, so that the file cache's writing pass runs with them too.
     dataset = source.dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=deterministic or cache not in ("none", "memory"))
+                                 deterministic=deterministic or in_files)
     dataset = dataset.with_options(options)
-    if cache not in ("none", "memory"):
-        root = pathlib.Path(cache).expanduser()
-        if root.exists() and not root.is_dir():
-            raise UserError(f"--cache={cache} is a file; pass 'none', 'memory' or a folder for "
-                            "the decoded-image cache.")
-        cached = image_cache.open_or_build(dataset, root=root, key=_cache_key(source, image_size),
-                                           count=source.num_examples, image_size=image_size)
-        # Batches come straight out of the file (a full shuffle of the split for training).
-        dataset = image_cache.batches(cached, batch_size=batch_size, training=training, seed=seed)
+    if in_files:
+        dataset = _from_file_cache(dataset, source, cache=cache, image_size=image_size,
+                                   batch_size=batch_size, training=training, seed=seed)
     else:
         if cache == "memory":
             dataset = dataset.cache()
@@ -92,6 +80,19 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     return dataset.with_options(options)
 
 
+def _from_file_cache(decoded: tf.data.Dataset, source: Source, *, cache: str, image_size: int,
+                     batch_size: int, training: bool, seed: Optional[int]) -> tf.data.Dataset:
+    """Batches read straight out of the file cache in the folder `cache`, written first if absent
+    (for training, a full shuffle of the split)."""
+    root = pathlib.Path(cache).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ParameterError("{cache} is a file; {cache!n} must be 'none', 'memory' or a folder "
+                             "for the decoded-image cache.", cache=cache)
+    cached = image_cache.open_or_build(decoded, root=root, key=file_cache_key(source, image_size),
+                                       count=source.num_examples, image_size=image_size)
+    return image_cache.batches(cached, batch_size=batch_size, training=training, seed=seed)
+
+
 def _options(*, deterministic: bool) -> tf.data.Options:
     """The options of every pipeline make_dataset builds."""
     options = tf.data.Options()
@@ -102,14 +103,12 @@ def _options(*, deterministic: bool) -> tf.data.Options:
     # sources; AUTO would shard file-less folder sources by DATA (every worker reads everything)
     # and fail on TFDS splits with fewer files than workers.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    # tf.data's autotuner ran the cold epoch at one thread's rate in about 2 runs of 5 on the
-    # 2-core build machine (the 224 px copy's 5,708 images: 5.1-5.2 s every time it happened,
-    # against 2.3-3.4 s), whatever its algorithm or min_parallelism. Off, every AUTOTUNE map and
-    # batch runs on as many threads as the host has cores, and AUTOTUNE prefetch buffers still
-    # grow on demand (tf.data's legacy autotuning): 22 of 22 epochs measured ran at full rate.
+    # The autotuner off: it can leave a cold epoch running at one thread's rate, whatever its
+    # algorithm or min_parallelism. Without it every AUTOTUNE map and batch runs on as many
+    # threads as the host has cores, and AUTOTUNE prefetch buffers still grow on demand.
     options.autotune.enabled = False
-    # No private thread pool: on 2 cores, 2 or 4 private threads gave the same cold-epoch rate as
-    # the shared pool (benchmarks/input_pipeline.py), and a fixed size would not follow the host.
+    # No private thread pool: a fixed size would not follow the host, and the shared pool is as
+    # fast (benchmarks/input_pipeline.py measures both).
     return options
 
 
@@ -131,12 +130,13 @@ def distribute_dataset(strategy: tf.distribute.Strategy,
       A distributed dataset of per-replica (uint8 images, int32 labels) batches.
 
     Raises:
-      UserError: global_batch_size is not a multiple of the number of replicas.
+      ParameterError: global_batch_size is not a multiple of the number of replicas.
     """
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
-        raise UserError(f"The batch size {global_batch_size} is not a multiple of the "
-                        f"{replicas} replicas; pass a multiple of {replicas}.")
+        raise ParameterError("{global_batch_size} is not a multiple of the {replicas!s} replicas; "
+                             "pass a multiple of {replicas!s}.",
+                             global_batch_size=global_batch_size, replicas=replicas)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return make_dataset(source_fn(input_context), image_size=image_size,

@@ -63,8 +63,8 @@ class Source:
 
         Byte-identical files give equal hashes: a folder source reads the files themselves, and
         the TFDS build stores a file's bytes as they are, or converted to PNG by a deterministic
-        encoder (images.prepare_image), so identical files stay identical there too. Reading the
-        bytes costs about a second per thousand images on a CPU, far less than one epoch.
+        encoder (images.prepare_image), so identical files stay identical there too. Only bytes
+        are read, nothing is decoded: far less work than one epoch.
         """
         return tuple(hashlib.sha256(data).hexdigest()
                      for data, _ in self.dataset.as_numpy_iterator())
@@ -89,6 +89,14 @@ def _tfds_index(builder, split: str) -> tuple[tuple, np.ndarray]:
     return tuple(n for n, _ in pairs), np.array([label for _, label in pairs], np.int64)
 
 
+def _not_built(name: str, config: str, data_dir: Optional[str]) -> UserError:
+    return UserError(
+        "The TFDS dataset {dataset!s} is not built in {where!s}. Build it with `tfds build "
+        "builders/brain_tumor_mri --config={config!s} --data_dir={where!s} --manual_dir=DIR` (DIR "
+        "holding the Kaggle download), or pass the {data_dir!n} it was built into.",
+        dataset=f"{name}/{config}", where=data_dir or "~/tensorflow_datasets", config=config)
+
+
 def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str = "default",
                      name: str = "brain_tumor_mri", input_context=None) -> Source:
     """Opens a split of a built TFDS dataset without decoding its images.
@@ -106,13 +114,10 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
       A Source of (encoded image, label).
 
     Raises:
-      UserError: The dataset is not built in `data_dir`, or the split does not exist.
+      UserError: The dataset is not built in `data_dir` (the fix: a `tfds build` command), or
+        the split does not exist.
     """
-    not_built = UserError(
-        f"The TFDS dataset {name}/{config} is not built in {data_dir or '~/tensorflow_datasets'}. "
-        f"Build it with `tfds build builders/brain_tumor_mri --config={config} "
-        f"--data_dir={data_dir or '~/tensorflow_datasets'} --manual_dir=DIR` (DIR holding the "
-        "Kaggle download), pass the --tfds_data_dir it was built into, or use --source=folder.")
+    not_built = _not_built(name, config, data_dir)
     # The builder's code is not imported: TFDS reads a built dataset from its own files, and the
     # library never depends on builders/ (which depends on it).
     try:
@@ -175,7 +180,7 @@ def _select(files_by_split: dict, split: str) -> list:
 
 
 def _usable(selected: list, split: str) -> list:
-    """(example, FileCheck) of the files that pass mri_tfdata.data.images' checks; the rest is logged."""
+    """(example, FileCheck) of the files that pass mri_tfdata.data.images' checks; logs the rest."""
     verdicts = images.check_files([e.path for e in selected])
     skipped = [(e, v.error) for e, v in zip(selected, verdicts) if v.error]
     for example, reason in skipped:
@@ -223,24 +228,7 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
     if not kept:
         raise UserError(f"Split {split!r} of {root} holds no readable image (after slicing and "
                         "sharding); check the folder and the split string.")
-    paths = [str(e.path) for e, _ in kept]
     labels = np.array([e.label for e, _ in kept], np.int64)
-    if not any(v.replacement for _, v in kept):
-        # The usual case: every file is read as it is, with no per-element branch.
-        dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
-            lambda path, label: (tf.io.read_file(path), label),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        # Converted images travel inline (rare); all others are read lazily, in parallel.
-        contents = [v.replacement or b"" for _, v in kept]
-
-        def read(path, content, label):
-            data = tf.cond(tf.strings.length(content) > 0, lambda: content,
-                           lambda: tf.io.read_file(path))
-            return data, label
-
-        dataset = tf.data.Dataset.from_tensor_slices((paths, contents, labels)).map(
-            read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The content key: relative paths, sizes and modification times of the files read, so that
     # editing, adding or removing an image gives a new cache_id.
     listing = "\n".join(f"{e.relpath}:{e.path.stat().st_size}:{e.path.stat().st_mtime_ns}"
@@ -248,6 +236,27 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
     cache_id = (f"folder/{root.resolve().name}/{split}{_shard_suffix(input_context)}"
                 f"/{_short_hash(str(root.resolve()) + listing)}")
     names = tuple(e.relpath for e, _ in kept)
-    return Source(dataset=dataset, num_examples=len(paths), class_names=kaggle_layout.CLASS_NAMES,
-                  cache_id=cache_id, description=f"folder {root} {split} ({len(paths)} images)",
+    return Source(dataset=_read_files(kept, labels), num_examples=len(kept),
+                  class_names=kaggle_layout.CLASS_NAMES, cache_id=cache_id,
+                  description=f"folder {root} {split} ({len(kept)} images)",
                   index=lambda: (names, labels))
+
+
+def _read_files(kept: list, labels: np.ndarray) -> tf.data.Dataset:
+    """(encoded bytes, label) of the (example, FileCheck) pairs `kept`, in order."""
+    paths = [str(e.path) for e, _ in kept]
+    if not any(v.replacement for _, v in kept):
+        # The usual case: every file is read as it is, with no per-element branch.
+        return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+            lambda path, label: (tf.io.read_file(path), label),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Converted images travel inline (rare); all others are read lazily, in parallel.
+    contents = [v.replacement or b"" for _, v in kept]
+
+    def read(path, content, label):
+        data = tf.cond(tf.strings.length(content) > 0, lambda: content,
+                       lambda: tf.io.read_file(path))
+        return data, label
+
+    return tf.data.Dataset.from_tensor_slices((paths, contents, labels)).map(
+        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

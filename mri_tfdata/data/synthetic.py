@@ -11,13 +11,13 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from mri_tfdata.core import caches
 from mri_tfdata.core.atomic import disk_error
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data.kaggle_layout import CLASS_NAMES
 
 # Hidden, so the Kaggle-tree reader ignores it; written last, so its presence means "complete".
 MARKER_NAME = ".synthetic-complete.json"
-_FORMAT_VERSION = 1  # Bump when the drawing changes, so stale trees are not reused silently.
 _FILE_PREFIX = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary": "pi"}
 _SPLITS = (("Training", "Tr"), ("Testing", "Te"))
 
@@ -125,7 +125,8 @@ def draw_image(label: int, *, image_size: int, rng: np.random.Generator) -> np.n
 
 
 def _parameters(**kwargs) -> dict:
-    return {"format_version": _FORMAT_VERSION, **kwargs}
+    # A tree drawn by another format version (caches.FORMAT_VERSION) is never reused silently.
+    return {"format_version": caches.FORMAT_VERSION, **kwargs}
 
 
 def _check_arguments(train_per_class: int, test_per_class: int, image_size: int,

@@ -54,10 +54,11 @@ def check_model(classifier: keras.Model, source: Source, probabilities: np.ndarr
     difference = float(np.max(np.abs(direct - probabilities[:count])))
     if difference > _tolerance(classifier):
         raise UserError(
-            f"The model's predictions on {count} images of {source.description} differ by "
-            f"{difference:.3g} from those computed from its cached backbone features, so the "
+            "The model's predictions on {count!s} images of {description!s} differ by "
+            "{difference!s} from those computed from its cached backbone features, so the "
             "feature cache does not belong to this model or the model is damaged. Delete the "
-            "feature cache (or pass --feature_cache=off) and run again.")
+            "feature cache (or pass {cache_dir:None}) and run again.", count=count,
+            description=source.description, difference=f"{difference:.3g}")
 
 
 def check_labels(source: Source, labels: np.ndarray) -> None:
@@ -73,10 +74,10 @@ def check_labels(source: Source, labels: np.ndarray) -> None:
     where = (f"at {len(differ)} of {len(labels)} positions, first at {differ[0]}" if len(differ)
              else f"{len(labels)} labels for {len(expected)} images")
     raise UserError(
-        f"The labels stored with the cached features of {source.description} differ from the "
-        f"split's own labels ({where}), so the cache does not hold this split in this order and "
-        "its predictions cannot be matched to the files. Delete the feature cache (or pass "
-        "--feature_cache=off) and run again.")
+        "The labels stored with the cached features of {description!s} differ from the split's "
+        "own labels ({where!s}), so the cache does not hold this split in this order and its "
+        "predictions cannot be matched to the files. Delete the feature cache (or pass "
+        "{cache_dir:None}) and run again.", description=source.description, where=where)
 
 
 def _images_at(source: Source, indices, image_size: int) -> np.ndarray:

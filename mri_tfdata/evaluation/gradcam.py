@@ -168,12 +168,8 @@ class Explainer:
 
 def gradcam(classifier: keras.Model, images, *, class_index=None,
             batch_size: int = 16) -> GradCam:
-    """Grad-CAMs of `images` for `classifier` (see Explainer.explain); for a single use.
-
-    Raises:
-      UserError: the model is not an mri_tfdata classifier.
-      ValueError: no images, images of the wrong shape, or a class_index out of range.
-    """
+    """Grad-CAMs of `images` for `classifier`, for a single use: Explainer(classifier).explain
+    (see both for the arguments and errors)."""
     return Explainer(classifier).explain(images, class_index=class_index, batch_size=batch_size)
 
 
@@ -280,14 +276,11 @@ def save_overlays(explainer: Explainer, images, *, files, out_paths, class_names
 
 def plot_grid(path, rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]]
               ) -> pathlib.Path:
-    """Draws rows of Grad-CAM overlays into one PNG.
+    """Draws rows of Grad-CAM overlays into one PNG and returns its path.
 
     Args:
       path: the PNG to write.
       rows: (row label, [(image, heatmap, caption), ...]) per row; empty rows are left out.
-
-    Returns:
-      `path`.
     """
     rows = [(label, panels) for label, panels in rows if panels]
     columns = max((len(panels) for _, panels in rows), default=1)

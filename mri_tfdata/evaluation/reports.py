@@ -205,7 +205,8 @@ def plot_reliability(labels, probabilities, path) -> pathlib.Path:
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1)
-    top.set_title(f"Reliability of the top-class confidence\n(ECE {ece:.3f} over {len(filled)} bins)")
+    top.set_title(f"Reliability of the top-class confidence\n"
+                  f"(ECE {ece:.3f} over {len(filled)} bins)")
     top.legend(loc="upper left", fontsize=9)
     bottom.bar(edges[:-1], bins["count"], width=width, align="edge", edgecolor="black",
                color="grey")

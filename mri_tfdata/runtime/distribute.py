@@ -6,7 +6,7 @@ import pathlib
 
 import tensorflow as tf
 
-from mri_tfdata.core.errors import FlagError, UserError
+from mri_tfdata.core.errors import ParameterError, UserError
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -22,7 +22,8 @@ def _check_tf_config() -> None:
     raw = os.environ.get("TF_CONFIG")
     fix = f"Set it on every worker before starting the run, e.g. {_TF_CONFIG_EXAMPLE}."
     if not raw:
-        raise UserError(f"--strategy=multi_worker needs the TF_CONFIG environment variable. {fix}")
+        raise UserError("{strategy} needs the TF_CONFIG environment variable. {fix!s}",
+                        strategy="multi_worker", fix=fix)
     try:
         config = json.loads(raw)
         cluster, task = config["cluster"], config["task"]
@@ -86,14 +87,13 @@ def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
         raise UserError(
-            f"--strategy=tpu found no usable TPU ({e}). Run on a Cloud TPU VM (pass --tpu=local), "
-            "name the TPU with --tpu=NAME or set TPU_NAME, or choose another --strategy such as "
-            "auto."
-        ) from None
+            "{strategy} found no usable TPU ({reason!s}). Run on a Cloud TPU VM (pass "
+            "{tpu:'local'}), name the TPU with {tpu:NAME} or set TPU_NAME, or choose another "
+            "{strategy!n} such as 'auto'.", strategy="tpu", reason=e) from None
     return tf.distribute.TPUStrategy(resolver)
 
 
-def create_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strategy:
+def create_strategy(strategy: str, *, tpu: str | None = None) -> tf.distribute.Strategy:
     """Creates the distribution strategy; call it first, before any other TensorFlow work.
 
     `auto` uses MirroredStrategy over all GPUs when there are several, OneDeviceStrategy on a
@@ -103,30 +103,31 @@ def create_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strat
     by `tpu` (or found from the environment).
 
     Args:
-      name: one of STRATEGIES.
+      strategy: one of STRATEGIES.
       tpu: TPU name or address for the `tpu` strategy ("local" on a TPU VM).
 
     Returns:
-      The strategy; build and compile the model inside `strategy.scope()`.
+      The tf.distribute.Strategy; build and compile the model inside its `scope()`.
 
     Raises:
-      FlagError: for a name not in STRATEGIES.
+      ParameterError: for a strategy not in STRATEGIES.
       UserError: when TF_CONFIG is missing or malformed, or no TPU can be reached.
     """
-    if name not in STRATEGIES:
-        raise FlagError(f"Unknown strategy {name!r}. Use one of: {', '.join(STRATEGIES)}.")
-    if name == "multi_worker":
+    if strategy not in STRATEGIES:
+        raise ParameterError("{strategy} is not a strategy. Use one of: {accepted!s}.",
+                             strategy=strategy, accepted=", ".join(STRATEGIES))
+    if strategy == "multi_worker":
         _check_tf_config()
         # Collective ops must be configured before anything else touches the TF runtime.
         return _MultiWorkerMirroredStrategy()
-    if name == "tpu":
+    if strategy == "tpu":
         return _tpu_strategy(tpu)
     gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"
-    if name == "default":
+    if strategy == "auto":
+        strategy = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"
+    if strategy == "default":
         return tf.distribute.get_strategy()
-    if name == "one_device":
+    if strategy == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     devices = gpus or tf.config.list_logical_devices("CPU")
     return _MirroredStrategy([d.name for d in devices])

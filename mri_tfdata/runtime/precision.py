@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata.core.errors import FlagError
+from mri_tfdata.core.errors import ParameterError
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
@@ -40,29 +40,29 @@ def _all_gpus_have_tensor_cores() -> bool:
     return all(c is not None and tuple(c) >= (7, 0) for c in capabilities)
 
 
-def resolve_precision(name: str) -> str:
-    """Turns a --precision value into a Keras dtype-policy name.
+def resolve_precision(precision: str) -> str:
+    """Turns a precision setting (one of PRECISIONS) into a Keras dtype-policy name.
 
     `auto` picks mixed_float16 when every GPU has compute capability >= 7.0, mixed_bfloat16 on TPUs
     and on CPUs with native bfloat16 (AVX512-BF16, AMX or Arm BF16), and float32 otherwise. TPUs are
     only visible once the TPU system is initialised, so create the strategy first.
 
     Args:
-      name: one of PRECISIONS.
+      precision: one of PRECISIONS.
 
     Returns:
       "float32", "mixed_float16" or "mixed_bfloat16".
 
     Raises:
-      FlagError: for a name not in PRECISIONS.
+      ParameterError: for a precision not in PRECISIONS.
     """
-    if name not in PRECISIONS:
-        raise FlagError(
-            f"Unknown precision {name!r}. Use one of: {', '.join(PRECISIONS)} "
-            "(auto picks the fastest one this hardware runs natively)."
-        )
-    if name != "auto":
-        return name
+    if precision not in PRECISIONS:
+        raise ParameterError(
+            "{precision} is not a precision policy. Use one of: {accepted!s} (auto picks the "
+            "fastest one this hardware runs natively).",
+            precision=precision, accepted=", ".join(PRECISIONS))
+    if precision != "auto":
+        return precision
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16" if _all_gpus_have_tensor_cores() else "float32"
     if tf.config.list_logical_devices("TPU"):
@@ -72,7 +72,7 @@ def resolve_precision(name: str) -> str:
     return "float32"
 
 
-def apply_precision(name: str) -> str:
+def apply_precision(precision: str) -> str:
     """Sets the global Keras dtype policy; call once, before any model or layer is built.
 
     Layers take the global policy when they are created, so a model built earlier keeps its
@@ -80,15 +80,15 @@ def apply_precision(name: str) -> str:
     (dynamic loss scaling) by itself; bfloat16 has float32's range and needs none.
 
     Args:
-      name: one of PRECISIONS.
+      precision: one of PRECISIONS.
 
     Returns:
       The policy name that was set.
 
     Raises:
-      FlagError: for a name not in PRECISIONS.
+      ParameterError: for a precision not in PRECISIONS.
     """
-    policy = resolve_precision(name)
+    policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
-    logging.info("Precision: %s (requested %s).", policy, name)
+    logging.info("Precision: %s (requested %s).", policy, precision)
     return policy

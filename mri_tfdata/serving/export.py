@@ -15,7 +15,6 @@ import keras
 import tensorflow as tf
 
 from mri_tfdata.core import atomic
-from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import decoding, images
 from mri_tfdata.serving import model_file
 

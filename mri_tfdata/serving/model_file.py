@@ -1,5 +1,4 @@
-"""model.keras: saved with the metadata that marks it as ours, loaded safely and checked; image files
-read as the model takes them."""
+"""model.keras: saved with the metadata marking it ours, loaded safely and checked; images read."""
 
 import dataclasses
 import json
@@ -67,8 +66,8 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
 
 
 def _not_ours(path, why: str) -> UserError:
-    return UserError(f"--model={path} {why}. Pass the model.keras written by mri_tfdata.train "
-                     "(e.g. --model=runs/demo/model.keras).")
+    return UserError("{model_path} {why!s}. Pass the model.keras written by mri_tfdata.train "
+                     "(e.g. {model_path:'runs/demo/model.keras'}).", model_path=path, why=why)
 
 
 def _read_metadata(path: pathlib.Path) -> dict:
@@ -82,10 +81,11 @@ def _read_metadata(path: pathlib.Path) -> dict:
         raise _not_ours(path, f"is not a Keras model file ({e})") from None
     if stored is None and legacy:
         raise UserError(
-            f"--model={path} was written by mri_tfdata before 0.2.0, whose preprocessing layer "
+            "{model_path} was written by mri_tfdata before 0.2.0, whose preprocessing layer "
             "needs that version's code to load. Train it again with this version: "
-            f"python -m mri_tfdata.train --flagfile={path.parent / 'flags.txt'} --overwrite "
-            "(its backbone features are still in the feature cache, so this is quick).")
+            "python -m mri_tfdata.train --flagfile={flagfile!s} --overwrite "
+            "(its backbone features are still in the feature cache, so this is quick).",
+            model_path=path, flagfile=path.parent / "flags.txt")
     if stored is None:
         raise _not_ours(path, f"is a Keras model, but not one written by mri_tfdata.train (it "
                         f"holds no {METADATA_FILE}, which records the class names and image size)")
@@ -97,17 +97,18 @@ def _read_metadata(path: pathlib.Path) -> dict:
     except (ValueError, KeyError, TypeError) as e:
         raise _not_ours(path, f"has a damaged {METADATA_FILE} ({type(e).__name__}: {e})") from None
     if version > FORMAT_VERSION:
-        raise UserError(f"--model={path} was written by mri_tfdata "
-                        f"{metadata.get('package_version')}, newer than this one "
-                        f"({mri_tfdata.__version__}); upgrade mri_tfdata to use it.")
+        raise UserError("{model_path} was written by mri_tfdata {written_by!s}, newer than this "
+                        "one ({running!s}); upgrade mri_tfdata to use it.", model_path=path,
+                        written_by=metadata.get("package_version"),
+                        running=mri_tfdata.__version__)
     return metadata
 
 
-def load_classifier(path) -> SavedClassifier:
+def load_classifier(model_path) -> SavedClassifier:
     """Loads a model.keras written by save_classifier, in Keras safe mode (no stored code runs).
 
     Args:
-      path: the .keras file, or a training workdir holding model.keras.
+      model_path: the .keras file, or a training workdir holding model.keras.
 
     Returns:
       The SavedClassifier.
@@ -116,12 +117,12 @@ def load_classifier(path) -> SavedClassifier:
       UserError: the file is missing, is not a Keras model, or is not one of ours (no metadata,
         or layers that disagree with it).
     """
-    path = pathlib.Path(path).expanduser()
+    path = pathlib.Path(model_path).expanduser()
     if path.is_dir() and (path / MODEL_FILE).is_file():
         path = path / MODEL_FILE  # A training workdir.
     if not path.is_file():
-        raise UserError(f"--model={path} is not a file. Pass the model.keras of a training run "
-                        "(e.g. --model=runs/demo/model.keras).")
+        raise UserError("{model_path} is not a file. Pass the model.keras of a training run "
+                        "(e.g. {model_path:'runs/demo/model.keras'}).", model_path=path)
     if path.suffix != ".keras":
         raise _not_ours(path, "is not a .keras file")
     metadata = _read_metadata(path)
