@@ -103,7 +103,7 @@ def main(argv):
     logging.info("Strategy: %s.", distribute.describe_strategy(strategy))
     trainer.train(data=data, model_spec=model_spec, config=config, workdir_path=FLAGS.workdir,
                    strategy=strategy, precision_policy=policy, overwrite=FLAGS.overwrite,
-                   flags_text=shared_flags.flags_as_text([flags_common, __name__]))
+                   flags_text=shared_flags.flags_as_text([shared_flags, __name__]))
 
 
 def console_main():

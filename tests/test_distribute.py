@@ -53,12 +53,13 @@ _TWO_CPU_SCRIPT = textwrap.dedent(
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from mri_tfdata import distribute, model
+    from mri_tfdata.model import architecture, optimization
+    from mri_tfdata.runtime import distribute
     strategy = distribute.create_strategy("mirrored")
     with strategy.scope():
-        head = model.build_head(hidden_units=(8,))
-        model.compile_model(head, learning_rate=1e-2)
-    x = np.random.default_rng(0).normal(size=(16, model.FEATURE_DIM)).astype("float32")
+        head = architecture.build_head(hidden_units=(8,))
+        optimization.compile_model(head, learning_rate=1e-2, steps_per_execution=1)
+    x = np.random.default_rng(0).normal(size=(16, architecture.FEATURE_DIM)).astype("float32")
     history = head.fit(x, np.arange(16) % 4, batch_size=8, epochs=1, verbose=0)
     print(json.dumps({
         "replicas": strategy.num_replicas_in_sync,

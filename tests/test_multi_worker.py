@@ -136,9 +136,10 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from mri_tfdata import cli, train
+from mri_tfdata import train
+from mri_tfdata.cli import runner
 sys.argv = ["train", *sys.argv[1:]]
-cli.run(train.main)
+runner.run(train.main)
 """
 
 

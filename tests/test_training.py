@@ -10,7 +10,7 @@ import tensorflow as tf
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import dataspec, sources
 from mri_tfdata.evaluation import evaluator
-from mri_tfdata.model import features
+from mri_tfdata.model import feature_cache
 from mri_tfdata.model.architecture import ModelSpec
 from mri_tfdata.serving import model_file
 from mri_tfdata.training import trainer
@@ -40,7 +40,7 @@ def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_mod
     saved = model_file.load_classifier(result.workdir / "model.keras").model
     test = data.open("test")
     direct = evaluator.head_probabilities(
-        saved.get_layer("head"), features.load_or_extract(
+        saved.get_layer("head"), feature_cache.load_or_extract(
             test, backbone=saved.get_layer("backbone"), image_size=32, batch_size=4,
             cache_dir=None).features)
     labels = np.array([label for _, label in test.dataset.as_numpy_iterator()])

@@ -6,7 +6,8 @@ from absl import logging
 
 from mri_tfdata.data import kaggle_layout
 from mri_tfdata.evaluation import calibration
-from mri_tfdata.model import architecture, features, head_fit, optimization
+from mri_tfdata.model import architecture, head_fit, optimization
+from mri_tfdata.model.feature_cache import FeatureSet
 from mri_tfdata.training import trainer
 
 # Defaults are train.py's, so a trial at the defaults is the default head and recipe.
@@ -117,7 +118,7 @@ class HeadHyperModel(keras_tuner.HyperModel):
         `fit` outside its scope).
     """
 
-    def __init__(self, *, train: features.FeatureSet | None, validation: features.FeatureSet | None,
+    def __init__(self, *, train: FeatureSet | None, validation: FeatureSet | None,
                  num_classes: int, activation: str, dropout: float, standardize: bool,
                  precision_policy: str, batch_sizes: tuple[int, ...],
                  epochs: tuple[int, ...] | None, seed: int, strategy=None):

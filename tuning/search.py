@@ -39,7 +39,7 @@ from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
 from mri_tfdata.data import kaggle_layout  # noqa: E402
-from mri_tfdata.model import architecture, features  # noqa: E402
+from mri_tfdata.model import architecture, feature_cache  # noqa: E402
 from mri_tfdata.runtime import distribute, precision, progress  # noqa: E402
 from tuning import hypermodel, project, results, selection, tuners  # noqa: E402
 from tuning.hypermodel import HeadHyperModel  # noqa: E402
@@ -133,11 +133,11 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
         backbone = architecture.build_backbone(image_size=model_spec.image_size,
                                         weights=model_spec.weights)
     data.prepare()
-    cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
+    cache_dir = feature_cache.resolve_cache_dir(FLAGS.feature_cache)
     sets, opened = [], []
     for split in (FLAGS.train_split, FLAGS.validation_split):
         source = data.open(split)
-        sets.append(features.load_or_extract(
+        sets.append(feature_cache.load_or_extract(
             source, backbone=backbone, image_size=model_spec.image_size,
             cache_dir=cache_dir, strategy=strategy))  # at the inference batch, not the head's
         opened.append(source)
@@ -154,7 +154,7 @@ def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
 def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[str, str]:
     """train.py's flags for the chosen head: the search's data/model flags plus its values."""
     lines = {flag.name: shared_flags.serialize(flag)
-             for flag in FLAGS.get_flags_for_module(flags_common)}
+             for flag in FLAGS.get_flags_for_module(shared_flags)}
     recipe = best.recipe
     values = {
         "head_units": ",".join(map(str, best.head_units)),
@@ -194,7 +194,7 @@ def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, st
     groups = selection.content_groups(hashes)
     # Both splits are carved from train. Pooled, every example is held out once: with the default
     # 85/15 split that is 6.7x the validation split's examples, so ~2.6x less sampling noise.
-    pooled = features.FeatureSet(np.concatenate([train.features, validation.features]),
+    pooled = feature_cache.FeatureSet(np.concatenate([train.features, validation.features]),
                                  np.concatenate([train.labels, validation.labels]), key=None,
                                  path=None, from_cache=False)
     folds = FLAGS.selection_folds

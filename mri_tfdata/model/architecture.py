@@ -5,7 +5,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from mri_tfdata.core.errors import UserError
