@@ -14,7 +14,7 @@ console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts qui
 
 from absl import flags, logging  # noqa: E402
 
-from mri_tfdata.cli import runner, shared_flags  # noqa: E402
+from mri_tfdata.cli import flag_advice, runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.model import optimization  # noqa: E402
 from mri_tfdata.runtime import distribute, precision  # noqa: E402
@@ -93,17 +93,19 @@ def _train_config() -> trainer.TrainConfig:
 
 def main(argv):
     require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
-    data = shared_flags.data_spec_from_flags()
-    model_spec = shared_flags.model_spec_from_flags()
-    config = _train_config()
-    # The strategy first (multi-worker must configure the runtime before any other TF work),
-    # then the precision policy, before any layer is built.
-    strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    policy = precision.apply_precision(FLAGS.precision)
-    logging.info("Strategy: %s.", distribute.describe_strategy(strategy))
-    trainer.train(data=data, model_spec=model_spec, config=config, workdir_path=FLAGS.workdir,
-                   strategy=strategy, precision_policy=policy, overwrite=FLAGS.overwrite,
-                   flags_text=shared_flags.flags_as_text([shared_flags, __name__]))
+    # The library names its parameters; they are this command's flags of the same names.
+    with flag_advice.errors_as_flags([shared_flags, __name__]):
+        data = shared_flags.data_spec_from_flags()
+        model_spec = shared_flags.model_spec_from_flags()
+        config = _train_config()
+        # The strategy first (multi-worker must configure the runtime before any other TF work),
+        # then the precision policy, before any layer is built.
+        strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+        policy = precision.apply_precision(FLAGS.precision)
+        logging.info("Strategy: %s.", distribute.describe_strategy(strategy))
+        trainer.train(data=data, model_spec=model_spec, config=config, workdir_path=FLAGS.workdir,
+                      strategy=strategy, precision_policy=policy, overwrite=FLAGS.overwrite,
+                      flags_text=shared_flags.flags_as_text([shared_flags, __name__]))
 
 
 def console_main():

@@ -224,7 +224,8 @@ import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import test_features as t
-from mri_tfdata import features, input_pipeline, model
+from mri_tfdata.data import input_pipeline
+from mri_tfdata.model import architecture, features
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     backbone = architecture.build_backbone(image_size=t.IMAGE_SIZE, weights="none")

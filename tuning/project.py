@@ -36,15 +36,15 @@ def check_settings(project_dir: Path, settings: dict) -> None:
     except (OSError, UnicodeDecodeError, ValueError):
         raise UserError(f"The search settings file {path} is damaged, so it is unknown whether "
                         f"the search in {project_dir} was made with these settings. Pass "
-                        "--overwrite to delete that search and start afresh, or another "
-                        "--project_name.") from None
+                        "overwrite=True to delete that search and start afresh, or another "
+                        "project_name=NAME.") from None
     changed = sorted(k for k in settings.keys() | recorded.keys()
                      if settings.get(k) != recorded.get(k))
     if changed:
         raise UserError(
             f"{project_dir} holds a search made with other settings ({', '.join(changed)}); its "
-            "trials are not comparable with this one's. Pass another --project_name, or "
-            "--overwrite to delete that search and start afresh.")
+            "trials are not comparable with this one's. Pass another project_name=NAME, or "
+            "overwrite=True to delete that search and start afresh.")
 
 
 def _damaged(path: Path) -> str | None:
@@ -73,8 +73,8 @@ def check_tuner_files(project_dir: Path) -> None:
             raise UserError(
                 f"The search state file {path} is damaged ({why}), so the search in "
                 f"{project_dir} cannot resume. Restore the file from a backup, or pass "
-                "--overwrite to delete this search and start afresh (or another "
-                "--project_name to keep it).")
+                "overwrite=True to delete this search and start afresh (or another "
+                "project_name=NAME to keep it).")
 
 
 def record_settings(project_dir: Path, settings: dict) -> None:
