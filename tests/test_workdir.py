@@ -34,7 +34,8 @@ def test_unfinished_run_with_other_settings_is_refused_naming_each_flag(tmp_path
     _open(tmp_path / "run", settings=SETTINGS)
     other = {"train": {"epochs": 5}, "model": {"image_size": 64}}
     for refuse in (workdir.check, workdir.open_run):
-        with pytest.raises(UserError, match=r"other settings: epochs \(3 -> 5\)\. .*overwrite=True"):
+        with pytest.raises(UserError,
+                           match=r"other settings: epochs \(3 -> 5\)\. .*overwrite=True"):
             refuse(tmp_path / "run", settings=other)
     assert not _open(tmp_path / "run", settings=other, overwrite=True).resuming
 
@@ -78,7 +79,7 @@ def test_a_second_live_run_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_pat
     first.close()
     # A process that holds the lock and is killed: the kernel releases its lock.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mri_tfdata import workdir; "
+        [sys.executable, "-c", "import sys, time; from mri_tfdata.training import workdir; "
          f"workdir.open_run({str(tmp_path / 'run')!r}, settings={SETTINGS!r}); "
          "print('locked', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,11 +1,13 @@
 """A search's folder and this process's part in it: recorded settings, chief or worker role."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 from mri_tfdata.core import atomic
 from mri_tfdata.core.errors import UserError
+from tuning import hypermodel, tuners
 
 # The settings a resumed search must share with the search it resumes.
 SETTINGS_FILE = "search.json"
@@ -24,6 +26,25 @@ def distributed_role() -> str:
                         "KERASTUNER_ORACLE_IP for a local search.")
     # KerasTuner's own rule (keras_tuner distribute utils): an ID containing "chief" is the oracle.
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def search_settings(*, data, model_spec, policy: str, tuner: str, epochs: int,
+                    batch_sizes: tuple[int, ...], train_split: str, validation_split: str,
+                    seed: int, executions_per_trial: int) -> dict:
+    """Everything that makes trials comparable: a search resumes only with equal settings."""
+    return {"data": dataclasses.asdict(data), "precision": policy, "tuner": tuner,
+            "epochs": epochs, "batch_sizes": list(batch_sizes), "train_split": train_split,
+            "validation_split": validation_split, "seed": seed,
+            "executions_per_trial": executions_per_trial,
+            # The objective and the space: trials of another are not comparable.
+            "objective": tuners.OBJECTIVE.name,
+            "space": {"learning_rate": list(hypermodel.LEARNING_RATES),
+                      "label_smoothing": list(hypermodel.LABEL_SMOOTHINGS),
+                      "weight_decay": list(hypermodel.WEIGHT_DECAYS),
+                      "max_layers": hypermodel.MAX_LAYERS},
+            # The head sizes are what the search varies.
+            "model": {k: v for k, v in dataclasses.asdict(model_spec).items()
+                      if k != "head_units"}}
 
 
 def check_settings(project_dir: Path, settings: dict) -> None:

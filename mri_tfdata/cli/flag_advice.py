@@ -1,4 +1,4 @@
-"""Library errors name parameters (batch_size=64); a command shows them as flags (--batch_size=64)."""
+"""Library errors name parameters (batch_size=64); commands show them as flags (--batch_size=64)."""
 
 import contextlib
 import re

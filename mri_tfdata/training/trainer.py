@@ -136,8 +136,8 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
                                           training=False, **pipeline) if job.val_source else None)
     plan = job.plans[phase]
     with job.strategy.scope():
-        optimization.compile_model(classifier, learning_rate=learning_rate, schedule=config.schedule,
-                                   decay_steps=plan.decay_steps,
+        optimization.compile_model(classifier, learning_rate=learning_rate,
+                                   schedule=config.schedule, decay_steps=plan.decay_steps,
                                    label_smoothing=config.label_smoothing,
                                    weight_decay=config.weight_decay,
                                    steps_per_execution=plan.steps_per_execution)
