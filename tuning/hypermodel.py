@@ -28,7 +28,7 @@ WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1e-1)
 
 
 def epoch_choices(epochs: int) -> tuple[int, ...]:
-    """The trial lengths a search at --epochs chooses from: half, once and 1.5 times it."""
+    """The trial lengths a search of `epochs` chooses from: half, once and 1.5 times it."""
     return tuple(sorted({max(1, epochs // 2), epochs, epochs + epochs // 2}))
 
 
@@ -52,10 +52,10 @@ def build_model(hp: keras_tuner.HyperParameters, *, dropout: float = 0.0,
 
     Args:
       hp: the trial's hyperparameters; unseen ones are registered with train.py's defaults.
-      dropout: the dropout of every trial (--dropout; fixed: it lowered test accuracy at every
+      dropout: the dropout of every trial (fixed: it lowered test accuracy at every
         rate measured).
       num_classes: number of output classes.
-      activation: activation of the hidden layers (not tuned; --head_activation).
+      activation: activation of the hidden layers (not tuned).
       standardize: start the head with the Normalization of the 2,048 features, as training does.
 
     Returns:

@@ -210,6 +210,15 @@ def _write_outputs(tuner, project_dir: Path, *, load_data, model_spec, policy: s
     print(f"Train the best head: python -m mri_tfdata.train --flagfile={path}", flush=True)
 
 
+def _check_replicas(replicas: int, batch_sizes: tuple[int, ...]) -> None:
+    require(all(b % replicas == 0 for b in batch_sizes),
+            f"--batch_sizes={','.join(map(str, batch_sizes))} must all be multiples of the "
+            f"{replicas} replicas.")
+    require(FLAGS.finalists == 0 or FLAGS.batch_size % replicas == 0,
+            f"--batch_size={FLAGS.batch_size}, the default head's batch in the final selection, "
+            f"must be a multiple of the {replicas} replicas.")
+
+
 def _search(data, model_spec, batch_sizes: tuple[int, ...]) -> None:
     """Runs (or resumes) the search and, unless this is a worker, writes its outputs."""
     start = time.perf_counter()
@@ -217,13 +226,7 @@ def _search(data, model_spec, batch_sizes: tuple[int, ...]) -> None:
     # As in training: the strategy first, then the precision policy, before any layer is built.
     strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     policy = precision.apply_precision(FLAGS.precision)
-    replicas = strategy.num_replicas_in_sync
-    require(all(b % replicas == 0 for b in batch_sizes),
-            f"--batch_sizes={','.join(map(str, batch_sizes))} must all be multiples of the "
-            f"{replicas} replicas.")
-    require(FLAGS.finalists == 0 or FLAGS.batch_size % replicas == 0,
-            f"--batch_size={FLAGS.batch_size}, the default head's batch in the final selection, "
-            f"must be a multiple of the {replicas} replicas.")
+    _check_replicas(strategy.num_replicas_in_sync, batch_sizes)
     logging.info("Strategy: %s; search role: %s.", distribute.describe_strategy(strategy), role)
     project_dir = Path(FLAGS.directory) / FLAGS.project_name
     settings = project.search_settings(

@@ -103,7 +103,7 @@ def make_tuner(name: str, hypermodel: keras_tuner.HyperModel, *, max_trials: int
     Raises:
       ValueError: for an unknown name.
     """
-    # KerasTuner's oracles take a seed of 0 for "none" and draw a random one: +1 keeps --seed=0
+    # KerasTuner's oracles take a seed of 0 for "none" and draw a random one: +1 keeps seed=0
     # (the default) reproducible.
     common = {"objective": OBJECTIVE, "seed": seed + 1,
               "executions_per_trial": executions_per_trial, "directory": directory,

@@ -185,15 +185,11 @@ def _plans(*, config: TrainConfig, num_examples: int, strategy, fast: bool) -> d
     """Each phase's step counts: the head's, on features (fast) or images; the fine-tuning's."""
     common = dict(num_examples=num_examples, batch_size=config.batch_size,
                   max_steps_per_epoch=config.max_steps_per_epoch)
-    if fast:
-        head = head_fit.head_plan(epochs=config.epochs, strategy=strategy, **common)
-    else:
-        head = training_plan.plan_fit(epochs=config.epochs,
-                                      replicas=strategy.num_replicas_in_sync, **common)
-    plans = {HEAD_PHASE: head}
+    on_images = dict(replicas=strategy.num_replicas_in_sync, **common)
+    plans = {HEAD_PHASE: (head_fit.head_plan(epochs=config.epochs, strategy=strategy, **common)
+                          if fast else training_plan.plan_fit(epochs=config.epochs, **on_images))}
     if config.fine_tune_blocks:
-        plans[FINE_TUNE_PHASE] = training_plan.plan_fit(
-            epochs=config.fine_tune_epochs, replicas=strategy.num_replicas_in_sync, **common)
+        plans[FINE_TUNE_PHASE] = training_plan.plan_fit(epochs=config.fine_tune_epochs, **on_images)
     return plans
 
 
