@@ -11,7 +11,8 @@ head weights:
   512-128 head on the pooled features) every epoch, Adam 1e-4, 10 epochs, validating each epoch
   on the test split;
 - ours: the default path for the same job: each split's features extracted once into an empty
-  cache (`features.load_or_extract`, tf.data input), the head fit on them with the same optimizer,
+  cache (`feature_cache.load_or_extract`, tf.data input), the head fit on them with the same
+  optimizer,
   loss, batch and epochs, validating each epoch on the cached test features; then the classifier
   assembled. Its time is extraction plus head training.
 Both accuracies are the last epoch's validation (= test split) accuracy. The last line printed
@@ -34,7 +35,7 @@ from absl import flags, logging
 from mri_tfdata.cli import runner
 from mri_tfdata.cli.runner import require
 from mri_tfdata.data import kaggle_layout, sources
-from mri_tfdata.model import architecture, features, head_fit
+from mri_tfdata.model import architecture, feature_cache, head_fit
 from mri_tfdata.runtime import precision
 
 flags.DEFINE_string("data_dir", None, "Kaggle-layout root holding Training/ and Testing/.")
@@ -134,7 +135,7 @@ def run_reference(subset: pathlib.Path, resnet_weights, head_weights, *, image_s
 def extract_splits(subset: pathlib.Path, backbone, cache_dir: pathlib.Path, *, image_size: int,
                    batch_size: int) -> dict:
     """Our path, part 1: each split's features, extracted once into the cache or read from it."""
-    return {split: features.load_or_extract(sources.load_folder_source(subset, split=split),
+    return {split: feature_cache.load_or_extract(sources.load_folder_source(subset, split=split),
                                             backbone=backbone, image_size=image_size,
                                             batch_size=batch_size, cache_dir=cache_dir)
             for split in SPLIT_FOLDERS}

@@ -23,7 +23,7 @@ from mri_tfdata.cli import runner
 from mri_tfdata.cli.runner import require
 from mri_tfdata.data import sources
 from mri_tfdata.evaluation import evaluator
-from mri_tfdata.model import architecture, features, head_fit
+from mri_tfdata.model import architecture, feature_cache, head_fit
 from mri_tfdata.runtime import precision
 from mri_tfdata.training import trainer
 
@@ -53,9 +53,9 @@ RECIPES = {
 }
 
 
-def _features(split: str, backbone, cache_dir) -> features.FeatureSet:
+def _features(split: str, backbone, cache_dir) -> feature_cache.FeatureSet:
     source = sources.load_folder_source(FLAGS.data_dir, split=split)
-    return features.load_or_extract(source, backbone=backbone, image_size=FLAGS.image_size,
+    return feature_cache.load_or_extract(source, backbone=backbone, image_size=FLAGS.image_size,
                                     cache_dir=cache_dir)
 
 
@@ -86,7 +86,7 @@ def main(argv):
     # As training seeds before it builds the classifier: the same random backbone and features.
     keras.utils.set_random_seed(0)
     backbone = architecture.build_backbone(image_size=FLAGS.image_size, weights=FLAGS.weights)
-    cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
+    cache_dir = feature_cache.resolve_cache_dir(FLAGS.feature_cache)
     train, test = (_features(split, backbone, cache_dir) for split in ("train[:90%]", "test"))
     found = {}
     for name in FLAGS.recipes or RECIPES:

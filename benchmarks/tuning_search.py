@@ -41,7 +41,7 @@ from mri_tfdata.cli import runner
 from mri_tfdata.cli.runner import require
 from mri_tfdata.data import sources
 from mri_tfdata.evaluation import evaluator
-from mri_tfdata.model import architecture, features, head_fit
+from mri_tfdata.model import architecture, feature_cache, head_fit
 from mri_tfdata.runtime import precision
 from tuning import hypermodel, results, selection, tuners
 
@@ -157,7 +157,8 @@ def main(argv):
     backbone = architecture.build_backbone(image_size=FLAGS.image_size, weights="none")
     load = dict(backbone=backbone, image_size=FLAGS.image_size, cache_dir=work / "features")
     searched, train, test = (
-        features.load_or_extract(sources.load_folder_source(FLAGS.data_dir, split=split), **load)
+        feature_cache.load_or_extract(sources.load_folder_source(FLAGS.data_dir, split=split),
+                                      **load)
         for split in ("train[:85%]", FLAGS.final_train_split, "test"))
     require(searched.from_cache,
             "the benchmark's backbone did not reproduce the search's features")

@@ -22,7 +22,7 @@ from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
 from mri_tfdata.evaluation import evaluator  # noqa: E402
-from mri_tfdata.model import features  # noqa: E402
+from mri_tfdata.model import feature_cache  # noqa: E402
 from mri_tfdata.serving import model_file  # noqa: E402
 
 shared_flags.define_data_flags()
@@ -65,7 +65,7 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluator.evaluate_split(
         saved.model, source, out_dir=out, batch_size=FLAGS.batch_size,
-        cache_dir=features.resolve_cache_dir(FLAGS.feature_cache),
+        cache_dir=feature_cache.resolve_cache_dir(FLAGS.feature_cache),
         extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()},
         log_dir=out / "logs")
     logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from mri_tfdata.data import input_pipeline, sources
-from mri_tfdata.model import architecture, features, head_fit, optimization
+from mri_tfdata.model import architecture, feature_cache, features, head_fit, optimization
 
 IMAGE_SIZE = 32
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -50,9 +50,10 @@ def backbone():
 
 def test_cache_key_changes_with_each_keyed_input(backbone):
     base = dict(cache_id="brain_tumor_mri/default/1.0.0/train", image_size=64,
-                weights_fingerprint=features.weights_fingerprint(backbone), precision="float32")
-    key = features.cache_key(**base)
-    assert features.cache_key(**base) == key
+                weights_fingerprint=feature_cache.weights_fingerprint(backbone),
+                precision="float32")
+    key = feature_cache.cache_key(**base)
+    assert feature_cache.cache_key(**base) == key
     assert "64px" in key.name and "float32" in key.name
     changes = [
         dict(cache_id="other_dataset/default/1.0.0/train"),
@@ -63,22 +64,22 @@ def test_cache_key_changes_with_each_keyed_input(backbone):
         dict(weights_fingerprint="0" * 32),
         dict(precision="mixed_bfloat16"),
     ]
-    digests = {features.cache_key(**{**base, **change}).digest for change in changes}
+    digests = {feature_cache.cache_key(**{**base, **change}).digest for change in changes}
     assert key.digest not in digests and len(digests) == len(changes)
 
 
 def test_weights_fingerprint_changes_when_one_weight_changes(backbone):
-    before = features.weights_fingerprint(backbone)
-    assert features.weights_fingerprint(backbone) == before
+    before = feature_cache.weights_fingerprint(backbone)
+    assert feature_cache.weights_fingerprint(backbone) == before
     # A BatchNorm moving statistic: non-trainable, yet it changes the features.
     weight = next(w for w in backbone.weights if "moving_mean" in w.path)
     original = weight.numpy()
     try:
         weight.assign(original + 1e-3)
-        assert features.weights_fingerprint(backbone) != before
+        assert feature_cache.weights_fingerprint(backbone) != before
     finally:
         weight.assign(original)
-    assert features.weights_fingerprint(backbone) == before
+    assert feature_cache.weights_fingerprint(backbone) == before
 
 
 def test_features_equal_a_direct_backbone_call(backbone):
@@ -110,11 +111,11 @@ def test_extraction_traces_the_backbone_once_with_static_shapes(backbone):
 def test_cache_is_reused_and_a_truncated_file_is_rebuilt(backbone, tmp_path):
     source = tiny_source()
     kwargs = dict(backbone=backbone, image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
-    first = features.load_or_extract(source, **kwargs)
+    first = feature_cache.load_or_extract(source, **kwargs)
     assert not first.from_cache and first.path.parent == tmp_path and first.path.exists()
     assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no temp file left behind
 
-    second = features.load_or_extract(source, **kwargs)
+    second = feature_cache.load_or_extract(source, **kwargs)
     assert second.from_cache
     np.testing.assert_array_equal(second.features, first.features)
     np.testing.assert_array_equal(second.labels, first.labels)
@@ -122,17 +123,17 @@ def test_cache_is_reused_and_a_truncated_file_is_rebuilt(backbone, tmp_path):
     # As if a process had died mid-write without the atomic rename.
     data = first.path.read_bytes()
     first.path.write_bytes(data[: len(data) // 2])
-    third = features.load_or_extract(source, **kwargs)
+    third = feature_cache.load_or_extract(source, **kwargs)
     assert not third.from_cache
     np.testing.assert_array_equal(third.features, first.features)
-    assert features.load_or_extract(source, **kwargs).from_cache
+    assert feature_cache.load_or_extract(source, **kwargs).from_cache
 
     # A file whose count disagrees with the split (e.g. the split changed under the same id), or
     # that another key wrote, is not served either.
-    assert features._read_valid(third.path, third.key, expected_count=7) is not None
-    assert features._read_valid(third.path, third.key, expected_count=5) is None
-    other_key = features.CacheKey(name=third.key.name, digest="0" * 16)
-    assert features._read_valid(third.path, other_key, expected_count=7) is None
+    assert feature_cache._read_valid(third.path, third.key, expected_count=7) is not None
+    assert feature_cache._read_valid(third.path, third.key, expected_count=5) is None
+    other_key = feature_cache.CacheKey(name=third.key.name, digest="0" * 16)
+    assert feature_cache._read_valid(third.path, other_key, expected_count=7) is None
 
 
 def test_feature_dataset_batches_like_the_image_pipeline():
@@ -151,14 +152,14 @@ def test_feature_dataset_batches_like_the_image_pipeline():
     ("auto", 0, False, True), ("/some/dir", 0, False, True), ("off", 0, False, False),
     ("auto", 0, True, False), ("auto", 2, False, False)])
 def test_use_fast_path(cache, fine_tune, augment, fast):
-    assert features.use_fast_path(cache, fine_tune_blocks=fine_tune, augment=augment) is fast
+    assert feature_cache.use_fast_path(cache, fine_tune_blocks=fine_tune, augment=augment) is fast
 
 
 def test_resolve_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert features.resolve_cache_dir("off") is None
-    assert features.resolve_cache_dir("auto") == tmp_path / "mri_tfdata" / "features"
-    assert features.resolve_cache_dir(str(tmp_path / "x")) == tmp_path / "x"
+    assert feature_cache.resolve_cache_dir("off") is None
+    assert feature_cache.resolve_cache_dir("auto") == tmp_path / "mri_tfdata" / "features"
+    assert feature_cache.resolve_cache_dir(str(tmp_path / "x")) == tmp_path / "x"
 
 
 def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
@@ -170,7 +171,7 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
     head_fast.set_weights(head_end_to_end.get_weights())
 
     # The fast path's own code: extraction, then the fit training and tuning call.
-    train = features.load_or_extract(source, backbone=backbone, image_size=IMAGE_SIZE,
+    train = feature_cache.load_or_extract(source, backbone=backbone, image_size=IMAGE_SIZE,
                                      batch_size=8, cache_dir=None)
     head_fit.fit_head(head_fast, train.features, train.labels, validation=None,
                       learning_rate=1e-2, epochs=1, batch_size=8, seed=0, verbose=0)
@@ -195,7 +196,7 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
 
 
 def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbone, tmp_path):
-    train = features.load_or_extract(tiny_source(num_examples=8), backbone=backbone,
+    train = feature_cache.load_or_extract(tiny_source(num_examples=8), backbone=backbone,
                                      image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
     head = architecture.build_head(standardize=True)
     history = head_fit.fit_head(head, train.features, train.labels,

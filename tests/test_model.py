@@ -181,8 +181,8 @@ def test_imagenet_offline_without_cache_says_how_to_supply_weights(tmp_path):
                             text=True, env=env, timeout=120)
     message = result.stdout
     assert "Cannot get the ImageNet ResNet50 weights" in message, result.stderr[-2000:]
-    assert f"--weights=/path/to/{architecture.WEIGHTS_FILE}" in message
-    assert "--weights=none" in message
+    assert f"weights='/path/to/{architecture.WEIGHTS_FILE}'" in message
+    assert "weights='none'" in message
     assert not (tmp_path / "models" / architecture.WEIGHTS_FILE).exists()
 
 

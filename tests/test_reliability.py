@@ -12,7 +12,7 @@ from mri_tfdata.cli import runner
 from mri_tfdata.core import atomic
 from mri_tfdata.core.errors import ParameterError, UserError
 from mri_tfdata.data import dataspec, sources
-from mri_tfdata.model import features
+from mri_tfdata.model import feature_cache as feature_files
 from mri_tfdata.model.architecture import ModelSpec
 from mri_tfdata.training import resumable, trainer, workdir
 
@@ -100,16 +100,16 @@ def test_overlapping_or_too_small_splits_name_the_parameters_and_a_command_its_f
 
 
 def test_a_feature_cache_file_with_other_numbers_is_not_served(tmp_path):
-    key = features.CacheKey(name="x", digest="d" * 16)
+    key = feature_files.CacheKey(name="x", digest="d" * 16)
     path = tmp_path / key.filename
     values = np.ones((3, 2048), np.float32)
-    features._write_cache_file(path, values, np.arange(3), key)
-    assert features._read_valid(path, key, expected_count=3) is not None
+    feature_files._write_cache_file(path, values, np.arange(3), key)
+    assert feature_files._read_valid(path, key, expected_count=3) is not None
     # A valid .npz with the same metadata and other numbers (e.g. written by a buggy tool).
     with np.load(path) as stored:
         meta = stored["meta"]
     np.savez(path, features=values * 2, labels=np.arange(3), meta=meta)
-    assert features._read_valid(path, key, expected_count=3) is None
+    assert feature_files._read_valid(path, key, expected_count=3) is None
 
 
 def test_a_full_disk_is_one_paragraph_naming_the_file(tmp_path, monkeypatch):
@@ -119,8 +119,8 @@ def test_a_full_disk_is_one_paragraph_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", full)
     with pytest.raises(atomic.DiskError, match=f"Cannot write {tmp_path / 'f.npz'}: No space "
                                                "left on device. Free disk space"):
-        features._write_cache_file(tmp_path / "f.npz", np.ones((1, 2048)), np.zeros(1),
-                                   features.CacheKey("x", "d"))
+        feature_files._write_cache_file(tmp_path / "f.npz", np.ones((1, 2048)), np.zeros(1),
+                                   feature_files.CacheKey("x", "d"))
     assert list(tmp_path.iterdir()) == []  # No temp file left behind.
 
 

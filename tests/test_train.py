@@ -139,3 +139,23 @@ def test_config_flagfiles_parse(tmp_path):
     code, _, err = _run_train(*[f"--flagfile={p}" for p in configs], f"--workdir={tmp_path}",
                               "--epochs=0")
     assert code == 2 and "--epochs=0 must be at least 1" in err, err[-2000:]
+
+
+def test_library_parameters_are_shown_as_the_commands_flags():
+    from mri_tfdata.cli import runner
+
+    names = {"batch_size", "overwrite", "learning_rate", "weights", "standardize_features"}
+    assert runner.assignments_as_flags(
+        "batch_size=64 is larger than the 40 training examples; rerun with learning_rate=1e-4, "
+        "overwrite=True, standardize_features=False and weights='none'.", names) == (
+        "--batch_size=64 is larger than the 40 training examples; rerun with "
+        "--learning_rate=1e-4, --overwrite, --nostandardize_features and --weights=none.")
+    # Names that are no flag of the command, and flags already written as flags, stay as they are.
+    assert runner.assignments_as_flags("cache_id=x and --batch_size=8", names) == (
+        "cache_id=x and --batch_size=8")
+
+
+def test_a_workdir_that_is_a_file_is_named_as_the_flag(tmp_path):
+    (tmp_path / "w").write_text("")
+    code, _, err = _run_train(*TINY, f"--workdir={tmp_path / 'w'}")
+    assert code == 1 and f"--workdir={tmp_path / 'w'} is a file" in err, err[-2000:]

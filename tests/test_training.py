@@ -1,5 +1,6 @@
 """In-process runs of trainer.train(): the fast path, fine-tuning, the file cache, DataSpec."""
 
+import collections
 import json
 
 import keras
@@ -10,7 +11,7 @@ import tensorflow as tf
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import dataspec, sources
 from mri_tfdata.evaluation import evaluator
-from mri_tfdata.model import features
+from mri_tfdata.model import feature_cache, features
 from mri_tfdata.model.architecture import ModelSpec
 from mri_tfdata.serving import model_file
 from mri_tfdata.training import trainer
@@ -40,7 +41,7 @@ def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_mod
     saved = model_file.load_classifier(result.workdir / "model.keras").model
     test = data.open("test")
     direct = evaluator.head_probabilities(
-        saved.get_layer("head"), features.load_or_extract(
+        saved.get_layer("head"), feature_cache.load_or_extract(
             test, backbone=saved.get_layer("backbone"), image_size=32, batch_size=4,
             cache_dir=None).features)
     labels = np.array([label for _, label in test.dataset.as_numpy_iterator()])
@@ -108,3 +109,28 @@ def test_dataspec_opens_each_source_and_names_what_is_missing(data, tmp_path):
         dataspec.DataSpec(source="tfds", tfds_data_dir=str(tmp_path)).open("train")
     with pytest.raises(ValueError, match="source must be one of"):
         dataspec.DataSpec(source="s3")
+
+
+@pytest.mark.parametrize("path", ["fast", "fine_tuned"])
+def test_each_split_is_extracted_at_most_once_per_run(data, tmp_path, monkeypatch, path):
+    loads, extractions = collections.Counter(), []
+    load, extract = feature_cache.load_or_extract, features.extract_features
+
+    def counted_load(source, **kwargs):
+        loads[source.cache_id] += 1
+        return load(source, **kwargs)
+
+    def counted_extract(*args, **kwargs):
+        extractions.append(kwargs.get("num_examples"))
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr(feature_cache, "load_or_extract", counted_load)
+    monkeypatch.setattr(features, "extract_features", counted_extract)
+    # The fine-tuned run fits the head end to end; its standardisation reads the training features.
+    extra = ({} if path == "fast" else dict(epochs=1, fine_tune_blocks=1, fine_tune_epochs=1,
+                                            max_steps_per_epoch=1))
+    result = _train(data, tmp_path, path, **extra)
+    assert result.metrics["num_examples"] == 8
+    splits = {"fast": ("train", "validation", "test"), "fine_tuned": ("train", "test")}[path]
+    assert sorted(loads.values()) == [1] * len(splits), loads  # each split once, none again
+    assert len(extractions) == len(splits)  # a fresh cache: every load was an extraction

@@ -21,7 +21,7 @@ import tensorflow as tf
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import dataspec
 from mri_tfdata.evaluation import calibration, reports
-from mri_tfdata.model import features
+from mri_tfdata.model import feature_cache
 from mri_tfdata.training import trainer
 from tuning import hypermodel, project, results, selection, tuners
 
@@ -96,7 +96,7 @@ def _separable_features(n=24, seed=0):
     rng = np.random.default_rng(seed)
     labels = np.arange(n, dtype=np.int32) % 4
     vectors = (rng.normal(size=(n, 2048)) + labels[:, None]).astype(np.float32)
-    return features.FeatureSet(vectors, labels, key=None, path=None, from_cache=False)
+    return feature_cache.FeatureSet(vectors, labels, key=None, path=None, from_cache=False)
 
 
 def test_build_model_with_default_hyperparameters_is_the_default_head_and_recipe():
@@ -368,7 +368,7 @@ def _offset_features(n=40, seed=0):
     vectors = rng.normal(size=(n, 2048)).astype(np.float32)
     for c in range(4):
         vectors[labels == c, c * 16:(c + 1) * 16] += 4
-    return features.FeatureSet(vectors, labels, key=None, path=None, from_cache=False)
+    return feature_cache.FeatureSet(vectors, labels, key=None, path=None, from_cache=False)
 
 
 def _trial_row(trial, score, *, units=(64,), dropout=0.0, learning_rate=1e-3, batch_size=8,

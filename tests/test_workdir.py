@@ -34,7 +34,8 @@ def test_unfinished_run_with_other_settings_is_refused_naming_each_flag(tmp_path
     _open(tmp_path / "run", settings=SETTINGS)
     other = {"train": {"epochs": 5}, "model": {"image_size": 64}}
     for refuse in (workdir.check, workdir.open_run):
-        with pytest.raises(UserError, match=r"other settings: --epochs \(3 -> 5\)\. .*--overwrite"):
+        with pytest.raises(UserError,
+                           match=r"other settings: epochs \(3 -> 5\)\. .*overwrite=True"):
             refuse(tmp_path / "run", settings=other)
     assert not _open(tmp_path / "run", settings=other, overwrite=True).resuming
 
@@ -46,7 +47,7 @@ def test_finished_run_needs_overwrite_which_keeps_foreign_files(tmp_path):
     (run.path / "notes.txt").write_text("the user's own file")
     run.mark_finished()
     run.close()
-    with pytest.raises(UserError, match="already holds a finished run.*--overwrite"):
+    with pytest.raises(UserError, match="already holds a finished run.*overwrite=True"):
         workdir.check(tmp_path / "run", settings=SETTINGS)
     fresh = _open(tmp_path / "run", settings=SETTINGS, overwrite=True)
     assert not fresh.resuming
@@ -66,7 +67,7 @@ def test_non_empty_folder_without_a_run_is_refused(tmp_path):
 def test_a_damaged_run_file_is_refused_by_name_unless_overwritten(tmp_path, content):
     _open(tmp_path / "run", settings=SETTINGS)
     (tmp_path / "run" / workdir.RUN_FILE).write_text(content)
-    with pytest.raises(UserError, match=r"run\.json is damaged.*--overwrite"):
+    with pytest.raises(UserError, match=r"run\.json is damaged.*overwrite=True"):
         workdir.check(tmp_path / "run", settings=SETTINGS)
     assert not _open(tmp_path / "run", settings=SETTINGS, overwrite=True).resuming
 

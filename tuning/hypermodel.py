@@ -6,7 +6,8 @@ from absl import logging
 
 from mri_tfdata.data import kaggle_layout
 from mri_tfdata.evaluation import calibration
-from mri_tfdata.model import architecture, features, head_fit, optimization
+from mri_tfdata.model import architecture, head_fit, optimization
+from mri_tfdata.model.feature_cache import FeatureSet
 from mri_tfdata.training import trainer
 
 # Defaults are train.py's, so a trial at the defaults is the default head and recipe.
@@ -28,7 +29,7 @@ WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1e-1)
 
 
 def epoch_choices(epochs: int) -> tuple[int, ...]:
-    """The trial lengths a search at --epochs chooses from: half, once and 1.5 times it."""
+    """The trial lengths a search of `epochs` chooses from: half, once and 1.5 times it."""
     return tuple(sorted({max(1, epochs // 2), epochs, epochs + epochs // 2}))
 
 
@@ -52,10 +53,10 @@ def build_model(hp: keras_tuner.HyperParameters, *, dropout: float = 0.0,
 
     Args:
       hp: the trial's hyperparameters; unseen ones are registered with train.py's defaults.
-      dropout: the dropout of every trial (--dropout; fixed: it lowered test accuracy at every
+      dropout: the dropout of every trial (fixed: it lowered test accuracy at every
         rate measured).
       num_classes: number of output classes.
-      activation: activation of the hidden layers (not tuned; --head_activation).
+      activation: activation of the hidden layers (not tuned).
       standardize: start the head with the Normalization of the 2,048 features, as training does.
 
     Returns:
@@ -118,7 +119,7 @@ class HeadHyperModel(keras_tuner.HyperModel):
         `fit` outside its scope).
     """
 
-    def __init__(self, *, train: features.FeatureSet | None, validation: features.FeatureSet | None,
+    def __init__(self, *, train: FeatureSet | None, validation: FeatureSet | None,
                  num_classes: int, activation: str, dropout: float, standardize: bool,
                  precision_policy: str, batch_sizes: tuple[int, ...],
                  epochs: tuple[int, ...] | None, seed: int, strategy=None):

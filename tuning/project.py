@@ -1,11 +1,13 @@
 """A search's folder and this process's part in it: recorded settings, chief or worker role."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 from mri_tfdata.core import atomic
 from mri_tfdata.core.errors import UserError
+from tuning import hypermodel, tuners
 
 # The settings a resumed search must share with the search it resumes.
 SETTINGS_FILE = "search.json"
@@ -26,6 +28,25 @@ def distributed_role() -> str:
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
+def search_settings(*, data, model_spec, policy: str, tuner: str, epochs: int,
+                    batch_sizes: tuple[int, ...], train_split: str, validation_split: str,
+                    seed: int, executions_per_trial: int) -> dict:
+    """Everything that makes trials comparable: a search resumes only with equal settings."""
+    return {"data": dataclasses.asdict(data), "precision": policy, "tuner": tuner,
+            "epochs": epochs, "batch_sizes": list(batch_sizes), "train_split": train_split,
+            "validation_split": validation_split, "seed": seed,
+            "executions_per_trial": executions_per_trial,
+            # The objective and the space: trials of another are not comparable.
+            "objective": tuners.OBJECTIVE.name,
+            "space": {"learning_rate": list(hypermodel.LEARNING_RATES),
+                      "label_smoothing": list(hypermodel.LABEL_SMOOTHINGS),
+                      "weight_decay": list(hypermodel.WEIGHT_DECAYS),
+                      "max_layers": hypermodel.MAX_LAYERS},
+            # The head sizes are what the search varies.
+            "model": {k: v for k, v in dataclasses.asdict(model_spec).items()
+                      if k != "head_units"}}
+
+
 def check_settings(project_dir: Path, settings: dict) -> None:
     """Refuses to resume a search that was made with other data or model settings."""
     path = project_dir / SETTINGS_FILE
@@ -36,15 +57,15 @@ def check_settings(project_dir: Path, settings: dict) -> None:
     except (OSError, UnicodeDecodeError, ValueError):
         raise UserError(f"The search settings file {path} is damaged, so it is unknown whether "
                         f"the search in {project_dir} was made with these settings. Pass "
-                        "--overwrite to delete that search and start afresh, or another "
-                        "--project_name.") from None
+                        "overwrite=True to delete that search and start afresh, or another "
+                        "project_name=NAME.") from None
     changed = sorted(k for k in settings.keys() | recorded.keys()
                      if settings.get(k) != recorded.get(k))
     if changed:
         raise UserError(
             f"{project_dir} holds a search made with other settings ({', '.join(changed)}); its "
-            "trials are not comparable with this one's. Pass another --project_name, or "
-            "--overwrite to delete that search and start afresh.")
+            "trials are not comparable with this one's. Pass another project_name=NAME, or "
+            "overwrite=True to delete that search and start afresh.")
 
 
 def _damaged(path: Path) -> str | None:
@@ -73,8 +94,8 @@ def check_tuner_files(project_dir: Path) -> None:
             raise UserError(
                 f"The search state file {path} is damaged ({why}), so the search in "
                 f"{project_dir} cannot resume. Restore the file from a backup, or pass "
-                "--overwrite to delete this search and start afresh (or another "
-                "--project_name to keep it).")
+                "overwrite=True to delete this search and start afresh (or another "
+                "project_name=NAME to keep it).")
 
 
 def record_settings(project_dir: Path, settings: dict) -> None:

@@ -20,7 +20,6 @@ again, and fold scores already computed are reused. For distributed tuning (KERA
 KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see docs/scaling.md.
 """
 
-import dataclasses
 import functools
 import os
 import sys
@@ -31,7 +30,6 @@ from mri_tfdata.cli import console
 
 console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
@@ -39,10 +37,11 @@ from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
 from mri_tfdata.data import kaggle_layout  # noqa: E402
-from mri_tfdata.model import architecture, features  # noqa: E402
 from mri_tfdata.runtime import distribute, precision, progress  # noqa: E402
-from tuning import hypermodel, project, results, selection, tuners  # noqa: E402
+from tuning import final_selection, hypermodel, project, results, selection, tuners  # noqa: E402
+from tuning import search_data  # noqa: E402
 from tuning.hypermodel import HeadHyperModel  # noqa: E402
+from tuning.search_data import SearchData  # noqa: E402
 
 shared_flags.define_data_flags()
 shared_flags.define_model_flags()
@@ -123,34 +122,6 @@ def _validate_flags(model_spec) -> tuple[int, ...]:
     return batch_sizes
 
 
-def _load_features(data, model_spec, *, strategy, batch_sizes) -> tuple:
-    """Builds training's backbone; returns (train, validation) FeatureSets, cached on disk, and
-    their two Sources, whose content hashes group the selection's folds (read only if it runs)."""
-    # The seed first, as training does: with --weights=none the backbone's random weights (and so
-    # the cache key and the features) are then those `train --flagfile=best.flags` builds.
-    keras.utils.set_random_seed(FLAGS.seed)
-    with strategy.scope():
-        backbone = architecture.build_backbone(image_size=model_spec.image_size,
-                                        weights=model_spec.weights)
-    data.prepare()
-    cache_dir = features.resolve_cache_dir(FLAGS.feature_cache)
-    sets, opened = [], []
-    for split in (FLAGS.train_split, FLAGS.validation_split):
-        source = data.open(split)
-        sets.append(features.load_or_extract(
-            source, backbone=backbone, image_size=model_spec.image_size,
-            cache_dir=cache_dir, strategy=strategy))  # at the inference batch, not the head's
-        opened.append(source)
-    train, validation = sets
-    if len(train.labels) < batch_sizes[-1]:
-        raise UserError(f"The training split {FLAGS.train_split!r} has {len(train.labels)} "
-                        f"examples, fewer than the largest batch size {batch_sizes[-1]}; lower "
-                        "--batch_sizes.")
-    logging.info("Search data: %d training and %d validation feature vectors.",
-                 len(train.labels), len(validation.labels))
-    return train, validation, tuple(opened)
-
-
 def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[str, str]:
     """train.py's flags for the chosen head: the search's data/model flags plus its values."""
     lines = {flag.name: shared_flags.serialize(flag)
@@ -175,7 +146,7 @@ def _best_flag_lines(best: selection.Candidate, *, project_dir: Path) -> dict[st
     return lines
 
 
-def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, strategy,
+def _select(rows: list[dict], search_data: SearchData, *, model_spec, policy: str, strategy,
             project_dir: Path) -> tuple[selection.Candidate, list[selection.Candidate], str]:
     """Re-scores the best trials and the default head by cross-validation; returns the winner, the
     candidates and the reason best.flags gives for it."""
@@ -187,56 +158,31 @@ def _select(rows: list[dict], search_data: tuple, *, model_spec, policy: str, st
         epochs=FLAGS.epochs)
     candidates = selection.finalists(rows, OBJECTIVE, top=FLAGS.finalists, default=default,
                                      epochs=FLAGS.epochs)
-    train, validation, opened = search_data
-    # Train's first, as the features are pooled below.
-    hashes = [h for source in opened for h in source.content_hashes]
-    # Byte-identical images (train holds 207 duplicate files) fall in one fold together.
-    groups = selection.content_groups(hashes)
-    # Both splits are carved from train. Pooled, every example is held out once: with the default
-    # 85/15 split that is 6.7x the validation split's examples, so ~2.6x less sampling noise.
-    pooled = features.FeatureSet(np.concatenate([train.features, validation.features]),
-                                 np.concatenate([train.labels, validation.labels]), key=None,
-                                 path=None, from_cache=False)
+    # Both splits are carved from train. Pooled, every example is held out once: several times
+    # the validation split's examples, so less sampling noise.
+    labels = search_data.pooled().labels
     folds = FLAGS.selection_folds
-    smallest_class = int(np.bincount(pooled.labels,
-                                     minlength=len(kaggle_layout.CLASS_NAMES)).min())
+    smallest_class = int(np.bincount(labels, minlength=len(kaggle_layout.CLASS_NAMES)).min())
     require(smallest_class >= folds,
             f"The final selection's {folds}-fold cross-validation needs at least {folds} examples "
             f"of every class in the training and validation splits; the rarest class has "
             f"{smallest_class}. Lower --selection_folds, or pass --finalists=0.")
-    fold_train_size = len(pooled.labels) - -(-len(pooled.labels) // folds)
+    fold_train_size = len(labels) - -(-len(labels) // folds)
     largest_batch = max(c.batch_size for c in candidates)
     require(fold_train_size >= largest_batch,
             f"The final selection trains on {fold_train_size} examples per fold, fewer than the "
             f"batch of {largest_batch}; lower --batch_size/--batch_sizes or --selection_folds.")
-    store = selection.ScoreStore(project_dir / selection.SCORES_JSON,
-                                 examples=len(pooled.labels), groups=groups, folds=folds,
-                                 seed=FLAGS.seed)
-    logging.info("Final selection: %d candidates x %d folds on %d examples (%d distinct images).",
-                 len(candidates), folds, len(pooled.labels), int(groups.max()) + 1)
-    start = time.perf_counter()
-    metric = FLAGS.selection_metric
-    winner, scores = selection.select(
-        candidates, pooled, groups=groups, folds=folds, seed=FLAGS.seed, metric=metric,
-        store=store,
-        strategy=strategy, precision_policy=policy, num_classes=len(kaggle_layout.CLASS_NAMES),
-        activation=model_spec.head_activation, standardize=model_spec.standardize_features)
-    logging.info("Final selection took %.1f s.", time.perf_counter() - start)
-    table = selection.table_rows(candidates, scores, winner)
-    results.write_csv(table, project_dir / selection.SELECTION_CSV)
-    print(selection.summary(table, folds=folds, examples=len(pooled.labels), metric=metric),
-          flush=True)
-    mean = float(np.mean(scores[winner.key][metric]))
-    return winner, candidates, (f"Chosen by held-out {metric} in {folds}-fold cross-validation on "
-                    f"{FLAGS.train_split} + {FLAGS.validation_split} ({len(pooled.labels)} "
-                    f"examples) among the default head and the {len(candidates) - 1} best trials: "
-                    f"{winner.label}, mean {metric} {mean:.4f} ({selection.SELECTION_CSV}).")
+    winner, reason = final_selection.run(
+        candidates, search_data, folds=folds, seed=FLAGS.seed, metric=FLAGS.selection_metric,
+        model_spec=model_spec, policy=policy, strategy=strategy, project_dir=project_dir,
+        splits=f"{FLAGS.train_split} + {FLAGS.validation_split}")
+    return winner, candidates, reason
 
 
-def _write_outputs(tuner, project_dir: Path, *, search_data, model_spec, policy: str,
+def _write_outputs(tuner, project_dir: Path, *, load_data, model_spec, policy: str,
                    strategy) -> None:
     """Writes results.csv, objective.png and best.flags (after the final selection, which calls
-    `search_data()` for the (train, validation) features)."""
+    `load_data()` for the training and validation features)."""
     rows = results.trial_rows(tuner.oracle, OBJECTIVE)
     results.write_csv(rows, project_dir / results.RESULTS_CSV)
     print(results.summary(rows, OBJECTIVE), flush=True)
@@ -245,7 +191,7 @@ def _write_outputs(tuner, project_dir: Path, *, search_data, model_spec, policy:
         raise UserError(f"No trial of {project_dir} completed, so there is no best model; see the "
                         "trial messages in its trial_*/trial.json files.")
     if FLAGS.finalists:
-        chosen, candidates, reason = _select(rows, search_data(), model_spec=model_spec,
+        chosen, candidates, reason = _select(rows, load_data(), model_spec=model_spec,
                                              policy=policy, strategy=strategy,
                                              project_dir=project_dir)
     else:
@@ -264,39 +210,30 @@ def _write_outputs(tuner, project_dir: Path, *, search_data, model_spec, policy:
     print(f"Train the best head: python -m mri_tfdata.train --flagfile={path}", flush=True)
 
 
-def main(argv):
-    require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
-    start = time.perf_counter()
-    data = shared_flags.data_spec_from_flags()
-    model_spec = shared_flags.model_spec_from_flags()
-    batch_sizes = _validate_flags(model_spec)
-    role = project.distributed_role()
-    # As in training: the strategy first, then the precision policy, before any layer is built.
-    strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    policy = precision.apply_precision(FLAGS.precision)
-    replicas = strategy.num_replicas_in_sync
+def _check_replicas(replicas: int, batch_sizes: tuple[int, ...]) -> None:
     require(all(b % replicas == 0 for b in batch_sizes),
             f"--batch_sizes={','.join(map(str, batch_sizes))} must all be multiples of the "
             f"{replicas} replicas.")
     require(FLAGS.finalists == 0 or FLAGS.batch_size % replicas == 0,
             f"--batch_size={FLAGS.batch_size}, the default head's batch in the final selection, "
             f"must be a multiple of the {replicas} replicas.")
-    logging.info("Strategy: %s; search role: %s.", distribute.describe_strategy(strategy), role)
 
+
+def _search(data, model_spec, batch_sizes: tuple[int, ...]) -> None:
+    """Runs (or resumes) the search and, unless this is a worker, writes its outputs."""
+    start = time.perf_counter()
+    role = project.distributed_role()
+    # As in training: the strategy first, then the precision policy, before any layer is built.
+    strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    policy = precision.apply_precision(FLAGS.precision)
+    _check_replicas(strategy.num_replicas_in_sync, batch_sizes)
+    logging.info("Strategy: %s; search role: %s.", distribute.describe_strategy(strategy), role)
     project_dir = Path(FLAGS.directory) / FLAGS.project_name
-    settings = {"data": dataclasses.asdict(data), "precision": policy, "tuner": FLAGS.tuner,
-                "epochs": FLAGS.epochs, "batch_sizes": list(batch_sizes),
-                "train_split": FLAGS.train_split, "validation_split": FLAGS.validation_split,
-                "seed": FLAGS.seed, "executions_per_trial": FLAGS.executions_per_trial,
-                # The objective and the space: trials of another are not comparable.
-                "objective": OBJECTIVE.name,
-                "space": {"learning_rate": list(hypermodel.LEARNING_RATES),
-                          "label_smoothing": list(hypermodel.LABEL_SMOOTHINGS),
-                          "weight_decay": list(hypermodel.WEIGHT_DECAYS),
-                          "max_layers": hypermodel.MAX_LAYERS},
-                # The head sizes are what the search varies.
-                "model": {k: v for k, v in dataclasses.asdict(model_spec).items()
-                          if k != "head_units"}}
+    settings = project.search_settings(
+        data=data, model_spec=model_spec, policy=policy, tuner=FLAGS.tuner, epochs=FLAGS.epochs,
+        batch_sizes=batch_sizes, train_split=FLAGS.train_split,
+        validation_split=FLAGS.validation_split, seed=FLAGS.seed,
+        executions_per_trial=FLAGS.executions_per_trial)
     # Only the chief (or a lone search) may delete a project; a worker never does.
     overwrite = FLAGS.overwrite and role != "worker"
     if not overwrite:
@@ -304,36 +241,27 @@ def main(argv):
         project.check_tuner_files(project_dir)
 
     @functools.cache  # Loaded once, whether for the trials, the final selection or both.
-    def search_data():
-        return _load_features(data, model_spec, strategy=strategy, batch_sizes=batch_sizes)
+    def load_data() -> SearchData:
+        return search_data.load(
+            data, model_spec, strategy=strategy, seed=FLAGS.seed,
+            feature_cache_setting=FLAGS.feature_cache, train_split=FLAGS.train_split,
+            validation_split=FLAGS.validation_split, largest_batch=batch_sizes[-1])
 
     # The chief only runs the oracle: it fits no trial, so it needs features only for the final
     # selection, after the search (from the cache the workers wrote, if they share it).
-    train, validation, _ = (None, None, None) if role == "chief" else search_data()
+    trial_data = None if role == "chief" else load_data()
     head_model = HeadHyperModel(
-        train=train, validation=validation, num_classes=len(kaggle_layout.CLASS_NAMES),
-        activation=model_spec.head_activation, dropout=model_spec.dropout,
-        standardize=model_spec.standardize_features, precision_policy=policy,
-        batch_sizes=batch_sizes,
+        train=trial_data and trial_data.train, validation=trial_data and trial_data.validation,
+        num_classes=len(kaggle_layout.CLASS_NAMES), activation=model_spec.head_activation,
+        dropout=model_spec.dropout, standardize=model_spec.standardize_features,
+        precision_policy=policy, batch_sizes=batch_sizes,
         # Hyperband sets each trial's epochs itself.
         epochs=None if FLAGS.tuner == "hyperband" else hypermodel.epoch_choices(FLAGS.epochs),
         seed=FLAGS.seed, strategy=strategy)
-    try:
-        tuner = tuners.make_tuner(
-            FLAGS.tuner, head_model, max_trials=FLAGS.max_trials, epochs=FLAGS.epochs,
-            executions_per_trial=FLAGS.executions_per_trial, directory=FLAGS.directory,
-            project_name=FLAGS.project_name, overwrite=overwrite, strategy=strategy,
-            seed=FLAGS.seed)
-    except ImportError as e:  # BayesianOptimization's optional scipy/scikit-learn.
-        raise UserError(f"--tuner={FLAGS.tuner} cannot start: {e} Install them with "
-                        "pip install 'keras-tuner[bayesian]', or pass --tuner=random.") from None
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        # Well-formed JSON with missing or wrong fields (check_tuner_files caught bad JSON).
-        detail = str(e).splitlines()[0] if str(e) else ""
-        raise UserError(
-            f"KerasTuner cannot reload the search in {project_dir} from its oracle.json and "
-            f"trial_*/trial.json files ({type(e).__name__}: {detail}). Restore them from a "
-            "backup, or pass --overwrite to start afresh.") from None
+    tuner = tuners.open_tuner(
+        FLAGS.tuner, head_model, max_trials=FLAGS.max_trials, epochs=FLAGS.epochs,
+        executions_per_trial=FLAGS.executions_per_trial, directory=FLAGS.directory,
+        project_name=FLAGS.project_name, overwrite=overwrite, strategy=strategy, seed=FLAGS.seed)
     project.record_settings(project_dir, settings)
     if role == "chief":
         logging.info("Chief: serving the oracle on %s:%s until the workers have run every trial.",
@@ -343,9 +271,16 @@ def main(argv):
         logging.info("Worker %s: no trials left; the chief writes the results.",
                      os.environ["KERASTUNER_TUNER_ID"])
         return
-    _write_outputs(tuner, project_dir, search_data=search_data, model_spec=model_spec,
+    _write_outputs(tuner, project_dir, load_data=load_data, model_spec=model_spec,
                    policy=policy, strategy=strategy)
     logging.info("Search finished in %.0f s.", time.perf_counter() - start)
+
+
+def main(argv):
+    require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    data = shared_flags.data_spec_from_flags()
+    model_spec = shared_flags.model_spec_from_flags()
+    _search(data, model_spec, _validate_flags(model_spec))
 
 
 def console_main():

@@ -12,7 +12,7 @@ from absl import logging
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mri_tfdata.core import atomic
-from mri_tfdata.model import features
+from mri_tfdata.model.feature_cache import FeatureSet
 from tuning import results, tuners
 from tuning.hypermodel import HeadHyperModel, head_units
 
@@ -123,9 +123,9 @@ def fold_indices(labels: np.ndarray, *, groups: np.ndarray, folds: int,
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
-def _subset(feature_set: features.FeatureSet, index: np.ndarray) -> features.FeatureSet:
-    return features.FeatureSet(feature_set.features[index], feature_set.labels[index], key=None,
-                               path=None, from_cache=False)
+def _subset(feature_set: FeatureSet, index: np.ndarray) -> FeatureSet:
+    return FeatureSet(feature_set.features[index], feature_set.labels[index], key=None, path=None,
+                      from_cache=False)
 
 
 # What a fold reports, from the held-out examples: the name of each in the fit's logs.
@@ -139,7 +139,7 @@ LOWER_IS_BETTER = {"loss": True, "accuracy": False}
 FoldScores = dict[str, list[float]]  # metric -> one value per fold
 
 
-def cross_validate(candidate: Candidate, data: features.FeatureSet, *, groups: np.ndarray,
+def cross_validate(candidate: Candidate, data: FeatureSet, *, groups: np.ndarray,
                    folds: int, seed: int, strategy, precision_policy: str, num_classes: int,
                    activation: str, standardize: bool) -> FoldScores:
     """Trains the candidate's head once per fold, as a trial trains; returns its held-out
@@ -210,7 +210,7 @@ class ScoreStore:
         atomic.write_json(self._path, {"setting": self._setting, "scores": self.scores})
 
 
-def select(candidates: list[Candidate], data: features.FeatureSet, *, groups: np.ndarray,
+def select(candidates: list[Candidate], data: FeatureSet, *, groups: np.ndarray,
            folds: int, seed: int, metric: str, store: ScoreStore,
            **fit_args) -> tuple[Candidate, dict[str, FoldScores]]:
     """Cross-validates every candidate not yet in `store`; returns the winner by `metric` and

@@ -9,6 +9,7 @@ import keras_tuner
 from keras_tuner.src import utils as keras_tuner_utils
 
 from mri_tfdata.core import atomic
+from mri_tfdata.core.errors import UserError
 from mri_tfdata.evaluation import calibration
 
 TUNERS = ("random", "bayesian", "hyperband")
@@ -102,7 +103,7 @@ def make_tuner(name: str, hypermodel: keras_tuner.HyperModel, *, max_trials: int
     Raises:
       ValueError: for an unknown name.
     """
-    # KerasTuner's oracles take a seed of 0 for "none" and draw a random one: +1 keeps --seed=0
+    # KerasTuner's oracles take a seed of 0 for "none" and draw a random one: +1 keeps seed=0
     # (the default) reproducible.
     common = {"objective": OBJECTIVE, "seed": seed + 1,
               "executions_per_trial": executions_per_trial, "directory": directory,
@@ -118,3 +119,25 @@ def make_tuner(name: str, hypermodel: keras_tuner.HyperModel, *, max_trials: int
             hypermodel, max_trials=max_trials,
             num_initial_points=bayesian_initial_points(max_trials), **common)
     raise ValueError(f"unknown tuner {name!r}; expected one of {TUNERS}")
+
+
+def open_tuner(name: str, hypermodel: keras_tuner.HyperModel, **settings) -> keras_tuner.Tuner:
+    """make_tuner, with the two ways it fails on a user's machine as one paragraph each.
+
+    Raises:
+      UserError: the tuner's optional packages are missing, or the search on disk cannot be
+        reloaded.
+    """
+    try:
+        return make_tuner(name, hypermodel, **settings)
+    except ImportError as e:  # BayesianOptimization's optional scipy/scikit-learn.
+        raise UserError(f"tuner={name!r} cannot start: {e} Install them with "
+                        "pip install 'keras-tuner[bayesian]', or use tuner='random'.") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        # Well-formed JSON with missing or wrong fields (check_tuner_files catches bad JSON).
+        detail = str(e).splitlines()[0] if str(e) else ""
+        folder = f"{settings['directory']}/{settings['project_name']}"
+        raise UserError(
+            f"KerasTuner cannot reload the search in {folder} from its oracle.json and "
+            f"trial_*/trial.json files ({type(e).__name__}: {detail}). Restore them from a "
+            "backup, or pass overwrite=True to start afresh.") from None

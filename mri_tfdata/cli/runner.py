@@ -141,11 +141,41 @@ def flag_spelling(name: str, *, value=NO_VALUE, setting: str | None = None,
     return f"--{flag}={shlex.quote(str(value))}"
 
 
+# name=value, not inside a word, a path or a flag: the value is quoted or runs to a space, comma,
+# semicolon or parenthesis (a sentence's final dot is not part of it).
+_ASSIGNMENT = re.compile(
+    r"(?<![\w./-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;)'\"]*[^\s,;).'\"])")
+
+
+def assignments_as_flags(message: str, flag_names) -> str:
+    """`message` with every `name=value` whose name is one of `flag_names` written as that flag.
+
+    True and False become `--name` and `--noname`; quotes around a value are dropped.
+    """
+    names = set(flag_names)
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2).strip("'\"")
+        if name not in names:
+            return match.group(0)
+        if value in ("True", "False"):
+            return f"--{'' if value == 'True' else 'no'}{name}"
+        return f"--{name}={value}"
+
+    return _ASSIGNMENT.sub(flag, message)
+
+
 def in_flag_terms(error: UserError, flag_values: flags.FlagValues = FLAGS) -> UserError:
-    """`error` restated for a command user: the parameters its flags set named as those flags."""
+    """`error` restated for a command user: the parameters its flags set named as those flags.
+
+    A templated message is spelled field by field; a plain one has its `name=value` phrases
+    rewritten (assignments_as_flags).
+    """
     if error.template is None:
-        return error
-    restated = UserError(error.spell(functools.partial(flag_spelling, flag_values=flag_values)))
+        message = assignments_as_flags(str(error), set(flag_values))
+    else:
+        message = error.spell(functools.partial(flag_spelling, flag_values=flag_values))
+    restated = UserError(message)
     restated.exit_code = error.exit_code
     return restated
 

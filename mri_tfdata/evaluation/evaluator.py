@@ -11,7 +11,7 @@ from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import decoding, input_pipeline
 from mri_tfdata.data.sources import Source
 from mri_tfdata.evaluation import gradcam, reports, summaries
-from mri_tfdata.model import features
+from mri_tfdata.model import feature_cache
 
 # Images on which the assembled (or saved) model must agree with the head on cached features.
 CHECK_IMAGES = 8
@@ -124,7 +124,7 @@ def write_gradcam_examples(classifier: keras.Model, source: Source, *, labels, p
 def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_size: int,
                    cache_dir, strategy=None, extra: dict | None = None,
                    checked_model: keras.Model | None = None, log_dir=None,
-                   log_step: int = 0) -> dict:
+                   log_step: int = 0, feature_set: feature_cache.FeatureSet | None = None) -> dict:
     """Evaluates `classifier` on a split: metrics.json, errors.csv and the PLOTS in out_dir.
 
     With a log_dir, the metrics and the PLOTS also go to TensorBoard (see summaries).
@@ -147,6 +147,8 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
       log_dir: the TensorBoard folder for this evaluation (its earlier summaries are replaced),
         e.g. WORKDIR/logs/test; None for none.
       log_step: the step the summaries are written at.
+      feature_set: the split's features under the classifier's backbone, when the caller has
+        them already (then none are extracted or read here).
 
     Returns:
       The metrics written.
@@ -154,7 +156,7 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
     Raises:
       UserError: the cached features do not belong to this split or to this model.
     """
-    feature_set = features.load_or_extract(
+    feature_set = feature_set or feature_cache.load_or_extract(
         source, backbone=classifier.get_layer("backbone"),
         image_size=int(classifier.input_shape[1]),
         batch_size=batch_size, cache_dir=cache_dir, strategy=strategy)

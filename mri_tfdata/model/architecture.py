@@ -5,7 +5,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from mri_tfdata.core.errors import UserError
@@ -67,7 +66,7 @@ def _resnet50(shape: tuple, weights: str) -> keras.Model:
         weights = "imagenet"
     elif not os.path.isfile(os.path.expanduser(weights)):
         raise UserError(
-            f"--weights={weights!r} is neither 'imagenet', 'none' nor an existing file. Pass the "
+            f"weights={weights!r} is neither 'imagenet', 'none' nor an existing file. Pass the "
             f"path of a ResNet50 no-top weights file ({WEIGHTS_FILE}), 'imagenet' or 'none'.")
     else:
         weights = os.path.expanduser(weights)
@@ -81,12 +80,12 @@ def _resnet50(shape: tuple, weights: str) -> keras.Model:
                 f"Cannot get the ImageNet ResNet50 weights: {WEIGHTS_FILE} is not in the Keras "
                 f"cache (~/.keras/models, or $KERAS_HOME/models) and the download failed ({e}). "
                 "Copy the file from a machine that has it and pass "
-                f"--weights=/path/to/{WEIGHTS_FILE}, or run with --weights=none (random "
+                f"weights='/path/to/{WEIGHTS_FILE}', or run with weights='none' (random "
                 "initialisation; standardise the features for usable accuracy).") from None
         raise UserError(
             f"Cannot load ResNet50 weights from {weights} ({e}). The file must be Keras's "
-            f"{WEIGHTS_FILE} (ResNet50 without top, HDF5); pass --weights=imagenet to fetch it, "
-            "or --weights=none.") from None
+            f"{WEIGHTS_FILE} (ResNet50 without top, HDF5); pass weights='imagenet' to fetch it, "
+            "or weights='none'.") from None
 
 
 def build_backbone(*, image_size: int, weights: str) -> keras.Model:

@@ -5,11 +5,12 @@ import numpy as np
 import tensorflow as tf
 
 from mri_tfdata.core.errors import UserError
-from mri_tfdata.model import architecture, optimization
+from mri_tfdata.model import architecture, optimization, training_plan
+from mri_tfdata.model.training_plan import TrainingPlan
 
-# A head's step on a batch of features takes about a millisecond, as long as Keras's own
-# per-call overhead; running 32 steps per call into the graph cut a 10-epoch fit from 19 s to
-# 12 s here, with bitwise the same weights (epoch-level callbacks are unaffected).
+# A head's step on a batch of features is as short as Keras's own per-call overhead, so a fit on
+# one replica runs this many steps per call into the graph: the same steps in the same order, so
+# the same weights (epoch-level callbacks are unaffected).
 STEPS_PER_EXECUTION = 32
 
 
@@ -30,7 +31,7 @@ def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size
     """
     ds = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), labels.astype(np.int32)))
     if training:
-        # The whole split fits in memory (47 MB for 5,712 images), so the shuffle is a full one.
+        # The split's features are in memory already, so the shuffle is a full one.
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
@@ -43,7 +44,8 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
              validation: tuple[np.ndarray, np.ndarray] | None, learning_rate: float, epochs: int,
              batch_size: int, schedule: str = "constant", label_smoothing: float = 0.0,
              weight_decay: float = 0.0, seed: int | None = None, callbacks=(), strategy=None,
-             initial_epoch: int = 0, verbose="auto") -> keras.callbacks.History:
+             initial_epoch: int = 0, plan: TrainingPlan | None = None,
+             verbose="auto") -> keras.callbacks.History:
     """Standardises, compiles and fits a head on features, as training compiles the classifier.
 
     The head's Normalization layer (if any) is fitted to all of `features`. A classifier
@@ -66,6 +68,8 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
       callbacks: Keras callbacks for `fit`; they see the head.
       strategy: the tf.distribute strategy (default: the current one).
       initial_epoch: the epoch to start from (Hyperband continues earlier trials).
+      plan: the fit's step counts (schedule length, steps per call, a smoke run's cap), computed
+        by the caller; default `head_plan(...)` of this fit, uncapped.
       verbose: passed to `fit`.
 
     Returns:
@@ -77,18 +81,18 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
     """
     if len(labels) < batch_size:
         raise UserError(
-            f"The training split has {len(labels)} examples, fewer than one batch of "
-            f"{batch_size}, so the head would never be trained; lower --batch_size.")
+            f"batch_size={batch_size} is larger than the {len(labels)} training examples, so the "
+            "head would never be trained (the last partial batch of every epoch is dropped).")
     strategy = strategy or tf.distribute.get_strategy()
+    if plan is None:
+        plan = head_plan(num_examples=len(labels), batch_size=batch_size,
+                         epochs=epochs - initial_epoch, strategy=strategy)
     architecture.adapt_standardization(head, features)
-    steps_per_epoch = len(labels) // batch_size
-    if keras.config.max_steps_per_epoch():  # A smoke run's cap shortens every epoch.
-        steps_per_epoch = min(steps_per_epoch, keras.config.max_steps_per_epoch())
     with strategy.scope():
         optimization.compile_model(head, learning_rate=learning_rate, schedule=schedule,
-                            decay_steps=steps_per_epoch * (epochs - initial_epoch),
-                            label_smoothing=label_smoothing, weight_decay=weight_decay,
-                            steps_per_execution=STEPS_PER_EXECUTION)
+                                   decay_steps=plan.decay_steps, label_smoothing=label_smoothing,
+                                   weight_decay=weight_decay,
+                                   steps_per_execution=plan.steps_per_execution)
     train_ds = make_feature_dataset(features, labels, batch_size=batch_size, training=True,
                                     seed=seed)
     val_ds = None
@@ -96,4 +100,13 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
         val_ds = make_feature_dataset(*validation, batch_size=batch_size, training=False)
     # shuffle=False: the dataset reshuffles itself every epoch; Keras's flag is for arrays.
     return head.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                    callbacks=list(callbacks), shuffle=False, verbose=verbose)
+                    callbacks=list(callbacks), shuffle=False, verbose=verbose, **plan.fit_steps())
+
+
+def head_plan(*, num_examples: int, batch_size: int, epochs: int, strategy,
+              max_steps_per_epoch: int = 0) -> TrainingPlan:
+    """The plan of a head's fit on features: STEPS_PER_EXECUTION steps per call on one replica."""
+    return training_plan.plan_fit(num_examples=num_examples, batch_size=batch_size, epochs=epochs,
+                                  replicas=strategy.num_replicas_in_sync,
+                                  steps_per_execution=STEPS_PER_EXECUTION,
+                                  max_steps_per_epoch=max_steps_per_epoch)

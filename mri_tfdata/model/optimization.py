@@ -1,7 +1,6 @@
 """The training recipe's optimizer: Adam or AdamW, the learning-rate schedule, the loss and metrics."""
 
 import keras
-import tensorflow as tf
 
 from mri_tfdata.model import losses
 
@@ -56,12 +55,9 @@ def compile_model(model: keras.Model, *, learning_rate: float, schedule: str = "
       label_smoothing: s in [0, 1) (losses.SparseCrossEntropy).
       weight_decay: AdamW's decoupled weight decay; 0 = Adam.
       steps_per_execution: optimizer steps per call into the compiled graph (Keras's
-        `steps_per_execution`); the same steps in the same order, so the same weights. Under a
-        strategy with several replicas it is 1 whatever is asked: Keras 3.15's multi-step loop
-        fails there ("You must feed a value for placeholder tensor ... while/cond").
+        `steps_per_execution`), used as given; the caller, who knows the strategy, decides
+        (`training_plan.plan_fit`). 1 is right under every strategy.
     """
-    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        steps_per_execution = 1
     rate = learning_rate_schedule(learning_rate, schedule=schedule, decay_steps=decay_steps)
     optimizer = (keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay)
                  if weight_decay else keras.optimizers.Adam(learning_rate=rate))

@@ -16,6 +16,10 @@ from mri_tfdata.core.errors import UserError
 from mri_tfdata.evaluation import reports
 from mri_tfdata.training import workdir
 
+HEAD_PHASE = "head"
+FINE_TUNE_PHASE = "fine_tune"
+PHASES = (HEAD_PHASE, FINE_TUNE_PHASE)  # In their order in a run.
+
 _BACKUP = re.compile(r"epoch-(\d+)\.weights\.h5")
 # A loss this many times the loss of guessing uniformly (ln C) means training diverged.
 _DIVERGED = 10.0
@@ -104,8 +108,8 @@ def _history_rows(out_dir: pathlib.Path) -> list[dict]:
                  for k, v in row.items()} for row in rows]
     except (OSError, ValueError, TypeError) as e:
         raise UserError(
-            f"The training history in {json_path} and {csv_path} is damaged ({e}). Add "
-            "--overwrite to start the run afresh, or pass another --workdir.") from None
+            f"The training history in {json_path} and {csv_path} is damaged ({e}). Start the run "
+            "afresh with overwrite=True, or give another workdir.") from None
 
 
 def _columns(rows: list[dict]) -> dict:
@@ -165,13 +169,12 @@ def _check_converged(run: workdir.RunDir, learning_rate: float, num_classes: int
         raise UserError(
             f"Training failed: {what}, so the weights are unusable. The learning rate "
             f"({learning_rate:g}) is probably too high: rerun with a lower one (e.g. "
-            "--learning_rate=1e-4, --overwrite) and keep --standardize_features on with "
-            "--weights=none.")
+            "learning_rate=1e-4, overwrite=True), and keep standardize_features=True with "
+            "weights='none'.")
 
 
 @contextlib.contextmanager
-def phase(net: keras.Model, run: workdir.RunDir, name: str, *, learning_rate: float,
-          max_steps_per_epoch: int = 0):
+def phase(net: keras.Model, run: workdir.RunDir, name: str, *, learning_rate: float):
     """Yields the callbacks for the fit of one phase; the fit resumes from the phase's backup.
 
     Usage: `with phase(net, run, "head", learning_rate=lr) as callbacks: net.fit(...,
@@ -183,7 +186,6 @@ def phase(net: keras.Model, run: workdir.RunDir, name: str, *, learning_rate: fl
       run: the workdir (history files, backup/<phase>/, logs/).
       name: the phase; names the backup and the history rows.
       learning_rate: the phase's learning rate, named in the failure message.
-      max_steps_per_epoch: > 0 caps the batches of every epoch (smoke runs).
 
     Raises:
       UserError: after the fit, when the loss became NaN or infinite or diverged.
@@ -191,10 +193,42 @@ def phase(net: keras.Model, run: workdir.RunDir, name: str, *, learning_rate: fl
     # EpochBackup sets this private attribute when it restores; it would otherwise carry a
     # restored epoch of the head phase into the fine-tuning fit.
     net._initial_epoch = None
-    previous = keras.config.max_steps_per_epoch()
-    keras.config.set_max_steps_per_epoch(max_steps_per_epoch or None)
-    try:
-        yield _callbacks(run, name)
-    finally:
-        keras.config.set_max_steps_per_epoch(previous)
+    yield _callbacks(run, name)
     _check_converged(run, learning_rate, num_classes=int(net.output_shape[-1]))
+
+
+def _checkpoint(run: workdir.RunDir, name: str) -> pathlib.Path:
+    return run.path / "checkpoints" / f"{name}.weights.h5"
+
+
+def end_phase(net: keras.Model, run: workdir.RunDir, name: str) -> None:
+    """Keeps the phase's final weights and records it as done, so a restart never redoes it.
+
+    Each step is durable before the next removes anything: the weights, then the record, then the
+    phase's backups, which a kill before the record still resumes from (at their last epoch).
+    """
+    _checkpoint(run, name).parent.mkdir(exist_ok=True)
+    atomic.publish(_checkpoint(run, name), net.save_weights, suffix=".weights.h5")
+    faults.point("phase_weights_saved")
+    run.mark_phase_done(name)
+    faults.point("phase_recorded")
+    shutil.rmtree(run.backup_dir(name), ignore_errors=True)
+
+
+def load_finished_phase(net: keras.Model, run: workdir.RunDir) -> None:
+    """After a restart, loads the weights of the last of PHASES that finished, if any.
+
+    Raises:
+      UserError: those weights are missing or damaged.
+    """
+    finished = [name for name in PHASES if run.phase_done(name)]
+    if not finished:
+        return
+    path = _checkpoint(run, finished[-1])
+    try:
+        net.load_weights(path)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"The weights of the finished {finished[-1]!r} phase, {path}, are missing or damaged "
+            f"({str(e).splitlines()[0]}). Train the run afresh with overwrite=True.") from None
+    logging.info("Phase %s finished earlier; its weights are loaded from %s.", finished[-1], path)

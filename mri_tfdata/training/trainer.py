@@ -16,14 +16,15 @@ from mri_tfdata.data import dataspec, input_pipeline
 from mri_tfdata.data.dataspec import DataSpec
 from mri_tfdata.data.sources import Source
 from mri_tfdata.evaluation import evaluator, reports
-from mri_tfdata.model import architecture, features, head_fit, optimization
+from mri_tfdata.model import architecture, feature_cache, features, head_fit, optimization
+from mri_tfdata.model import training_plan
 from mri_tfdata.model.architecture import ModelSpec
+from mri_tfdata.model.feature_cache import FeatureSet
+from mri_tfdata.model.training_plan import TrainingPlan
 from mri_tfdata.runtime import distribute, progress
 from mri_tfdata.serving import model_file
 from mri_tfdata.training import resumable, workdir
-
-HEAD_PHASE = "head"
-FINE_TUNE_PHASE = "fine_tune"
+from mri_tfdata.training.resumable import FINE_TUNE_PHASE, HEAD_PHASE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +35,8 @@ class TrainConfig:
     validation_split: str = "train[90%:]"  # "" = no validation
     test_split: str = "test"  # "" = no final evaluation
     batch_size: int = 32
-    # The head's recipe: the best stable one measured on the real data (benchmarks/README.md,
-    # "Head recipes": 5 seeds each). A constant 1e-3 varied by 7.6 points across seeds; a cosine
-    # decay from 3e-4 with label smoothing 0.1 tested 0.9365 with the smallest spread (SD 0.001).
+    # The head's recipe: the most accurate of the stable recipes measured on the real data, over
+    # 5 seeds each (benchmarks/README.md, "Head recipes").
     epochs: int = 10
     learning_rate: float = 3e-4
     schedule: str = "cosine"  # optimization.SCHEDULES, over each phase's steps
@@ -76,26 +76,40 @@ class _Job:
     val_source: Source | None
     test_source: Source | None
     cache_dir: pathlib.Path | None  # the feature cache, None when off
+    plans: dict[str, TrainingPlan]  # phase -> its step counts, computed once (_plans)
+    # Split -> its features under the current backbone: each split is extracted (or read from
+    # the cache) at most once per run. Emptied when the backbone is unfrozen.
+    feature_sets: dict[str, FeatureSet] = dataclasses.field(default_factory=dict)
+
+
+def _features(classifier: keras.Model, job: _Job, source: Source) -> FeatureSet:
+    """The split's backbone features: from this run's earlier call, else the cache or backbone.
+
+    Extraction runs at its own inference batch (features.INFERENCE_BATCH), not the training one.
+    """
+    if source.cache_id not in job.feature_sets:
+        job.feature_sets[source.cache_id] = feature_cache.load_or_extract(
+            source, backbone=classifier.get_layer("backbone"), image_size=job.spec.image_size,
+            cache_dir=job.cache_dir, strategy=job.strategy)
+    return job.feature_sets[source.cache_id]
 
 
 def _fit_head_on_features(classifier: keras.Model, job: _Job) -> None:
     """The fast head phase: each split's backbone features once (cached), the head fit on them."""
     config = job.config
-    # Extraction runs at its own inference batch (features.INFERENCE_BATCH), not the training one.
-    extract = dict(backbone=classifier.get_layer("backbone"), image_size=job.spec.image_size,
-                   cache_dir=job.cache_dir, strategy=job.strategy)
-    train_set = features.load_or_extract(job.train_source, **extract)
-    val_set = features.load_or_extract(job.val_source, **extract) if job.val_source else None
+    train_set = _features(classifier, job, job.train_source)
+    val_set = _features(classifier, job, job.val_source) if job.val_source else None
     head = classifier.get_layer("head")
-    with resumable.phase(head, job.run, HEAD_PHASE, learning_rate=config.learning_rate,
-                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks:
+    with resumable.phase(head, job.run, HEAD_PHASE,
+                         learning_rate=config.learning_rate) as callbacks:
         head_fit.fit_head(head, train_set.features, train_set.labels,
                           validation=(val_set.features, val_set.labels) if val_set else None,
                           learning_rate=config.learning_rate, epochs=config.epochs,
                           batch_size=config.batch_size, schedule=config.schedule,
                           label_smoothing=config.label_smoothing,
                           weight_decay=config.weight_decay, seed=config.seed, callbacks=callbacks,
-                          strategy=job.strategy, verbose=progress.progress_verbose())
+                          strategy=job.strategy, plan=job.plans[HEAD_PHASE],
+                          verbose=progress.progress_verbose())
 
 
 def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
@@ -105,15 +119,14 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
         learning_rate, initial_epoch, epochs = config.learning_rate, 0, config.epochs
         if job.spec.standardize_features:
             # Fitted on all training features, as the fast path fits it; cached like them.
-            train_set = features.load_or_extract(
-                job.train_source, backbone=classifier.get_layer("backbone"),
-                image_size=job.spec.image_size, cache_dir=job.cache_dir, strategy=job.strategy)
-            architecture.adapt_standardization(classifier.get_layer("head"), train_set.features)
+            architecture.adapt_standardization(
+                classifier.get_layer("head"), _features(classifier, job, job.train_source).features)
     else:
         learning_rate = config.fine_tune_learning_rate
         initial_epoch, epochs = config.epochs, config.epochs + config.fine_tune_epochs
         with job.strategy.scope():
             architecture.unfreeze_top_blocks(classifier, config.fine_tune_blocks)
+        job.feature_sets.clear()  # The backbone trains from here: its features change.
     pipeline = dict(image_size=job.spec.image_size, cache=config.cache)
     train_ds = input_pipeline.distribute_dataset(
         job.strategy, lambda ctx: job.data.open(config.train_split, input_context=ctx),
@@ -121,49 +134,17 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
         seed=config.seed, **pipeline)
     val_ds = (input_pipeline.make_dataset(job.val_source, batch_size=config.batch_size,
                                           training=False, **pipeline) if job.val_source else None)
+    plan = job.plans[phase]
     with job.strategy.scope():
-        optimization.compile_model(classifier, learning_rate=learning_rate, schedule=config.schedule,
-                            decay_steps=_steps_per_epoch(job) * (epochs - initial_epoch),
-                            label_smoothing=config.label_smoothing,
-                            weight_decay=config.weight_decay)
-    with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate,
-                         max_steps_per_epoch=config.max_steps_per_epoch) as callbacks:
+        optimization.compile_model(classifier, learning_rate=learning_rate,
+                                   schedule=config.schedule, decay_steps=plan.decay_steps,
+                                   label_smoothing=config.label_smoothing,
+                                   weight_decay=config.weight_decay,
+                                   steps_per_execution=plan.steps_per_execution)
+    with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate) as callbacks:
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
                        epochs=epochs, callbacks=callbacks, shuffle=False,
-                       verbose=progress.progress_verbose())
-
-
-def _checkpoint(run: workdir.RunDir, phase: str) -> pathlib.Path:
-    return run.path / "checkpoints" / f"{phase}.weights.h5"
-
-
-def _end_phase(classifier: keras.Model, run: workdir.RunDir, phase: str) -> None:
-    """Keeps the phase's final weights and records it as done, so a restart never redoes it.
-
-    Each step is durable before the next removes anything: the weights, then the record, then the
-    phase's backups, which a kill before the record still resumes from (at their last epoch).
-    """
-    _checkpoint(run, phase).parent.mkdir(exist_ok=True)
-    atomic.publish(_checkpoint(run, phase), classifier.save_weights, suffix=".weights.h5")
-    faults.point("phase_weights_saved")
-    run.mark_phase_done(phase)
-    faults.point("phase_recorded")
-    shutil.rmtree(run.backup_dir(phase), ignore_errors=True)
-
-
-def _resume_finished_phases(classifier: keras.Model, run: workdir.RunDir) -> None:
-    """After a restart, loads the weights of the last phase that finished, if any."""
-    finished = [p for p in (HEAD_PHASE, FINE_TUNE_PHASE) if run.phase_done(p)]
-    if not finished:
-        return
-    path = _checkpoint(run, finished[-1])
-    try:
-        classifier.load_weights(path)
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"The weights of the finished {finished[-1]!r} phase, {path}, are missing or damaged "
-            f"({str(e).splitlines()[0]}). Add --overwrite to train the run afresh.") from None
-    logging.info("Phase %s finished earlier; its weights are loaded from %s.", finished[-1], path)
+                       verbose=progress.progress_verbose(), **plan.fit_steps())
 
 
 def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) -> TrainResult:
@@ -184,6 +165,7 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
         metrics = evaluator.evaluate_split(
             classifier, job.test_source, out_dir=run.path,
             batch_size=features.INFERENCE_BATCH, cache_dir=job.cache_dir, strategy=job.strategy,
+            feature_set=_features(classifier, job, job.test_source),
             extra={"split": config.test_split, "model": str(saved_path),
                    "training_examples_per_class": dict(zip(class_names, counts.tolist()))},
             checked_model=model_file.load_classifier(saved_path).model,
@@ -199,17 +181,21 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
     return TrainResult(workdir=run.path, history=history, metrics=metrics, resumed=run.resuming)
 
 
-def _steps_per_epoch(job: _Job) -> int:
-    """As head_fit counts them: whole global batches, capped in smoke runs."""
-    steps = job.train_source.num_examples // job.config.batch_size
-    if job.config.max_steps_per_epoch:
-        steps = min(steps, job.config.max_steps_per_epoch)
-    return steps
+def _plans(*, config: TrainConfig, num_examples: int, strategy, fast: bool) -> dict:
+    """Each phase's step counts: the head's, on features (fast) or images; the fine-tuning's."""
+    common = dict(num_examples=num_examples, batch_size=config.batch_size,
+                  max_steps_per_epoch=config.max_steps_per_epoch)
+    on_images = dict(replicas=strategy.num_replicas_in_sync, **common)
+    plans = {HEAD_PHASE: (head_fit.head_plan(epochs=config.epochs, strategy=strategy, **common)
+                          if fast else training_plan.plan_fit(epochs=config.epochs, **on_images))}
+    if config.fine_tune_blocks:
+        plans[FINE_TUNE_PHASE] = training_plan.plan_fit(epochs=config.fine_tune_epochs, **on_images)
+    return plans
 
 
 def _log_start(job: _Job, precision_policy: str) -> None:
     config, replicas = job.config, job.strategy.num_replicas_in_sync
-    steps = _steps_per_epoch(job)
+    steps = job.plans[HEAD_PHASE].steps_per_epoch
     logging.info("Data: %s; train %r: %d examples; validation %r: %s; test %r: %s.",
                  job.data.describe(), config.train_split, job.train_source.num_examples,
                  config.validation_split,
@@ -225,16 +211,16 @@ def _run_phases(classifier: keras.Model, job: _Job, *, precision_policy: str, fa
     """The head phase, the optional fine-tuning phase, then the outputs; each skipped if done."""
     run, config = job.run, job.config
     _log_start(job, precision_policy)
-    _resume_finished_phases(classifier, run)
+    resumable.load_finished_phase(classifier, run)
     if not run.phase_done(HEAD_PHASE):
         if fast:
             _fit_head_on_features(classifier, job)
         else:
             _fit_end_to_end(classifier, job, HEAD_PHASE)
-        _end_phase(classifier, run, HEAD_PHASE)
+        resumable.end_phase(classifier, run, HEAD_PHASE)
     if config.fine_tune_blocks and not run.phase_done(FINE_TUNE_PHASE):
         _fit_end_to_end(classifier, job, FINE_TUNE_PHASE)
-        _end_phase(classifier, run, FINE_TUNE_PHASE)
+        resumable.end_phase(classifier, run, FINE_TUNE_PHASE)
     return _finish(classifier, job, class_names=tuple(job.train_source.class_names), start=start)
 
 
@@ -243,8 +229,8 @@ def _settings(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig,
     """Everything that defines the run: a rerun resumes only a run with equal settings."""
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise UserError(f"--batch_size={config.batch_size} is not divisible by the "
-                        f"{replicas} replicas; use a multiple of {replicas}.")
+        raise UserError(f"batch_size={config.batch_size} is not a multiple of the {replicas} "
+                        f"replicas; use a multiple of {replicas}.")
     return {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model_spec),
             "train": dataclasses.asdict(config), "precision": precision_policy,
             "replicas": replicas}
@@ -256,7 +242,7 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     """Runs the whole training job into `workdir_path`; safe to rerun after a kill.
 
     Phases: the head on the frozen backbone (`config.epochs`), on cached features when the
-    backbone stays frozen and nothing is augmented (see features.use_fast_path), else end to end;
+    backbone stays frozen and nothing is augmented (feature_cache.use_fast_path), else end to end;
     then optionally the top `fine_tune_blocks` blocks at `fine_tune_learning_rate`
     (`fine_tune_epochs` more epochs). Each phase resumes from its last finished epoch. Then
     model.keras, history, metrics and plots are written.
@@ -283,8 +269,9 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     out = distribute.output_dir(workdir_path, strategy)
     workdir.check(out, settings=settings, overwrite=overwrite)  # Refuses early; writes nothing.
     keras.utils.set_random_seed(config.seed)
-    fast = features.use_fast_path(config.feature_cache, fine_tune_blocks=config.fine_tune_blocks,
-                                  augment=model_spec.augment)
+    fast = feature_cache.use_fast_path(config.feature_cache,
+                                       fine_tune_blocks=config.fine_tune_blocks,
+                                       augment=model_spec.augment)
     data.prepare()
     splits = {flag: data.open(getattr(config, flag))
               for flag in ("train_split", "validation_split", "test_split") if getattr(config, flag)}
@@ -303,7 +290,9 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
             data=data, spec=model_spec, config=config, strategy=strategy, run=run,
             train_source=splits["train_split"], val_source=splits.get("validation_split"),
             test_source=splits.get("test_split"),
-            cache_dir=features.resolve_cache_dir(config.feature_cache)),
+            cache_dir=feature_cache.resolve_cache_dir(config.feature_cache),
+            plans=_plans(config=config, num_examples=splits["train_split"].num_examples,
+                         strategy=strategy, fast=fast)),
             precision_policy=precision_policy, fast=fast, start=start)
     finally:
         run.close()

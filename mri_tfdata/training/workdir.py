@@ -95,20 +95,20 @@ def _read_record(path: pathlib.Path, *, overwrite: bool) -> dict | None:
         if overwrite:
             return {"status": "damaged", "settings": {}}
         raise UserError(
-            f"{run_file} is damaged ({e}), so the state of the run in --workdir={path} is "
-            "unknown. Add --overwrite to start that run afresh, or pass another --workdir.") \
+            f"{run_file} is damaged ({e}), so the state of the run in workdir={path} is "
+            "unknown. Start that run afresh with overwrite=True, or give another workdir.") \
             from None
     return record
 
 
 def _differences(recorded, wanted, prefix: str = "") -> list[str]:
-    """`--name (old -> new)` for every setting that differs, however deeply nested."""
+    """`name (old -> new)` for every setting that differs, however deeply nested."""
     if isinstance(recorded, dict) and isinstance(wanted, dict):
         return [d for key in sorted(set(recorded) | set(wanted))
                 for d in _differences(recorded.get(key), wanted.get(key), key)]
     if recorded == wanted:
         return []
-    return [f"--{prefix} ({recorded!r} -> {wanted!r})"]
+    return [f"{prefix} ({recorded!r} -> {wanted!r})"]
 
 
 def check(path, *, settings: dict, overwrite: bool = False) -> None:
@@ -120,28 +120,28 @@ def check(path, *, settings: dict, overwrite: bool = False) -> None:
     """
     path = pathlib.Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise UserError(f"--workdir={path} is a file; pass a directory (it is created if missing).")
+        raise UserError(f"workdir={path} is a file; give a directory (it is created if missing).")
     record = _read_record(path, overwrite=overwrite)
     if record is None and path.exists():
         others = sorted(p.name for p in path.iterdir()
                         if not _is_worker_dir(p.name) and p.name != LOCK_FILE)
         if others:
             raise UserError(
-                f"--workdir={path} is not empty ({', '.join(others[:5])}"
+                f"workdir={path} is not empty ({', '.join(others[:5])}"
                 f"{', ...' if len(others) > 5 else ''}) and holds no training run. Pass a new or "
                 "empty directory; existing files are never overwritten.")
     if record is None or overwrite:
         return
     if record.get("status") == "finished":
         raise UserError(
-            f"--workdir={path} already holds a finished run (see {path / 'metrics.json'}). "
-            "Pass another --workdir, or add --overwrite to replace its outputs.")
+            f"workdir={path} already holds a finished run (see {path / 'metrics.json'}). "
+            "Give another workdir, or overwrite=True to replace its outputs.")
     changed = _differences(record["settings"], json.loads(json.dumps(settings)))
     if changed:
         raise UserError(
-            f"--workdir={path} holds an unfinished run with other settings: "
-            f"{'; '.join(changed)}. Rerun with its flags to resume it (see "
-            f"{path / 'flags.txt'}), pass another --workdir, or add --overwrite to start afresh.")
+            f"workdir={path} holds an unfinished run with other settings: "
+            f"{'; '.join(changed)}. Rerun with its settings to resume it (see "
+            f"{path / 'flags.txt'}), give another workdir, or overwrite=True to start afresh.")
 
 
 def _lock(path: pathlib.Path) -> int:
@@ -157,8 +157,8 @@ def _lock(path: pathlib.Path) -> int:
         holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise UserError(
-            f"Another run (process {holder}) is using --workdir={path} right now. Wait for it to "
-            "finish, stop it, or pass another --workdir.") from None
+            f"Another run (process {holder}) is using workdir={path} right now. Wait for it to "
+            "finish, stop it, or give another workdir.") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -210,7 +210,7 @@ def _open_locked(path: pathlib.Path, lock_fd: int, *, settings: dict, overwrite:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-        logging.info("--overwrite: removed the previous run's outputs from %s.", path)
+        logging.info("overwrite=True: removed the previous run's outputs from %s.", path)
     run = RunDir(path=path, resuming=False, lock_fd=lock_fd,
                  record={"status": "running", "started": _now(), "settings": settings,
                          "phases_done": []})
