@@ -128,7 +128,10 @@ def test_library_errors_name_parameters_and_commands_restate_them_as_flags():
     assert restated.exit_code == 1
     assert runner.in_flag_terms(ParameterError("{seed} <0", seed=-1), command).exit_code == 2
     plain = UserError("no {fields} here")
-    assert runner.in_flag_terms(plain, command) is plain and str(plain) == "no {fields} here"
+    assert str(runner.in_flag_terms(plain, command)) == "no {fields} here"
+    # A plain message's name=value phrases are restated too, for the command's flags only.
+    plain = UserError("tpu='x' failed; seed=3 is fine")
+    assert str(runner.in_flag_terms(plain, command)) == "--tpu=x failed; seed=3 is fine"
     renamed = UserError("pass {data_dir:'x'}", data_dir=None).renamed(
         data_dir="tfds_data_dir", also="Or {source:'folder'}.")
     assert str(renamed) == "pass tfds_data_dir='x' Or source='folder'."
