@@ -85,6 +85,13 @@ def test_overlapping_or_too_small_splits_name_the_parameters_and_a_command_its_f
     with pytest.raises(ParameterError, match=overlap) as shared:
         dataspec.check_splits({"train_split": ("train[:60%]", train),
                                "validation_split": ("train[50%:]", overlapping)}, batch_size=4)
+    # Validating on the test split itself (configs/reference.flags) trains on neither.
+    test = _source(["t1", "t2"])
+    dataspec.check_splits({"train_split": ("train", train), "validation_split": ("test", test),
+                           "test_split": ("test", test)}, batch_size=4)
+    with pytest.raises(ParameterError, match="train_split='train' and test_split='test' share 1"):
+        dataspec.check_splits({"train_split": ("train", train),
+                               "test_split": ("test", _source(["t1", "f0"]))}, batch_size=4)
     # A command whose flags set these parameters names the flags instead, and exits with 2.
     command = flags.FlagValues()
     for name in ("train_split", "validation_split"):
