@@ -130,6 +130,15 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
     assert len(history["epoch"]) < 5  # Stopped early instead of training on NaN weights.
 
 
+def test_shipped_flagfiles_name_no_path_of_one_machine():
+    # A fresh clone has only the repository: data paths are the user's to give (--data_dir=DIR).
+    for path in (pathlib.Path(__file__).parent.parent / "configs").glob("*.flags"):
+        for line in path.read_text().splitlines():
+            if line.startswith("--") and "=" in line:
+                value = line.split("=", 1)[1]
+                assert not value.startswith(("/", "~", "..", "$")), f"{path.name}: {line}"
+
+
 def test_config_flagfiles_parse(tmp_path):
     root = pathlib.Path(__file__).parent.parent / "configs"
     configs = [root / name for name in ("demo.flags", "reference.flags", "kaggle.flags")]
