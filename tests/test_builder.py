@@ -191,6 +191,7 @@ def tfds_build(manual_dir, data_dir, *options):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.integration
 def test_tfds_build_on_one_and_on_every_core_stores_what_the_plain_builder_stored(tmp_path):
     dummy = BUILDER_DIR / "dummy_data"
     tfds_build(dummy, tmp_path / "one")

@@ -50,6 +50,7 @@ def _expected(classifier, files):
     return classifier.predict(images, verbose=0)
 
 
+@pytest.mark.integration
 def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
     root, data, classifier = tiny
     out = tmp_path / "eval"
@@ -91,11 +92,13 @@ def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
     assert code == 1 and "already holds metrics.json" in err and "--overwrite" in err
 
 
+@pytest.mark.integration
 def test_evaluate_flag_errors_exit_2(tmp_path):
     code, _, err = _run("mri_tfdata.evaluate", f"--out={tmp_path}")
     assert code == 2 and "--model is required" in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_predict_good_corrupt_and_bomb_files(tiny, tmp_path):
     root, data, classifier = tiny
     good = sorted((data / "Testing").rglob("*.jpg"))[:2]
@@ -145,6 +148,7 @@ def test_find_images_walks_folders_and_skips_junk(tmp_path):
                      tmp_path / "empty"]
 
 
+@pytest.mark.integration
 def test_predict_folder_to_csv_and_jsonl(tiny, tmp_path):
     root, data, classifier = tiny
     folder = tmp_path / "scans"
@@ -187,6 +191,7 @@ def test_predict_folder_to_csv_and_jsonl(tiny, tmp_path):
     assert code == 2 and ".jsonl or .csv" in err
 
 
+@pytest.mark.integration
 def test_predict_gradcam_writes_one_overlay_per_image_and_names_the_bad_one(tiny, tmp_path):
     root, data, classifier = tiny
     image = min((data / "Testing").rglob("*.jpg"))
@@ -233,6 +238,7 @@ def test_predict_gradcam_writes_one_overlay_per_image_and_names_the_bad_one(tiny
     assert code == 2 and "is a file" in err
 
 
+@pytest.mark.integration
 def test_predict_and_evaluate_refuse_a_model_that_is_not_ours(tiny, tmp_path):
     import keras
 
@@ -252,6 +258,7 @@ def test_predict_and_evaluate_refuse_a_model_that_is_not_ours(tiny, tmp_path):
     assert code == 1 and "not one written by mri_tfdata.train" in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_load_classifier_explains_every_refusal(tiny, tmp_path):
     import zipfile
 
@@ -287,6 +294,7 @@ def test_load_classifier_explains_every_refusal(tiny, tmp_path):
         model_file.load_classifier(damaged)
 
 
+@pytest.mark.integration
 def test_predict_refuses_missing_model(tmp_path):
     code, _, err = _run("mri_tfdata.predict", f"--model={tmp_path / 'nope.keras'}", "x.jpg")
     assert code == 1 and "is not a file" in err and "Traceback" not in err
