@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+# Every test here builds ResNet50 and most use the export made by the command in a subprocess.
+pytestmark = pytest.mark.integration
+
 SIZE = 32  # the model's input
 ORIGINAL = 48  # the files' size: another size than the model's
 CLASS_NAMES = ("alpha", "beta", "gamma", "delta")  # not the Kaggle names: read from the model
