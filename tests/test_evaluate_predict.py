@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-import kaggle_trees
+import image_trees
 import numpy as np
 import pytest
 
@@ -14,26 +14,16 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A saved untrained 32 px classifier and a tiny synthetic Kaggle tree."""
-    import keras
+def tiny(tmp_path_factory, trained_classifier):
+    """The folder of the shared tiny classifier's model.keras, a tiny synthetic Kaggle tree and
+    the classifier (conftest's trained_classifier: 32 px, compiled and trained as training leaves
+    it, so its optimizer state is not saved)."""
+    from mri_tfdata.data import synthetic
 
-    from mri_tfdata.data import kaggle_layout, synthetic
-    from mri_tfdata.model import architecture, optimization
-    from mri_tfdata.serving import model_file
-
-    root = tmp_path_factory.mktemp("evaluate_predict")
-    data = synthetic.write_synthetic_dataset(root / "data", train_per_class=1, test_per_class=2,
-                                             image_size=SIZE)
-    keras.utils.set_random_seed(1)
-    classifier = architecture.build_classifier(architecture.build_backbone(image_size=SIZE, weights="none"),
-                                        architecture.build_head(hidden_units=(8,)))
-    # Compiled and trained a step, as training leaves it: its optimizer state is not saved.
-    optimization.compile_model(classifier, learning_rate=1e-3)
-    classifier.fit(np.zeros((4, SIZE, SIZE, 3), np.uint8), np.arange(4), verbose=0)
-    model_file.save_classifier(classifier, root / "model.keras",
-                              class_names=kaggle_layout.CLASS_NAMES)
-    return root, data, classifier
+    path, classifier = trained_classifier
+    data = synthetic.write_synthetic_dataset(tmp_path_factory.mktemp("evaluate_predict") / "data",
+                                             train_per_class=1, test_per_class=2, image_size=SIZE)
+    return path.parent, data, classifier
 
 
 def _run(module, *args):
@@ -108,7 +98,7 @@ def test_predict_good_corrupt_and_bomb_files(tiny, tmp_path):
     truncated.write_bytes(good[0].read_bytes()[:200])
     bomb = tmp_path / "bomb.png"
     # A header declaring 9000 x 9000 pixels (over the 8192 x 8192 limit) and no pixel data.
-    bomb.write_bytes(kaggle_trees.raw_png(9000, 9000, bit_depth=8, color_type=2))
+    bomb.write_bytes(image_trees.raw_png(9000, 9000, bit_depth=8, color_type=2))
     missing = tmp_path / "missing.jpg"
     files = [good[0], garbage, truncated, bomb, missing, good[1]]
 
