@@ -8,7 +8,7 @@ import subprocess
 import sys
 import zipfile
 
-import kaggle_trees
+import image_trees
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -41,7 +41,7 @@ def examples(data_dir, split, config="default", decode_images=True):
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory):
     root = tmp_path_factory.mktemp("manual")
-    return root, kaggle_trees.write_messy_tree(root)
+    return root, image_trees.write_messy_tree(root)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +77,9 @@ def test_images_are_converted_to_8bit_rgb_or_kept_as_they_are(messy, default_bui
     decoded = examples(data_dir, "train")
     assert (decoded["Training/no_tumor/gray16.png"]["image"] == 255).all()
     assert (decoded["Training/pituitary_tumor/rgb48.png"]["image"] == 200).all()
-    assert not decoded["Training/meningioma/rgba.png"]["image"][:, : kaggle_trees.SIZE // 2].any()
+    assert not decoded["Training/meningioma/rgba.png"]["image"][:, : image_trees.SIZE // 2].any()
     gray = decoded["Training/glioma_tumor/gray.png"]["image"]
-    np.testing.assert_array_equal(gray[..., 0], kaggle_trees.pixels(2)[:, :, 0])
+    np.testing.assert_array_equal(gray[..., 0], image_trees.pixels(2)[:, :, 0])
     np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
 
 
@@ -117,21 +117,21 @@ def test_dedup_config_drops_duplicates_and_leaked_test_images(messy, tmp_path, c
 
 def test_zip_archive_with_wrapping_folder_lower_case_splits_and_validation(tmp_path):
     source = tmp_path / "source"
-    kaggle_trees.write_simple_tree(
+    image_trees.write_simple_tree(
         source / "brain-tumor-mri-dataset",
         train="train",
         test="test",
         classes=("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"),
     )
-    kaggle_trees.write(
-        source / "brain-tumor-mri-dataset/val/notumor/v.jpg", kaggle_trees.jpeg_bytes(300)
+    image_trees.write(
+        source / "brain-tumor-mri-dataset/val/notumor/v.jpg", image_trees.jpeg_bytes(300)
     )
     manual = tmp_path / "manual"
     manual.mkdir()
     with zipfile.ZipFile(manual / "archive.zip", "w") as archive:
         for path in sorted(source.rglob("*.jpg")):
             archive.write(path, path.relative_to(source).as_posix())
-    kaggle_trees.write(manual / ".DS_Store", b"junk")
+    image_trees.write(manual / ".DS_Store", b"junk")
     build(manual, tmp_path / "data")
     train = examples(tmp_path / "data", "train")
     assert {name: int(ex["label"]) for name, ex in train.items()} == {
@@ -146,14 +146,14 @@ def test_zip_archive_with_wrapping_folder_lower_case_splits_and_validation(tmp_p
 
 
 def test_unknown_class_folder_fails_naming_it(tmp_path):
-    kaggle_trees.write_simple_tree(tmp_path / "manual")
-    kaggle_trees.write(tmp_path / "manual/Testing/astrocytoma/x.jpg", kaggle_trees.jpeg_bytes(0))
+    image_trees.write_simple_tree(tmp_path / "manual")
+    image_trees.write(tmp_path / "manual/Testing/astrocytoma/x.jpg", image_trees.jpeg_bytes(0))
     with pytest.raises(UserError, match="'astrocytoma'.*glioma, meningioma, notumor, pituitary"):
         build(tmp_path / "manual", tmp_path / "data")
 
 
 def test_missing_testing_folder_fails_listing_the_expected_paths(tmp_path):
-    kaggle_trees.write_simple_tree(tmp_path / "manual")
+    image_trees.write_simple_tree(tmp_path / "manual")
     shutil.rmtree(tmp_path / "manual/Testing")
     with pytest.raises(UserError, match="No test split folder") as error:
         build(tmp_path / "manual", tmp_path / "data")
@@ -191,6 +191,7 @@ def tfds_build(manual_dir, data_dir, *options):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.integration
 def test_tfds_build_on_one_and_on_every_core_stores_what_the_plain_builder_stored(tmp_path):
     dummy = BUILDER_DIR / "dummy_data"
     tfds_build(dummy, tmp_path / "one")

@@ -30,6 +30,7 @@ def _console_script(module: str, *args) -> list[str]:
                   f"from {module} import console_main; console_main()"]
 
 
+@pytest.mark.integration
 def test_train_help_fits_one_screen_and_shows_the_data_and_model_flags():
     code, out, err = _run("-m", "mri_tfdata.train", "--help")
     assert code == 0 and err == ""
@@ -44,6 +45,7 @@ def test_train_help_fits_one_screen_and_shows_the_data_and_model_flags():
     assert code == 0 and err == "" and script_out == out
 
 
+@pytest.mark.integration
 def test_helpfull_lists_every_flag_with_its_whole_help():
     code, out, err = _run("-m", "mri_tfdata.train", "--helpfull")
     assert code == 0 and err == ""
@@ -52,6 +54,7 @@ def test_helpfull_lists_every_flag_with_its_whole_help():
     assert "the head on them when the backbone stays frozen and --augment is off" in text
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("module, flag", [("mri_tfdata.predict", "--output"),
                                           ("mri_tfdata.export", "--out"),
                                           ("mri_tfdata.evaluate", "--split"),
@@ -76,6 +79,7 @@ def test_console_scripts_point_at_console_main():
         assert function == "console_main" and function in defined, target
 
 
+@pytest.mark.integration
 def test_commands_start_quietly_unless_verbosity_asks(tmp_path):
     # predict imports TensorFlow, then refuses the missing model: stderr is that one paragraph.
     args = ["-m", "mri_tfdata.predict", f"--model={tmp_path / 'nope.keras'}", "x.jpg"]

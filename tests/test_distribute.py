@@ -72,6 +72,7 @@ _TWO_CPU_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_mirrored_over_two_logical_cpus_trains(no_gpu):
     result = subprocess.run(
         [sys.executable, "-c", _TWO_CPU_SCRIPT], capture_output=True, text=True, timeout=120,

@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-import kaggle_trees
+import image_trees
 import numpy as np
 import pytest
 
@@ -14,26 +14,16 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A saved untrained 32 px classifier and a tiny synthetic Kaggle tree."""
-    import keras
+def tiny(tmp_path_factory, trained_classifier):
+    """The folder of the shared tiny classifier's model.keras, a tiny synthetic Kaggle tree and
+    the classifier (conftest's trained_classifier: 32 px, compiled and trained as training leaves
+    it, so its optimizer state is not saved)."""
+    from mri_tfdata.data import synthetic
 
-    from mri_tfdata.data import kaggle_layout, synthetic
-    from mri_tfdata.model import architecture, optimization
-    from mri_tfdata.serving import model_file
-
-    root = tmp_path_factory.mktemp("evaluate_predict")
-    data = synthetic.write_synthetic_dataset(root / "data", train_per_class=1, test_per_class=2,
-                                             image_size=SIZE)
-    keras.utils.set_random_seed(1)
-    classifier = architecture.build_classifier(architecture.build_backbone(image_size=SIZE, weights="none"),
-                                        architecture.build_head(hidden_units=(8,)))
-    # Compiled and trained a step, as training leaves it: its optimizer state is not saved.
-    optimization.compile_model(classifier, learning_rate=1e-3)
-    classifier.fit(np.zeros((4, SIZE, SIZE, 3), np.uint8), np.arange(4), verbose=0)
-    model_file.save_classifier(classifier, root / "model.keras",
-                              class_names=kaggle_layout.CLASS_NAMES)
-    return root, data, classifier
+    path, classifier = trained_classifier
+    data = synthetic.write_synthetic_dataset(tmp_path_factory.mktemp("evaluate_predict") / "data",
+                                             train_per_class=1, test_per_class=2, image_size=SIZE)
+    return path.parent, data, classifier
 
 
 def _run(module, *args):
@@ -50,6 +40,7 @@ def _expected(classifier, files):
     return classifier.predict(images, verbose=0)
 
 
+@pytest.mark.integration
 def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
     root, data, classifier = tiny
     out = tmp_path / "eval"
@@ -91,11 +82,13 @@ def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
     assert code == 1 and "already holds metrics.json" in err and "--overwrite" in err
 
 
+@pytest.mark.integration
 def test_evaluate_flag_errors_exit_2(tmp_path):
     code, _, err = _run("mri_tfdata.evaluate", f"--out={tmp_path}")
     assert code == 2 and "--model is required" in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_predict_good_corrupt_and_bomb_files(tiny, tmp_path):
     root, data, classifier = tiny
     good = sorted((data / "Testing").rglob("*.jpg"))[:2]
@@ -105,7 +98,7 @@ def test_predict_good_corrupt_and_bomb_files(tiny, tmp_path):
     truncated.write_bytes(good[0].read_bytes()[:200])
     bomb = tmp_path / "bomb.png"
     # A header declaring 9000 x 9000 pixels (over the 8192 x 8192 limit) and no pixel data.
-    bomb.write_bytes(kaggle_trees.raw_png(9000, 9000, bit_depth=8, color_type=2))
+    bomb.write_bytes(image_trees.raw_png(9000, 9000, bit_depth=8, color_type=2))
     missing = tmp_path / "missing.jpg"
     files = [good[0], garbage, truncated, bomb, missing, good[1]]
 
@@ -145,6 +138,7 @@ def test_find_images_walks_folders_and_skips_junk(tmp_path):
                      tmp_path / "empty"]
 
 
+@pytest.mark.integration
 def test_predict_folder_to_csv_and_jsonl(tiny, tmp_path):
     root, data, classifier = tiny
     folder = tmp_path / "scans"
@@ -187,6 +181,7 @@ def test_predict_folder_to_csv_and_jsonl(tiny, tmp_path):
     assert code == 2 and ".jsonl or .csv" in err
 
 
+@pytest.mark.integration
 def test_predict_gradcam_writes_one_overlay_per_image_and_names_the_bad_one(tiny, tmp_path):
     root, data, classifier = tiny
     image = min((data / "Testing").rglob("*.jpg"))
@@ -233,6 +228,7 @@ def test_predict_gradcam_writes_one_overlay_per_image_and_names_the_bad_one(tiny
     assert code == 2 and "is a file" in err
 
 
+@pytest.mark.integration
 def test_predict_and_evaluate_refuse_a_model_that_is_not_ours(tiny, tmp_path):
     import keras
 
@@ -252,6 +248,7 @@ def test_predict_and_evaluate_refuse_a_model_that_is_not_ours(tiny, tmp_path):
     assert code == 1 and "not one written by mri_tfdata.train" in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_load_classifier_explains_every_refusal(tiny, tmp_path):
     import zipfile
 
@@ -288,6 +285,7 @@ def test_load_classifier_explains_every_refusal(tiny, tmp_path):
         model_file.load_classifier(damaged)
 
 
+@pytest.mark.integration
 def test_predict_refuses_missing_model(tmp_path):
     code, _, err = _run("mri_tfdata.predict", f"--model={tmp_path / 'nope.keras'}", "x.jpg")
     assert code == 1 and "is not a file" in err and "Traceback" not in err

@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import image_trees
-import kaggle_trees
 import numpy as np
 import pytest
 import tensorflow as tf
+
+# Every test here builds ResNet50 and most use the export made by the command in a subprocess.
+pytestmark = pytest.mark.integration
 
 SIZE = 32  # the model's input
 ORIGINAL = 48  # the files' size: another size than the model's
@@ -112,7 +114,7 @@ def test_served_model_is_deterministic_safe_and_answers_empty_requests(exported)
     empty = serve_bytes(image_bytes=tf.constant([], tf.string))
     assert empty["probabilities"].shape == (0, len(CLASS_NAMES))
     # A header declaring 9000 x 9000 pixels is refused before anything is decoded.
-    bomb = kaggle_trees.raw_png(9000, 9000, bit_depth=8, color_type=2)
+    bomb = image_trees.raw_png(9000, 9000, bit_depth=8, color_type=2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="declares more than"):
         serve_bytes(image_bytes=tf.constant([bomb]))
 
@@ -151,23 +153,16 @@ def test_model_keras_loads_with_keras_alone_in_a_fresh_interpreter(exported, tmp
     assert pathlib.Path(saved.path) == path
 
 
-def test_model_keras_holds_no_optimizer_state(tmp_path):
+def test_model_keras_holds_no_optimizer_state(trained_classifier):
     import zipfile
 
     import keras
 
-    from mri_tfdata.model import architecture, head_fit, optimization
     from mri_tfdata.serving import model_file
 
-    backbone = architecture.build_backbone(image_size=SIZE, weights="none")
-    head = architecture.build_head(hidden_units=(8,))
-    classifier = architecture.build_classifier(backbone, head)
-    # Training's fast path compiles and fits the head; the end-to-end path the whole classifier.
-    features = np.random.default_rng(0).normal(size=(8, architecture.FEATURE_DIM)).astype("float32")
-    head_fit.fit_head(head, features, np.arange(8) % 4, validation=None, learning_rate=1e-3,
-                      epochs=1, batch_size=4, verbose=0)
-    optimization.compile_model(classifier, learning_rate=1e-3)
-    path = model_file.save_classifier(classifier, tmp_path / "model.keras", class_names="abcd")
+    # Trained on both of training's paths: the head fitted on features, the whole classifier
+    # compiled and fitted (see conftest).
+    path, classifier = trained_classifier
     assert b"optimizer" not in zipfile.ZipFile(path).read("model.weights.h5")
     loaded = model_file.load_classifier(path).model
     images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)

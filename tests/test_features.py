@@ -48,6 +48,7 @@ def backbone():
     return architecture.build_backbone(image_size=IMAGE_SIZE, weights="none")
 
 
+@pytest.mark.integration
 def test_cache_key_changes_with_each_keyed_input(backbone):
     base = dict(cache_id="brain_tumor_mri/default/1.0.0/train", image_size=64,
                 weights_fingerprint=feature_cache.weights_fingerprint(backbone),
@@ -68,6 +69,7 @@ def test_cache_key_changes_with_each_keyed_input(backbone):
     assert key.digest not in digests and len(digests) == len(changes)
 
 
+@pytest.mark.integration
 def test_weights_fingerprint_changes_when_one_weight_changes(backbone):
     before = feature_cache.weights_fingerprint(backbone)
     assert feature_cache.weights_fingerprint(backbone) == before
@@ -82,6 +84,7 @@ def test_weights_fingerprint_changes_when_one_weight_changes(backbone):
     assert feature_cache.weights_fingerprint(backbone) == before
 
 
+@pytest.mark.integration
 def test_features_equal_a_direct_backbone_call(backbone):
     source = tiny_source()
     dataset = input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=3,
@@ -96,6 +99,7 @@ def test_features_equal_a_direct_backbone_call(backbone):
     np.testing.assert_array_equal(got_labels, np.arange(7) % 4)
 
 
+@pytest.mark.integration
 def test_extraction_traces_the_backbone_once_with_static_shapes(backbone):
     source = tiny_source()  # 7 examples in batches of 2: the last one holds a single image
     dataset = input_pipeline.make_dataset(source, image_size=IMAGE_SIZE, batch_size=2,
@@ -108,6 +112,7 @@ def test_extraction_traces_the_backbone_once_with_static_shapes(backbone):
     assert step.experimental_get_tracing_count() == 1  # the padded last batch did not retrace
 
 
+@pytest.mark.integration
 def test_cache_is_reused_and_a_truncated_file_is_rebuilt(backbone, tmp_path):
     source = tiny_source()
     kwargs = dict(backbone=backbone, image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
@@ -162,6 +167,7 @@ def test_resolve_cache_dir(tmp_path, monkeypatch):
     assert feature_cache.resolve_cache_dir(str(tmp_path / "x")) == tmp_path / "x"
 
 
+@pytest.mark.integration
 def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
     """The fast path is the end-to-end computation: same weights, same batch -> same update."""
     source = tiny_source(num_examples=8)
@@ -195,6 +201,7 @@ def test_one_training_step_gives_the_same_head_weights_on_both_paths(backbone):
     assert moved == 6  # the step moved every Dense kernel and bias (not the statistics)
 
 
+@pytest.mark.integration
 def test_saved_fast_path_model_predicts_raw_images_like_the_assembled_one(backbone, tmp_path):
     train = feature_cache.load_or_extract(tiny_source(num_examples=8), backbone=backbone,
                                      image_size=IMAGE_SIZE, batch_size=4, cache_dir=tmp_path)
@@ -240,6 +247,7 @@ print("OK", strategy.num_replicas_in_sync)
 """
 
 
+@pytest.mark.integration
 def test_extraction_under_mirrored_strategy_keeps_every_example_in_order():
     """Two replicas in a subprocess: logical devices must be set before TensorFlow starts."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(

@@ -65,6 +65,7 @@ def _load_square_finder(weights, policy="float32"):
     return classifier
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_the_heatmap_peaks_on_the_square(policy, square_finder):
     classifier = _load_square_finder(square_finder, policy)
@@ -81,6 +82,7 @@ def test_the_heatmap_peaks_on_the_square(policy, square_finder):
     assert hits >= 0.8 * len(images), f"the peak lay on the square in {hits} of {len(images)}"
 
 
+@pytest.mark.integration
 def test_the_class_to_explain_can_be_chosen(square_finder):
     classifier = _load_square_finder(square_finder)
     images, _ = _squares(np.random.default_rng(2), 3, square=True)
@@ -94,6 +96,7 @@ def test_the_class_to_explain_can_be_chosen(square_finder):
         gradcam.gradcam(classifier, images, class_index=2)
 
 
+@pytest.mark.integration
 def test_cells_are_centred_on_multiples_of_the_stride():
     # The overlay draws cell (i, j) on pixel (32 i, 32 j); check on the network that it looks there.
     keras.utils.set_random_seed(0)
@@ -135,6 +138,7 @@ def reference(tmp_path_factory):
     return weights, images, gradcam.gradcam(classifier, images, batch_size=2)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("policy, fine_tuned", [
     ("float32", False), ("mixed_float16", False), ("mixed_bfloat16", False), ("float32", True),
     ("mixed_bfloat16", True)])
@@ -174,6 +178,7 @@ def test_overlay_names_are_unique_even_without_case():
         "scan.png", "scan-2.png", "Scan-3.png", "scan-2-2.png"]
 
 
+@pytest.mark.integration
 def test_overlays_and_grid_are_written_and_a_failed_overlay_is_reported(tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)
     explainer = gradcam.Explainer(_small_classifier())
@@ -225,6 +230,7 @@ def _events(log_dir):
     return found, files
 
 
+@pytest.mark.integration
 def test_evaluation_writes_the_gradcam_grid_errors_and_tensorboard(tmp_path, monkeypatch):
     root = image_trees.write_tree(tmp_path / "data", train_per_class=2, test_per_class=3, size=64)
     train, source = (sources.load_folder_source(root, split=s) for s in ("train", "test"))

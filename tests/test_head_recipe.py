@@ -117,6 +117,7 @@ def _recipe_of(*flagfile):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_defaults_are_the_measured_recipe_and_reference_keeps_the_reports():
     default = trainer.TrainConfig()
     recipe = {"learning_rate": 3e-4, "lr_schedule": "cosine", "label_smoothing": 0.1,

@@ -6,7 +6,7 @@ import struct
 import threading
 import zlib
 
-import kaggle_trees
+import image_trees
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -25,62 +25,62 @@ def decode(stored: images.StoredImage) -> np.ndarray:
 
 
 def test_rgb_and_grey_jpeg_and_png_keep_their_original_bytes(tmp_path):
-    rgb = kaggle_trees.pixels(1)
+    rgb = image_trees.pixels(1)
     cases = [
-        (kaggle_trees.write(tmp_path / "a.jpg", kaggle_trees.jpeg_bytes(1)), "jpeg"),
-        (kaggle_trees.write(tmp_path / "g.jpg", kaggle_trees.jpeg_bytes(2, "L")), "jpeg"),
-        (kaggle_trees.write(tmp_path / "a.png", kaggle_trees.png_bytes(Image.fromarray(rgb))),
+        (image_trees.write(tmp_path / "a.jpg", image_trees.jpeg_bytes(1)), "jpeg"),
+        (image_trees.write(tmp_path / "g.jpg", image_trees.jpeg_bytes(2, "L")), "jpeg"),
+        (image_trees.write(tmp_path / "a.png", image_trees.png_bytes(Image.fromarray(rgb))),
          "png"),
-        (kaggle_trees.write(tmp_path / "g.png",
-                            kaggle_trees.png_bytes(Image.fromarray(rgb[:, :, 0]))), "png"),
+        (image_trees.write(tmp_path / "g.png",
+                            image_trees.png_bytes(Image.fromarray(rgb[:, :, 0]))), "png"),
     ]
     for path, fmt in cases:
         stored = images.read_image(path)
         assert (stored.data, stored.format, stored.reencoded) == (path.read_bytes(), fmt, False)
         decoded = decode(stored)
-        assert decoded.shape == (kaggle_trees.SIZE, kaggle_trees.SIZE, 3)
+        assert decoded.shape == (image_trees.SIZE, image_trees.SIZE, 3)
     # Grey stays grey: TF repeats the one channel.
     grey = decode(images.read_image(tmp_path / "g.png"))
     np.testing.assert_array_equal(grey, np.repeat(rgb[:, :, :1], 3, axis=2))
 
 
 def test_a_png_named_jpg_is_recognised_by_content(tmp_path):
-    path = kaggle_trees.write(
-        tmp_path / "a.jpg", kaggle_trees.png_bytes(Image.fromarray(kaggle_trees.pixels(1))))
+    path = image_trees.write(
+        tmp_path / "a.jpg", image_trees.png_bytes(Image.fromarray(image_trees.pixels(1))))
     assert images.read_image(path).format == "png"
 
 
 def test_rgba_png_becomes_rgb_with_transparent_parts_black(tmp_path):
-    path = kaggle_trees.write(tmp_path / "a.png", kaggle_trees.rgba_png(3))
+    path = image_trees.write(tmp_path / "a.png", image_trees.rgba_png(3))
     stored = images.read_image(path)
     assert stored.reencoded
     image = decode(stored)
-    half = kaggle_trees.SIZE // 2
+    half = image_trees.SIZE // 2
     assert not image[:, :half].any()
-    np.testing.assert_array_equal(image[:, half:], kaggle_trees.pixels(3)[:, half:])
+    np.testing.assert_array_equal(image[:, half:], image_trees.pixels(3)[:, half:])
 
 
 def test_palette_png_becomes_rgb(tmp_path):
-    palette = Image.fromarray(kaggle_trees.pixels(5)).convert("P")
-    path = kaggle_trees.write(tmp_path / "p.png", kaggle_trees.png_bytes(palette))
+    palette = Image.fromarray(image_trees.pixels(5)).convert("P")
+    path = image_trees.write(tmp_path / "p.png", image_trees.png_bytes(palette))
     np.testing.assert_array_equal(decode(images.read_image(path)),
                                   np.asarray(palette.convert("RGB")))
 
 
 def test_cmyk_jpeg_becomes_rgb_with_similar_colours(tmp_path):
-    path = kaggle_trees.write(tmp_path / "c.jpg", kaggle_trees.jpeg_bytes(4, "CMYK"))
+    path = image_trees.write(tmp_path / "c.jpg", image_trees.jpeg_bytes(4, "CMYK"))
     stored = images.read_image(path)
     assert stored.reencoded and Image.open(io.BytesIO(stored.data)).mode == "RGB"
     # JPEG is lossy and the pixels are random noise, so compare the mean colour only.
     np.testing.assert_allclose(decode(stored).mean(axis=(0, 1)),
-                               kaggle_trees.pixels(4).mean(axis=(0, 1)), atol=12)
+                               image_trees.pixels(4).mean(axis=(0, 1)), atol=12)
 
 
 def test_16bit_grey_and_rgb_pngs_are_scaled_to_8_bits(tmp_path):
     for value, expected in [(65535, 255), (257 * 100, 100), (0, 0)]:
-        path = kaggle_trees.write(tmp_path / f"{value}.png", kaggle_trees.gray16_png(value))
+        path = image_trees.write(tmp_path / f"{value}.png", image_trees.gray16_png(value))
         assert (decode(images.read_image(path)) == expected).all()
-    path = kaggle_trees.write(tmp_path / "rgb48.png", kaggle_trees.rgb48_png(257 * 200))
+    path = image_trees.write(tmp_path / "rgb48.png", image_trees.rgb48_png(257 * 200))
     stored = images.read_image(path)
     assert stored.reencoded and stored.data[24] == 8  # The PNG header's bit depth.
     assert (decode(stored) == 200).all()
@@ -89,7 +89,7 @@ def test_16bit_grey_and_rgb_pngs_are_scaled_to_8_bits(tmp_path):
 def test_the_hash_is_the_original_files(tmp_path):
     import hashlib
 
-    path = kaggle_trees.write(tmp_path / "c.jpg", kaggle_trees.jpeg_bytes(4, "CMYK"))
+    path = image_trees.write(tmp_path / "c.jpg", image_trees.jpeg_bytes(4, "CMYK"))
     assert images.read_image(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -98,10 +98,10 @@ def test_the_hash_is_the_original_files(tmp_path):
 
 def _png_cut_inside_its_data() -> bytes:
     """Header and chunk structure intact, the compressed rows cut short (and the CRC redone)."""
-    rows = b"".join(b"\x00" + bytes(kaggle_trees.pixels(7)[r].tobytes())
-                    for r in range(kaggle_trees.SIZE))
+    rows = b"".join(b"\x00" + bytes(image_trees.pixels(7)[r].tobytes())
+                    for r in range(image_trees.SIZE))
     compressed = zlib.compress(rows)[:40]
-    header = struct.pack(">IIBBBBB", kaggle_trees.SIZE, kaggle_trees.SIZE, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", image_trees.SIZE, image_trees.SIZE, 8, 2, 0, 0, 0)
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(
@@ -113,7 +113,7 @@ def _png_cut_inside_its_data() -> bytes:
 
 def _jpeg_with_garbled_middle() -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(kaggle_trees.pixels(8, size=64)).save(buffer, format="JPEG")
+    Image.fromarray(image_trees.pixels(8, size=64)).save(buffer, format="JPEG")
     data = bytearray(buffer.getvalue())
     start = data.index(b"\xff\xda")  # Start of scan: what follows is the entropy-coded data.
     middle = (start + len(data)) // 2
@@ -122,10 +122,10 @@ def _jpeg_with_garbled_middle() -> bytes:
 
 
 UNDECODABLE = {
-    "png_bad_checksum": lambda: kaggle_trees.bad_crc_png(6),
+    "png_bad_checksum": lambda: image_trees.bad_crc_png(6),
     "png_cut_short": _png_cut_inside_its_data,
     "jpeg_garbled_middle": _jpeg_with_garbled_middle,
-    "jpeg_truncated": lambda: kaggle_trees.truncated_jpeg(7),
+    "jpeg_truncated": lambda: image_trees.truncated_jpeg(7),
 }
 
 
@@ -133,10 +133,10 @@ UNDECODABLE = {
 def test_files_tf_cannot_decode_are_refused_alone_and_in_bulk(tmp_path, name):
     data = UNDECODABLE[name]()
     images.check_header(data)  # The quick check passes: only a decode tells.
-    bad = kaggle_trees.write(tmp_path / f"{name}.img", data)
+    bad = image_trees.write(tmp_path / f"{name}.img", data)
     with pytest.raises(CorruptImageError, match="cannot decode") as refused:
         images.read_image(bad)
-    good = kaggle_trees.write(tmp_path / "good.jpg", kaggle_trees.jpeg_bytes(1))
+    good = image_trees.write(tmp_path / "good.jpg", image_trees.jpeg_bytes(1))
     verdicts = images.check_files([good, bad, good])
     assert [v.error is None for v in verdicts] == [True, False, True]
     assert "cannot decode" in verdicts[1].error
@@ -146,7 +146,7 @@ def test_files_tf_cannot_decode_are_refused_alone_and_in_bulk(tmp_path, name):
 
 
 def test_a_jpeg_with_trailing_bytes_is_accepted(tmp_path):
-    path = kaggle_trees.write(tmp_path / "t.jpg", kaggle_trees.jpeg_bytes(1) + b"\0" * 5000)
+    path = image_trees.write(tmp_path / "t.jpg", image_trees.jpeg_bytes(1) + b"\0" * 5000)
     assert not images.read_image(path).reencoded
     assert images.check_files([path])[0].error is None
 
@@ -154,7 +154,7 @@ def test_a_jpeg_with_trailing_bytes_is_accepted(tmp_path):
 @pytest.mark.parametrize("content", [b"", b"this is a text file named .jpg\n"],
                          ids=["zero_bytes", "text"])
 def test_unreadable_files_raise_corrupt_image_error(tmp_path, content):
-    path = kaggle_trees.write(tmp_path / "bad.jpg", content)
+    path = image_trees.write(tmp_path / "bad.jpg", content)
     with pytest.raises(CorruptImageError):
         images.read_image(path)
     assert images.check_files([path])[0].error
@@ -180,7 +180,7 @@ def test_non_regular_files_are_refused_without_reading_or_blocking(tmp_path):
 
 def test_a_file_larger_than_any_image_is_refused_unread(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "MAX_FILE_BYTES", 1000)
-    path = kaggle_trees.write(tmp_path / "big.jpg", kaggle_trees.jpeg_bytes(1) + b"\0" * 2000)
+    path = image_trees.write(tmp_path / "big.jpg", image_trees.jpeg_bytes(1) + b"\0" * 2000)
     with pytest.raises(CorruptImageError, match="more than the 1000"):
         images.read_image(path)
 
@@ -188,22 +188,22 @@ def test_a_file_larger_than_any_image_is_refused_unread(tmp_path, monkeypatch):
 def test_check_header_refuses_absurd_dimensions_without_decoding(tmp_path):
     # 9000 x 9000 declared in the header, with no pixel data at all: a decode would fail with
     # another message, so naming the size shows it was refused from the header alone.
-    bomb = kaggle_trees.raw_png(9000, 9000, bit_depth=8, color_type=2)
+    bomb = image_trees.raw_png(9000, 9000, bit_depth=8, color_type=2)
     with pytest.raises(CorruptImageError, match="9000x9000"):
         images.check_header(bomb)
-    path = kaggle_trees.write(tmp_path / "bomb.png", bomb)
+    path = image_trees.write(tmp_path / "bomb.png", bomb)
     with pytest.raises(CorruptImageError, match="decompression bomb"):
         images.read_image(path)
     # Far beyond Pillow's own limit: still our error type, not Pillow's.
     with pytest.raises(CorruptImageError):
-        images.check_header(kaggle_trees.raw_png(100_000, 100_000, bit_depth=8, color_type=2))
+        images.check_header(image_trees.raw_png(100_000, 100_000, bit_depth=8, color_type=2))
 
 
 def test_check_header_returns_format_mode_and_size():
-    data = kaggle_trees.jpeg_bytes(1)
-    assert images.check_header(data) == ("JPEG", "RGB", kaggle_trees.SIZE, kaggle_trees.SIZE)
+    data = image_trees.jpeg_bytes(1)
+    assert images.check_header(data) == ("JPEG", "RGB", image_trees.SIZE, image_trees.SIZE)
     with pytest.raises(CorruptImageError):
-        images.check_header(data, max_pixels=kaggle_trees.SIZE ** 2 - 1)
+        images.check_header(data, max_pixels=image_trees.SIZE ** 2 - 1)
     # In words: Pillow's own message names an in-memory object ("<_io.BytesIO object at 0x...>").
     with pytest.raises(CorruptImageError, match=r"^not an image file \(unknown format") as error:
         images.check_header(b"plain text")
@@ -297,7 +297,7 @@ def test_the_reduced_check_refuses_exactly_what_a_full_decode_refuses():
     smooth = _smooth_jpeg(512, 512)
     grey = tf.io.encode_jpeg(rng.integers(0, 256, (256, 384, 1), np.uint8), quality=95).numpy()
     progressive = io.BytesIO()
-    Image.fromarray(kaggle_trees.pixels(2)).save(progressive, format="JPEG", progressive=True)
+    Image.fromarray(image_trees.pixels(2)).save(progressive, format="JPEG", progressive=True)
     outcomes = []
     for data in (smooth, grey, progressive.getvalue()):
         damaged = [data[:cut] for cut in np.linspace(len(data) // 10, len(data) - 3, 12, dtype=int)]

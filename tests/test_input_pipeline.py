@@ -152,6 +152,7 @@ def test_file_cache_keys_differ_by_split_and_size(tree, tmp_path):
     assert len(cache_entries(cache)) == 4
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kill_at", ["image_cache_segment_written@2", "image_cache_written"])
 def test_a_writer_killed_at_any_point_leaves_no_cache_and_the_next_run_rebuilds_it(
         tree, tmp_path, kill_at):
@@ -299,6 +300,7 @@ def test_a_cache_path_that_is_a_file_is_refused(tree, tmp_path):
                                     cache=str(tmp_path / "file"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("cache", ["none", "file"])
 def test_per_replica_batches_under_a_two_replica_mirrored_strategy(tree, tmp_path, cache):
     cache = str(tmp_path / "cache") if cache == "file" else cache

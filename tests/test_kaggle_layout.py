@@ -2,7 +2,7 @@
 
 import os
 
-import kaggle_trees
+import image_trees
 import pytest
 
 from mri_tfdata.core.errors import UserError
@@ -16,7 +16,7 @@ from mri_tfdata.data import kaggle_layout
     [("Training", "Testing"), ("train", "test"), ("TRAINING", "TESTING"), ("Train", "Test")],
 )
 def test_find_split_dirs_accepts_kaggle_and_lower_and_upper_case_names(tmp_path, train, test):
-    kaggle_trees.write_simple_tree(tmp_path, train=train, test=test)
+    image_trees.write_simple_tree(tmp_path, train=train, test=test)
     assert kaggle_layout.find_split_dirs(tmp_path) == {
         "train": tmp_path / train,
         "test": tmp_path / test,
@@ -25,23 +25,23 @@ def test_find_split_dirs_accepts_kaggle_and_lower_and_upper_case_names(tmp_path,
 
 @pytest.mark.parametrize("validation", ["validation", "val", "Validation"])
 def test_find_split_dirs_finds_an_optional_validation_split(tmp_path, validation):
-    kaggle_trees.write_simple_tree(tmp_path)
-    kaggle_trees.write(tmp_path / validation / "glioma" / "v.jpg", kaggle_trees.jpeg_bytes(0))
+    image_trees.write_simple_tree(tmp_path)
+    image_trees.write(tmp_path / validation / "glioma" / "v.jpg", image_trees.jpeg_bytes(0))
     assert kaggle_layout.find_split_dirs(tmp_path)["validation"] == tmp_path / validation
 
 
 def test_find_split_dirs_looks_inside_one_wrapping_folder(tmp_path):
-    kaggle_trees.write_simple_tree(tmp_path / "brain-tumor-mri-dataset")
-    kaggle_trees.write(
+    image_trees.write_simple_tree(tmp_path / "brain-tumor-mri-dataset")
+    image_trees.write(
         tmp_path / ".DS_Store", b"junk"
     )  # Junk beside the wrapper is not a 2nd folder.
-    kaggle_trees.write(tmp_path / "notes.txt", b"files beside the wrapper do not matter")
+    image_trees.write(tmp_path / "notes.txt", b"files beside the wrapper do not matter")
     splits = kaggle_layout.find_split_dirs(tmp_path)
     assert splits["train"] == tmp_path / "brain-tumor-mri-dataset" / "Training"
 
 
 def test_missing_testing_folder_lists_the_expected_paths_and_the_download(tmp_path):
-    kaggle_trees.write_simple_tree(tmp_path)
+    image_trees.write_simple_tree(tmp_path)
     for path in sorted((tmp_path / "Testing").rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     (tmp_path / "Testing").rmdir()
@@ -59,7 +59,7 @@ def test_absent_or_empty_root_is_a_user_error_pointing_to_the_download(tmp_path,
     if state != "absent":
         root.mkdir()
     if state == "only_junk":
-        kaggle_trees.write(root / ".DS_Store", b"junk")
+        image_trees.write(root / ".DS_Store", b"junk")
     with pytest.raises(UserError, match="masoudnickparvar/brain-tumor-mri-dataset") as error:
         kaggle_layout.find_split_dirs(root)
     assert ("does not exist" if state == "absent" else "is empty") in str(error.value)
@@ -67,8 +67,8 @@ def test_absent_or_empty_root_is_a_user_error_pointing_to_the_download(tmp_path,
 
 
 def test_two_folders_for_one_split_are_refused(tmp_path):
-    kaggle_trees.write_simple_tree(tmp_path)
-    kaggle_trees.write_simple_tree(tmp_path, train="train", test="Testing")
+    image_trees.write_simple_tree(tmp_path)
+    image_trees.write_simple_tree(tmp_path, train="train", test="Testing")
     with pytest.raises(UserError, match="2 folders for the train split"):
         kaggle_layout.find_split_dirs(tmp_path)
 
@@ -77,7 +77,7 @@ def test_two_folders_for_one_split_are_refused(tmp_path):
 
 
 def test_list_examples_labels_aliases_and_ignores_junk(tmp_path):
-    expected = kaggle_trees.write_messy_tree(tmp_path)
+    expected = image_trees.write_messy_tree(tmp_path)
     splits = kaggle_layout.find_split_dirs(tmp_path)
     train = kaggle_layout.list_examples(splits["train"])
     test = kaggle_layout.list_examples(splits["test"])
@@ -105,7 +105,7 @@ def test_class_aliases_map_to_the_kaggle_labels():
 
 
 def test_unknown_class_folder_is_named_with_the_accepted_names(tmp_path):
-    kaggle_trees.write_simple_tree(
+    image_trees.write_simple_tree(
         tmp_path, classes=("glioma", "meningioma", "astrocytoma", "pituitary")
     )
     with pytest.raises(UserError) as error:
@@ -117,13 +117,13 @@ def test_unknown_class_folder_is_named_with_the_accepted_names(tmp_path):
 
 
 def test_a_split_without_images_is_a_user_error(tmp_path):
-    kaggle_trees.write(tmp_path / "Training" / "glioma" / "notes.txt", b"no image here")
+    image_trees.write(tmp_path / "Training" / "glioma" / "notes.txt", b"no image here")
     with pytest.raises(UserError, match="holds no .jpg/.jpeg/.png image"):
         kaggle_layout.list_examples(tmp_path / "Training")
 
 
 def test_symlink_loops_and_second_links_list_each_file_once(tmp_path):
-    kaggle_trees.write_simple_tree(tmp_path)
+    image_trees.write_simple_tree(tmp_path)
     glioma = tmp_path / "Training" / "glioma"
     before = {os.stat(e.path).st_ino for e in kaggle_layout.list_examples(tmp_path / "Training")}
     os.symlink(glioma, glioma / "loop")  # A folder linking to itself: an endless walk.

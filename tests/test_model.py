@@ -46,6 +46,7 @@ def _bn_stats(classifier):
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_shapes_dtypes_and_preprocessing_under_each_policy(policy, images):
     keras.mixed_precision.set_global_policy(policy)
@@ -76,6 +77,7 @@ def test_shapes_dtypes_and_preprocessing_under_each_policy(policy, images):
     np.testing.assert_allclose(expected[0, 0, 0], bgr_minus_mean, rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_frozen_backbone_keeps_batchnorm_in_inference_mode(images, labels):
     classifier = _classifier()
     backbone = classifier.get_layer("backbone")
@@ -93,6 +95,7 @@ def test_frozen_backbone_keeps_batchnorm_in_inference_mode(images, labels):
     )
 
 
+@pytest.mark.integration
 def test_unfreeze_top_blocks_trains_only_those_convs_and_keeps_batchnorm(images, labels):
     classifier = _classifier()
     assert architecture.unfreeze_top_blocks(classifier, 2) == ["conv5_block3", "conv5_block2"]
@@ -116,6 +119,7 @@ def test_unfreeze_top_blocks_trains_only_those_convs_and_keeps_batchnorm(images,
         architecture.unfreeze_top_blocks(classifier, 17)
 
 
+@pytest.mark.integration
 def test_augmentation_runs_only_in_training(images):
     augmented = _classifier(augment=True)
     plain = architecture.build_classifier(augmented.get_layer("backbone"), augmented.get_layer("head"))
@@ -123,6 +127,7 @@ def test_augmentation_runs_only_in_training(images):
     assert not np.array_equal(augmented(images, training=True), plain(images))
 
 
+@pytest.mark.integration
 def test_keras_file_roundtrip_in_safe_mode(tmp_path, images):
     classifier = _classifier(augment=True, standardize=True)
     head = classifier.get_layer("head")
@@ -169,6 +174,7 @@ except UserError as e:
 """
 
 
+@pytest.mark.integration
 def test_imagenet_offline_without_cache_says_how_to_supply_weights(tmp_path):
     # A proxy on the discard port makes any download fail at once, with or without a network;
     # KERAS_HOME (read when Keras is imported, hence the subprocess) is an empty cache.
@@ -186,6 +192,7 @@ def test_imagenet_offline_without_cache_says_how_to_supply_weights(tmp_path):
     assert not (tmp_path / "models" / architecture.WEIGHTS_FILE).exists()
 
 
+@pytest.mark.integration
 def test_weights_from_a_file_none_and_bad_paths(tmp_path, images):
     keras.utils.set_random_seed(2)
     source = architecture.build_backbone(image_size=SIZE, weights="none")

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration  # several processes
+
 TIMEOUT_S = 180
 
 

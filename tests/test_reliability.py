@@ -33,6 +33,7 @@ def _train(data, workdir_path, feature_cache, model_spec=SPEC, **config):
                           precision_policy="float32")
 
 
+@pytest.mark.integration
 def test_a_run_that_fails_at_start_leaves_no_trace_and_the_fix_then_runs(data, tmp_path,
                                                                           feature_cache):
     run = tmp_path / "run"
@@ -50,6 +51,7 @@ def test_a_run_that_fails_at_start_leaves_no_trace_and_the_fix_then_runs(data, t
         _train(data, tmp_path / "diverged", feature_cache, learning_rate=1e6, epochs=3)
 
 
+@pytest.mark.integration
 def test_a_missing_class_is_refused_unless_allowed_and_then_recorded(tmp_path, feature_cache):
     import shutil
 

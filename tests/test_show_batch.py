@@ -6,6 +6,7 @@ import sys
 
 import image_trees
 import numpy as np
+import pytest
 from PIL import Image
 
 from mri_tfdata import show_batch
@@ -25,6 +26,7 @@ def test_save_batch_grid_writes_a_png(tmp_path):
     assert red.mean() > 0.1  # The images are drawn, not just the titles.
 
 
+@pytest.mark.integration
 def test_cli_writes_the_grid_and_never_overwrites(tmp_path):
     tree = image_trees.write_tree(tmp_path / "data", train_per_class=3, test_per_class=1)
     out = tmp_path / "batch.png"

@@ -7,7 +7,6 @@ import os
 import pathlib
 
 import image_trees
-import kaggle_trees
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -102,7 +101,7 @@ def test_folder_skips_junk_and_reports_corrupt_files(tmp_path, caplog):
     (glioma / ".ipynb_checkpoints").mkdir()
     (glioma / ".ipynb_checkpoints" / "stray.jpg").write_bytes(good)
     (glioma / "notes.txt").write_text("junk")
-    (glioma / "bad_crc.png").write_bytes(kaggle_trees.bad_crc_png(3))  # Only a decode tells.
+    (glioma / "bad_crc.png").write_bytes(image_trees.bad_crc_png(3))  # Only a decode tells.
     os.mkfifo(glioma / "fifo.jpg")  # Would block a plain read forever.
     os.symlink(glioma, glioma / "loop")  # Would list every file again, and again.
     with caplog.at_level(logging.WARNING):

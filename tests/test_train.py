@@ -28,6 +28,7 @@ def _run_train(*args, timeout=300, cwd=None):
     return proc.returncode, out, " ".join(err.split())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flag, message", [
     ("--head_units=512,abc", "comma-separated list of positive integers"),
     ("--precision=float8", "--precision"),
@@ -40,6 +41,7 @@ def test_bad_flags_exit_2_with_one_paragraph(tmp_path, flag, message):
     assert not (tmp_path / "w").exists()  # Nothing is written for a rejected command.
 
 
+@pytest.mark.integration
 def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
     """SIGKILL after every durable step (fault hooks, no timing luck); each rerun goes on."""
     workdir = tmp_path / "run"
@@ -93,6 +95,7 @@ def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
     assert saved.image_size == 32
 
 
+@pytest.mark.integration
 def test_flags_txt_holds_absolute_paths(tmp_path):
     # Relative paths, from another working directory: flags.txt must still point at them.
     (tmp_path / "elsewhere").mkdir()
@@ -139,6 +142,7 @@ def test_shipped_flagfiles_name_no_path_of_one_machine():
                 assert not value.startswith(("/", "~", "..", "$")), f"{path.name}: {line}"
 
 
+@pytest.mark.integration
 def test_config_flagfiles_parse(tmp_path):
     root = pathlib.Path(__file__).parent.parent / "configs"
     configs = [root / name for name in ("demo.flags", "reference.flags", "kaggle.flags")]

@@ -28,6 +28,7 @@ def _train(data, tmp_path, name, **config):
                           precision_policy="float32")
 
 
+@pytest.mark.integration
 def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_model(data, tmp_path):
     result = _train(data, tmp_path, "fast", cache=str(tmp_path / "images"))
     assert result.history["epoch"] == [1, 2] and set(result.history["phase"]) == {"head"}
@@ -66,6 +67,7 @@ def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_mod
     assert (result.workdir / "logs" / "train").is_dir()
 
 
+@pytest.mark.integration
 def test_fine_tuning_trains_the_top_block_end_to_end(data, tmp_path):
     result = _train(data, tmp_path, "fine", epochs=1, fine_tune_blocks=1, fine_tune_epochs=1,
                     fine_tune_learning_rate=1e-4, max_steps_per_epoch=2)
@@ -83,6 +85,7 @@ def test_fine_tuning_trains_the_top_block_end_to_end(data, tmp_path):
         assert same is not moved, layer
 
 
+@pytest.mark.integration
 def test_end_to_end_with_a_file_cache_writes_it_once_and_reads_it_back(data, tmp_path):
     _train(data, tmp_path, "first", feature_cache="off", cache=str(tmp_path / "images"))
     # A writer's partial folder goes when its process ends; the caches are published whole.

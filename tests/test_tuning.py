@@ -170,6 +170,7 @@ def test_trial_heads_keep_the_precision_policy_and_fit_on_features():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", tuners.TUNERS)
 def test_each_tuner_runs_trials_on_features(tmp_path, name):
     feature_set = _separable_features()
@@ -189,6 +190,7 @@ def test_each_tuner_runs_trials_on_features(tmp_path, name):
         assert any(r.get("tuner/initial_epoch", 0) > 0 for r in rows)
 
 
+@pytest.mark.integration
 def test_a_test_validation_split_is_refused(tmp_path):
     code, _, err = _finish(_search(tmp_path, "--validation_split=test"))
     assert code == 2, err[-2000:]
@@ -226,6 +228,7 @@ def resumed_search(tmp_path_factory):
     return tmp_path, project_dir, out + err, checkpoints
 
 
+@pytest.mark.integration
 def test_killed_search_resumes_without_repeating_finished_trials(resumed_search):
     _, project_dir, _, checkpoints = resumed_search
     rows = _rows(project_dir)
@@ -236,6 +239,7 @@ def test_killed_search_resumes_without_repeating_finished_trials(resumed_search)
     assert {k: v for k, v in _trial_files(project_dir).items() if k in checkpoints} == checkpoints
 
 
+@pytest.mark.integration
 def test_search_writes_results_plot_and_best_flags(resumed_search):
     tmp_path, project_dir, out, _ = resumed_search
     rows = _rows(project_dir)
@@ -309,6 +313,7 @@ print(json.dumps({"head_units": list(spec.head_units), "dropout": spec.dropout,
 """
 
 
+@pytest.mark.integration
 def test_best_flags_parse_as_training_flags(resumed_search):
     tmp_path, project_dir, _, _ = resumed_search
     best = _chosen(project_dir)
@@ -331,6 +336,7 @@ def test_best_flags_parse_as_training_flags(resumed_search):
                     "weights": "none", "workdir": str(project_dir / "best_model")}
 
 
+@pytest.mark.integration
 def test_resuming_with_other_settings_is_refused(resumed_search):
     tmp_path, _, _, _ = resumed_search
     code, _, err = _finish(_search(tmp_path, "--max_trials=2", "--image_size=48"))
@@ -339,6 +345,7 @@ def test_resuming_with_other_settings_is_refused(resumed_search):
     assert "other settings (data, model)" in message and "--project_name" in message
 
 
+@pytest.mark.integration
 def test_rerun_of_a_finished_search_fits_nothing_again(resumed_search):
     tmp_path, project_dir, _, _ = resumed_search
     before = (project_dir / selection.SELECTION_CSV).read_text()
@@ -351,6 +358,7 @@ def test_rerun_of_a_finished_search_fits_nothing_again(resumed_search):
     assert _trial_files(project_dir) == checkpoints
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flag, message", [("--selection_folds=1", "at least 2"),
                                            ("--selection_folds=11", "rarest class has 10"),
                                            ("--finalists=-1", "must be 0")])
@@ -448,6 +456,7 @@ def test_grouped_folds_never_put_identical_bytes_on_both_sides(tmp_path):
     assert any({hashes[i] for i in tr} & {hashes[i] for i in te} for tr, te in ungrouped)
 
 
+@pytest.mark.integration
 def test_selection_picks_the_head_that_learns_and_reuses_stored_scores(tmp_path, monkeypatch):
     data = _offset_features()
     groups = np.arange(40)
@@ -533,6 +542,7 @@ def _in_process_search(directory, *, max_trials, feature_set):
             for r in results.trial_rows(tuner.oracle, tuners.OBJECTIVE)]
 
 
+@pytest.mark.integration
 def test_a_resumed_search_ends_where_an_uninterrupted_one_ends(tmp_path):
     feature_set = _separable_features()
     uninterrupted = _in_process_search(tmp_path / "whole", max_trials=3, feature_set=feature_set)
@@ -545,6 +555,7 @@ def test_a_resumed_search_ends_where_an_uninterrupted_one_ends(tmp_path):
     assert resumed == uninterrupted
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("damage", ["oracle.json", "trial_0/trial.json", "search.json"])
 def test_a_damaged_state_file_is_refused_by_name(resumed_search, damage):
     tmp_path, project_dir, _, _ = resumed_search
@@ -559,6 +570,7 @@ def test_a_damaged_state_file_is_refused_by_name(resumed_search, damage):
     assert "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_configs_tune_flags_parse_as_search_flags():
     # absl refuses unknown flags and bad values: a renamed flag breaks the shipped flagfile here.
     root = Path(__file__).parent.parent
@@ -640,6 +652,7 @@ def test_the_objective_is_in_the_logs_before_keras_tuner_reads_them():
     assert metrics[OBJECTIVE] != pytest.approx(metrics["val_cross_entropy"])
 
 
+@pytest.mark.integration
 def test_the_tuner_ranks_trials_by_the_calibrated_cross_entropy(tmp_path, monkeypatch):
     computed = []
     real = calibration.temperature_scaled
@@ -673,6 +686,7 @@ def test_the_tuner_ranks_trials_by_the_calibrated_cross_entropy(tmp_path, monkey
     assert results.best_row(rows, tuners.OBJECTIVE)["folder"] == f"trial_{best.trial_id}"
 
 
+@pytest.mark.integration
 def test_the_selection_scores_folds_by_the_calibrated_cross_entropy(tmp_path, monkeypatch,
                                                                     caplog):
     computed = []

@@ -12,6 +12,8 @@ import pytest
 from mri_tfdata.data.dataspec import DataSpec
 from tuning import results, selection
 
+pytestmark = pytest.mark.integration  # several processes
+
 TIMEOUT_S = 240
 MAX_TRIALS = 4
 
