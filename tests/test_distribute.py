@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import tensorflow as tf
 
-from mri_tfdata.core.errors import FlagError, UserError
+from mri_tfdata.core.errors import ParameterError, UserError
 from mri_tfdata.runtime import distribute
 
 
@@ -21,7 +21,7 @@ def no_gpu():
 
 def test_bad_name_lists_accepted_names():
     accepted = "auto, default, one_device, mirrored, multi_worker, tpu"
-    with pytest.raises(FlagError, match=f"'gpu'.*{accepted}"):
+    with pytest.raises(ParameterError, match=f"strategy='gpu' is not a strategy.*{accepted}"):
         distribute.create_strategy("gpu")
 
 
@@ -114,5 +114,5 @@ def test_multi_worker_with_malformed_tf_config(monkeypatch, tf_config):
 
 def test_tpu_without_a_tpu_says_what_to_do(monkeypatch):
     monkeypatch.delenv("TPU_NAME", raising=False)
-    with pytest.raises(UserError, match="no usable TPU.*--tpu="):
+    with pytest.raises(UserError, match="strategy='tpu' found no usable TPU.*pass tpu='local'"):
         distribute.create_strategy("tpu")
