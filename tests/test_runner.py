@@ -5,7 +5,7 @@ import types
 import pytest
 
 from mri_tfdata.cli import runner
-from mri_tfdata.core.errors import FlagError
+from mri_tfdata.core.errors import ParameterError
 
 
 @pytest.mark.parametrize("argv, wanted", [
@@ -20,7 +20,7 @@ def test_help_request_reads_every_spelling_and_stops_at_the_double_dash(argv, wa
 
 def test_require_raises_a_flag_error_only_when_the_condition_fails():
     runner.require(True, "never raised")
-    with pytest.raises(FlagError, match="--epochs=0 must be at least 1"):
+    with pytest.raises(ParameterError, match="--epochs=0 must be at least 1"):
         runner.require(False, "--epochs=0 must be at least 1")
 
 
