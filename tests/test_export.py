@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
     and image files of 48 px (JPEG and PNG) with their class labels."""
     import keras
 
-    from mri_tfdata.model import architecture, optimization
+    from mri_tfdata.model import architecture
     from mri_tfdata.serving import model_file
 
     root = tmp_path_factory.mktemp("export")

@@ -23,8 +23,6 @@ FLAGS = flags.FLAGS
 _SHORT_HELP = ("help", "helpshort", "h", "?")
 # The end of a help text's first sentence: ". " or "; " (not the dot of "e.g." or "i.e.").
 _SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)[.;]\s")
-# absl's own flags as these commands use them (--flagfile is no flag object: absl's parser reads
-# it).
 # Library parameters set by a flag of another name or with other values:
 # parameter -> (flag, {parameter value: flag value}). Any other parameter is set by its namesake.
 _FLAG_OF_PARAMETER = {
@@ -32,6 +30,8 @@ _FLAG_OF_PARAMETER = {
     "model_path": ("model", {}),
     "cache_dir": ("feature_cache", {None: "off"}),
 }
+# absl's own flags as these commands use them (--flagfile is no flag object: absl's parser reads
+# it).
 _GENERAL_FLAGS = (
     ("flagfile", "", "A file of flags, one per line (e.g. configs/demo.flags)"),
     ("verbosity", "0", "Log level: 0 this tool's progress, -1 warnings only, 1 also TensorFlow's"),
@@ -210,7 +210,6 @@ def require(condition: bool, message: str) -> None:
     values in entry points, whose messages name the flags themselves."""
     if not condition:
         raise ParameterError(message)
-
 
 
 def refuse_existing(path: pathlib.Path, flag: str) -> None:
