@@ -99,7 +99,7 @@ def test_end_to_end_with_a_file_cache_writes_it_once_and_reads_it_back(data, tmp
     assert second.history["epoch"] == [1, 2] and np.isfinite(second.history["loss"]).all()
 
 
-def test_dataspec_opens_each_source_and_names_what_is_missing(data, tmp_path):
+def test_dataspec_opens_each_source_and_names_what_is_missing(data, tmp_path, monkeypatch):
     assert data.synthetic_root().name.startswith("train8-test2-32px-")
     train = data.open("train[:50%]")
     assert train.num_examples == 16 and train.class_names == sources.kaggle_layout.CLASS_NAMES
@@ -110,6 +110,15 @@ def test_dataspec_opens_each_source_and_names_what_is_missing(data, tmp_path):
         dataspec.DataSpec(source="folder").open("train")
     with pytest.raises(UserError, match="is not built in .*tfds build builders/brain_tumor_mri"):
         dataspec.DataSpec(source="tfds", tfds_data_dir=str(tmp_path)).open("train")
+    # Without a data_dir the message names TFDS's default folder as a path, and its command
+    # runs as printed: no "~" (no shell expands it after --data_dir=), no --data_dir at all.
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "default"))
+    with pytest.raises(UserError) as not_built:
+        dataspec.DataSpec(source="tfds").open("train")
+    message = str(not_built.value)
+    assert f"is not built in {tmp_path / 'default'}." in message
+    assert "`tfds build builders/brain_tumor_mri --config=default --manual_dir=DIR`" in message
+    assert "~" not in message
     with pytest.raises(ValueError, match="source must be one of"):
         dataspec.DataSpec(source="s3")
 

@@ -24,11 +24,11 @@ def define_data_flags() -> None:
         "data_dir", None,
         "source=folder: the Kaggle-layout root (Training/, Testing/). source=synthetic: where the "
         "generated set is cached (default $XDG_CACHE_HOME/mri_tfdata/synthetic, else "
-        "~/.cache/mri_tfdata/synthetic).")
+        "$HOME/.cache/mri_tfdata/synthetic).")
     flags.DEFINE_string(
         "tfds_data_dir", None,
         "source=tfds: the TFDS data_dir the dataset was built into "
-        "(default ~/tensorflow_datasets).")
+        "(default $TFDS_DATA_DIR, else $HOME/tensorflow_datasets).")
     flags.DEFINE_enum(
         "tfds_config", "default", ("default", "dedup"),
         "source=tfds: builder config; dedup drops the test images that leak from train.")

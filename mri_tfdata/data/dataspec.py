@@ -25,7 +25,7 @@ class DataSpec:
         "synthetic" (generated once into `data_dir`, then read as a Kaggle-layout folder).
       data_dir: the Kaggle-layout root ("folder"), or where generated data is kept ("synthetic";
         None for caches.cache_dir("synthetic")).
-      tfds_data_dir: TFDS data_dir ("tfds"); None means the TFDS default (~/tensorflow_datasets).
+      tfds_data_dir: TFDS data_dir ("tfds"); None means the TFDS default ($TFDS_DATA_DIR, else $HOME/tensorflow_datasets).
       tfds_config: the builder config, "default" or "dedup" ("tfds").
       synthetic_train_per_class: generated Training images per class ("synthetic").
       synthetic_test_per_class: generated Testing images per class ("synthetic").
@@ -103,7 +103,7 @@ class DataSpec:
         """A one-line description for logs."""
         if self.source == "tfds":
             return (f"TFDS brain_tumor_mri/{self.tfds_config} in "
-                    f"{self.tfds_data_dir or '~/tensorflow_datasets'}")
+                    f"{self.tfds_data_dir or 'the TFDS default folder'}")
         if self.source == "synthetic":
             return f"embedded synthetic dataset in {self.synthetic_root()}"
         return f"Kaggle-layout folder {self.data_dir}"

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import constants as tfds_constants
 from absl import logging
 
 from mri_tfdata.core.errors import UserError
@@ -90,11 +91,18 @@ def _tfds_index(builder, split: str) -> tuple[tuple, np.ndarray]:
 
 
 def _not_built(name: str, config: str, data_dir: Optional[str]) -> UserError:
+    """The error for a dataset missing from `data_dir`, or from TFDS's default folder when None.
+
+    The suggested command must run as printed: a path, never "~" (no shell expands it after
+    `--data_dir=`), and no --data_dir at all for the default, which `tfds build` uses too.
+    """
+    where = data_dir or tfds_constants.get_default_data_dir()
+    target = f" --data_dir={data_dir}" if data_dir else ""
     return UserError(
         "The TFDS dataset {dataset!s} is not built in {where!s}. Build it with `tfds build "
-        "builders/brain_tumor_mri --config={config!s} --data_dir={where!s} --manual_dir=DIR` (DIR "
-        "holding the Kaggle download), or pass the {data_dir!n} it was built into.",
-        dataset=f"{name}/{config}", where=data_dir or "~/tensorflow_datasets", config=config)
+        "builders/brain_tumor_mri --config={config!s}{target!s} --manual_dir=DIR` (DIR holding "
+        "the Kaggle download), or pass the {data_dir!n} it was built into.",
+        dataset=f"{name}/{config}", where=where, config=config, target=target)
 
 
 def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str = "default",
