@@ -28,16 +28,24 @@ def cache_dir(kind: str) -> pathlib.Path:
 
 
 def cache_key(readable: str, **fields) -> str:
-    """An entry name: `readable` made filename-safe, then a digest of `fields` and FORMAT_VERSION.
+    """An entry name: `readable_name(readable)`, then `content_digest(**fields)`.
 
     Two calls give the same name exactly when `readable`, every field and the format version are
-    equal; `readable` is only for people browsing the folder (its last 80 safe characters).
+    equal; `readable` is only for people browsing the folder.
 
     Args:
       readable: a human-readable prefix, e.g. the dataset split and image size.
       **fields: JSON-serialisable values the cached content depends on.
     """
+    return f"{readable_name(readable)}-{content_digest(**fields)}"
+
+
+def readable_name(readable: str) -> str:
+    """`readable` made filename-safe: its last 80 safe characters."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", readable).strip("_")[-80:] or "cache"
+
+
+def content_digest(**fields) -> str:
+    """16 hex digits of a hash of `fields` (JSON-serialisable) and FORMAT_VERSION."""
     content = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True, default=str)
-    digest = hashlib.sha256(content.encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", readable).strip("_")[-80:] or "cache"
-    return f"{slug}-{digest}"
+    return hashlib.sha256(content.encode()).hexdigest()[:16]

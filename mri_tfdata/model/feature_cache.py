@@ -17,8 +17,8 @@ from mri_tfdata.model import architecture, features
 
 @dataclasses.dataclass(frozen=True)
 class CacheKey:
-    """Names one cache file (`caches.cache_key`): a readable prefix and a digest of everything the
-    features depend on."""
+    """Names one cache file as `caches.cache_key` does: a readable prefix and a digest of everything
+    the features depend on."""
 
     name: str
     digest: str
@@ -111,9 +111,8 @@ def cache_key(*, cache_id: str, image_size: int, weights_fingerprint: str,
     """
     fields = {"cache_id": cache_id, "image_size": int(image_size),
               "weights": weights_fingerprint, "precision": precision}
-    name, digest = caches.cache_key(f"{cache_id}-{int(image_size)}px-{precision}",
-                                    **fields).rsplit("-", 1)
-    return CacheKey(name=name, digest=digest)
+    return CacheKey(name=caches.readable_name(f"{cache_id}-{int(image_size)}px-{precision}"),
+                    digest=caches.content_digest(**fields))
 
 
 def _checksum(vectors: np.ndarray, labels: np.ndarray) -> str:
