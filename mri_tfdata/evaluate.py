@@ -21,21 +21,17 @@ from absl import flags, logging  # noqa: E402
 from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
-from mri_tfdata.evaluation import evaluator  # noqa: E402
-from mri_tfdata.model import feature_cache  # noqa: E402
-from mri_tfdata.serving import model_file  # noqa: E402
 
 shared_flags.define_data_flags()
-flags.DEFINE_string("model", None, "The saved model: a model.keras file written by training.")
+shared_flags.define_path("model", None, "The saved model: a model.keras file written by training.")
 flags.DEFINE_string("split", "test", "The split to evaluate (TFDS split syntax).")
-flags.DEFINE_string("out", None,
-                    "Directory for metrics.json, errors.csv and the plots (created if missing).")
+shared_flags.define_path("out", None, "Directory for metrics.json, errors.csv and the plots "
+                         "(created if missing).")
 flags.DEFINE_bool("overwrite", False,
                   "Replace the metrics, errors.csv, the plots and logs/ already in --out.")
 
 FLAGS = flags.FLAGS
 
-_OUTPUTS = ("metrics.json", "errors.csv", *(f"{plot}.png" for plot in evaluator.PLOTS), "logs")
 
 
 def main(argv):
@@ -43,8 +39,14 @@ def main(argv):
     require(bool(FLAGS.model), "--model is required: the model.keras file of a training run.")
     require(bool(FLAGS.out), "--out is required: the directory for metrics.json and the plots.")
     require(bool(FLAGS.split.strip()), "--split must name a split, e.g. test.")
+    # TensorFlow loads only once the flags are known to be valid.
+    from mri_tfdata.evaluation import evaluator
+    from mri_tfdata.model import feature_cache
+    from mri_tfdata.serving import model_file
+
+    outputs = ("metrics.json", "errors.csv", *(f"{plot}.png" for plot in evaluator.PLOTS), "logs")
     out = pathlib.Path(FLAGS.out).expanduser()
-    existing = [n for n in _OUTPUTS if (out / n).exists()]
+    existing = [n for n in outputs if (out / n).exists()]
     if existing and not FLAGS.overwrite:
         raise UserError(f"--out={out} already holds {', '.join(existing)}. Pass another --out, or "
                         "add --overwrite to replace them.")

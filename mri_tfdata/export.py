@@ -11,22 +11,17 @@ from mri_tfdata.cli import console
 
 console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
 
+from absl import flags, logging  # noqa: E402
 
-console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
-
-from absl import flags  # noqa: E402
-from absl import logging
-
-from mri_tfdata.cli import runner  # noqa: E402
-from mri_tfdata.serving import export  # noqa: E402
+from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string("model", None, "The model.keras of a training run (or its workdir).")
-    flags.DEFINE_string("out", None, "The SavedModel folder to write; default: export/ beside "
-                        "the model.")
+    shared_flags.define_path("model", None, "The model.keras of a training run (or its workdir).")
+    shared_flags.define_path("out", None, "The SavedModel folder to write. Default: export/ beside "
+                             "the model.")
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
 
@@ -34,6 +29,8 @@ def main(argv):
     runner.require(len(argv) == 1, f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
     runner.require(bool(FLAGS.model),
                    "--model is required: the model.keras file of a training run.")
+    from mri_tfdata.serving import export  # imports TensorFlow
+
     model_path = pathlib.Path(FLAGS.model).expanduser()
     model_dir = model_path if model_path.is_dir() else model_path.parent
     out = pathlib.Path(FLAGS.out).expanduser() if FLAGS.out else model_dir / export.EXPORT_DIR

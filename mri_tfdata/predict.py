@@ -9,6 +9,8 @@ in DIR showing where the model found its evidence for the predicted class, named
 "gradcam" (or "gradcam_error" saying why it could not be drawn; the exit status is then 1 too).
 """
 
+from __future__ import annotations
+
 import csv
 import io
 import json
@@ -20,17 +22,22 @@ from mri_tfdata.cli import console
 
 console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
 
-import keras  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from mri_tfdata.cli import runner  # noqa: E402
+from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core import atomic  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
-from mri_tfdata.data import images, kaggle_layout  # noqa: E402
-from mri_tfdata.evaluation import gradcam  # noqa: E402
-from mri_tfdata.serving import model_file  # noqa: E402
+from mri_tfdata.data import kaggle_layout  # noqa: E402
+
+if TYPE_CHECKING:
+    from mri_tfdata.serving import model_file
+
+# The model, image and Grad-CAM modules import TensorFlow: the functions below import them when
+# they run, so that --help and flag errors answer without loading it.
 
 
 def find_images(paths: Sequence) -> list[pathlib.Path]:
@@ -46,6 +53,9 @@ def find_images(paths: Sequence) -> list[pathlib.Path]:
 
 def _read(path: pathlib.Path, image_size: int) -> np.ndarray | str:
     """The image as the model takes it, or why it cannot be read, in words."""
+    from mri_tfdata.data import images
+    from mri_tfdata.serving import model_file
+
     if path.is_dir():
         return f"a folder with no {', '.join(kaggle_layout.IMAGE_SUFFIXES)} file in it"
     try:
@@ -58,6 +68,8 @@ def _read(path: pathlib.Path, image_size: int) -> np.ndarray | str:
 
 def overlay_paths(files: Sequence, gradcam_dir) -> list[pathlib.Path]:
     """Where classify_files writes the Grad-CAM overlay of each file: one distinct PNG each."""
+    from mri_tfdata.evaluation import gradcam
+
     return [pathlib.Path(gradcam_dir) / name for name in gradcam.overlay_names(files)]
 
 
@@ -81,6 +93,8 @@ def classify_files(saved: model_file.SavedClassifier, files: Sequence,
     Raises:
       UserError: with a gradcam_dir, the model is not one Grad-CAM can read.
     """
+    from mri_tfdata.evaluation import gradcam
+
     explainer = gradcam.Explainer(saved.model) if gradcam_dir is not None else None
     overlays = overlay_paths(files, gradcam_dir) if gradcam_dir is not None else None
     for start in range(0, len(files), batch_size):
@@ -133,11 +147,11 @@ _OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string("model", None, "The model.keras of a training run (or its workdir).")
+    shared_flags.define_path("model", None, "The model.keras of a training run (or its workdir).")
     flags.DEFINE_integer("batch_size", 32, "Images classified per forward pass.")
-    flags.DEFINE_string("output", None, "Write the results to this .jsonl or .csv file instead of "
+    shared_flags.define_path("output", None, "Write the results to this .jsonl or .csv file instead of "
                         "stdout (with a progress bar on a terminal).")
-    flags.DEFINE_string("gradcam", None, "Folder for a Grad-CAM overlay PNG per image (created if "
+    shared_flags.define_path("gradcam", None, "Folder for a Grad-CAM overlay PNG per image (created if "
                         "missing): the image, where the model found its evidence for the "
                         "predicted class, the class and its probability.")
     flags.DEFINE_bool("overwrite", False, "Replace --output and --gradcam overlays that exist.")
@@ -172,6 +186,11 @@ def main(argv):
     if gradcam_dir:
         require(not gradcam_dir.exists() or gradcam_dir.is_dir(),
                 f"--gradcam={gradcam_dir} is a file; pass a folder for the overlay PNGs.")
+    # TensorFlow loads only once the flags are known to be valid.
+    import keras
+
+    from mri_tfdata.serving import model_file
+
     saved = model_file.load_classifier(FLAGS.model)
     files = find_images(argv[1:])
     if gradcam_dir:

@@ -18,7 +18,7 @@ console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts qui
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from mri_tfdata.cli import runner  # noqa: E402
+from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 
 
 def save_batch_grid(images: np.ndarray, labels: Sequence[int], class_names: Sequence[str],
@@ -69,14 +69,14 @@ def _define_flags() -> None:
     flags.DEFINE_enum("source", "folder", ["folder", "tfds"],
                       "Read a Kaggle-layout folder (--data_dir) or a TFDS build "
                       "(--tfds_data_dir).")
-    flags.DEFINE_string("data_dir", None, "Kaggle-layout folder (Training/<class>/*.jpg).")
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir of the brain_tumor_mri build.")
+    shared_flags.define_path("data_dir", None, "Kaggle-layout folder (Training/<class>/*.jpg).")
+    shared_flags.define_path("tfds_data_dir", None, "TFDS data_dir of the brain_tumor_mri build.")
     flags.DEFINE_string("tfds_config", "default", "brain_tumor_mri config: default or dedup.")
     flags.DEFINE_string("split", "train", "Split, TFDS syntax (e.g. train[:90%]).")
     flags.DEFINE_integer("image_size", 256, "Side of the images in pixels, as the model gets them.")
     flags.DEFINE_integer("batch_size", 16, "Images in the grid.")
     flags.DEFINE_integer("seed", None, "Shuffle seed; omit for a different batch every run.")
-    flags.DEFINE_string("out", "batch.png", "The PNG to write.")
+    shared_flags.define_path("out", "batch.png", "The PNG to write.")
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
 

@@ -2,12 +2,12 @@
 
 from absl import flags
 
-from mri_tfdata.cli import runner
+from mri_tfdata.cli import runner, shared_flags
 from mri_tfdata.data.synthetic import write_synthetic_dataset
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string("out", None, "Folder to write the Kaggle-style tree into (new or empty).")
+    shared_flags.define_path("out", None, "Folder to write the Kaggle-style tree into (new or empty).")
     flags.DEFINE_integer("train_per_class", 40, "Training images per class.")
     flags.DEFINE_integer("test_per_class", 10, "Testing images per class.")
     flags.DEFINE_integer("image_size", 128, "Width and height of the images in pixels.")

@@ -16,9 +16,8 @@ from absl import flags, logging  # noqa: E402
 
 from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
-from mri_tfdata.model import optimization  # noqa: E402
-from mri_tfdata.runtime import distribute, precision  # noqa: E402
-from mri_tfdata.training import trainer  # noqa: E402
+from mri_tfdata.core.choices import SCHEDULES  # noqa: E402
+from mri_tfdata.training.config import TrainConfig  # noqa: E402
 
 shared_flags.define_data_flags()
 shared_flags.define_model_flags()
@@ -29,16 +28,16 @@ flags.DEFINE_string("validation_split", "train[90%:]",
 flags.DEFINE_string("test_split", "test",
                     "Split of the final evaluation (metrics.json); empty for none.")
 # The defaults are TrainConfig's: the best stable head recipe measured (benchmarks/README.md).
-_DEFAULTS = trainer.TrainConfig()
+_DEFAULTS = TrainConfig()
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs of head training on the frozen backbone.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate,
-                   "Initial learning rate of the head phase (Adam, or AdamW with "
-                   "--weight_decay).")
-flags.DEFINE_enum("lr_schedule", _DEFAULTS.schedule, optimization.SCHEDULES,
-                  "Learning rate over each phase's steps: constant; cosine (decays to 0 by the "
+                   "Initial learning rate of the head phase. Adam, or AdamW with "
+                   "--weight_decay.")
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.schedule, SCHEDULES,
+                  "Learning-rate schedule of each phase. Over the phase's steps: constant; cosine (decays to 0 by the "
                   "phase's last step); step (a tenth of the rate after two thirds of the steps).")
 flags.DEFINE_float("label_smoothing", _DEFAULTS.label_smoothing,
-                   "Label smoothing of the training loss, in [0, 1): the target of the true class "
+                   "Label smoothing of the training loss, in [0, 1). The target of the true class "
                    "is 1 - s + s/4, of the others s/4.")
 flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay,
                    "AdamW's decoupled weight decay; 0 = Adam.")
@@ -46,19 +45,19 @@ flags.DEFINE_integer("fine_tune_blocks", 0,
                      "ResNet50 blocks (of 16, from the top) unfrozen in a second phase; 0 = none.")
 flags.DEFINE_integer("fine_tune_epochs", 0, "Epochs of the fine-tuning phase.")
 flags.DEFINE_float("fine_tune_learning_rate", 1e-5, "Adam learning rate of the fine-tuning phase.")
-flags.DEFINE_string("workdir", None, "Output directory (created if missing).")
+shared_flags.define_path("workdir", None, "Output directory (created if missing).")
 flags.DEFINE_bool("overwrite", False,
-                  "Replace the outputs of a finished (or differently configured) run in --workdir.")
+                  "Replace a finished or differently configured run in --workdir.")
 flags.DEFINE_integer("max_steps_per_epoch", 0,
                      "Cap on batches per epoch, for smoke runs; 0 = whole splits.")
 flags.DEFINE_bool("allow_missing_classes", False,
-                  "Train even when a class has no training example (refused by default: the "
-                  "model could never predict it).")
+                  "Train even when a class has no training example. Refused by default: the "
+                  "model could never predict it.")
 
 FLAGS = flags.FLAGS
 
 
-def _train_config() -> trainer.TrainConfig:
+def _train_config() -> TrainConfig:
     require(bool(FLAGS.workdir), "--workdir is required: the directory for the model, metrics and "
             "plots (created if missing), e.g. --workdir=runs/demo.")
     require(bool(FLAGS.train_split.strip()), "--train_split must name a split, e.g. train[:90%].")
@@ -77,7 +76,7 @@ def _train_config() -> trainer.TrainConfig:
             "or leave both at 0.")
     require(bool(FLAGS.feature_cache.strip()), "--feature_cache must be auto, off or a folder.")
     require(FLAGS.max_steps_per_epoch >= 0, "--max_steps_per_epoch must be 0 (no cap) or more.")
-    return trainer.TrainConfig(
+    return TrainConfig(
         train_split=FLAGS.train_split, validation_split=FLAGS.validation_split,
         test_split=FLAGS.test_split, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
         learning_rate=FLAGS.learning_rate, schedule=FLAGS.lr_schedule,
@@ -96,6 +95,10 @@ def main(argv):
     data = shared_flags.data_spec_from_flags()
     model_spec = shared_flags.model_spec_from_flags()
     config = _train_config()
+    # TensorFlow loads only once the flags are known to be valid.
+    from mri_tfdata.runtime import distribute, precision
+    from mri_tfdata.training import trainer
+
     # The strategy first (multi-worker must configure the runtime before any other TF work),
     # then the precision policy, before any layer is built.
     strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)

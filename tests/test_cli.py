@@ -1,6 +1,7 @@
 """Tests of the commands' surface: --help on one screen, console scripts, quiet start-up, flagfiles."""
 
 import ast
+import json
 import os
 import pathlib
 import re
@@ -141,3 +142,77 @@ def test_library_errors_name_parameters_and_commands_restate_them_as_flags():
     assert str(renamed) == "pass tfds_data_dir='x' Or source='folder'."
     with pytest.raises(ValueError, match="takes !s or !n"):
         UserError("{seed!r}", seed=1)
+
+
+COMMANDS = ("mri_tfdata.train", "mri_tfdata.evaluate", "mri_tfdata.predict", "mri_tfdata.export",
+            "mri_tfdata.show_batch", "mri_tfdata.synthetic", "tuning.search")
+# What `python -X importtime` prints for a module loaded by the process.
+HEAVY_IMPORT = re.compile(
+    r"^import time:.*\|\s+(tensorflow|keras|tensorflow_datasets|keras_tuner|matplotlib)$", re.M)
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_help_and_flag_errors_answer_without_importing_tensorflow(module):
+    code, out, err = _run("-X", "importtime", "-m", module, "--help")
+    assert code == 0 and "  --flagfile" in out, err[-2000:]
+    assert "…" not in out  # help lines wrap, never cut
+    assert not HEAVY_IMPORT.findall(err), HEAVY_IMPORT.findall(err)
+    code, _, err = _run("-X", "importtime", "-m", module, "--no_such_flag=1")
+    assert code == 2 and "error: Unknown command line flag 'no_such_flag'" in err
+    assert not HEAVY_IMPORT.findall(err), HEAVY_IMPORT.findall(err)
+
+
+def test_console_scripts_parse_help_without_importing_tensorflow():
+    for module in COMMANDS:
+        if module == "mri_tfdata.synthetic":
+            continue  # no console script
+        script = _console_script(module, "--help")
+        code, out, err = _run("-c", script[1].replace(
+            "console_main()", "\ntry:\n    console_main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('tensorflow', 'keras', 'keras_tuner', 'matplotlib', "
+            "'tensorflow_datasets') if m in sys.modules]\nprint('HEAVY', heavy)"))
+        assert code == 0 and "HEAVY []" in out, (module, out[-500:], err[-2000:])
+
+
+def test_help_shows_whole_first_sentences():
+    code, out, _ = _run("-m", "mri_tfdata.train", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "…" not in out
+    assert "Examples in the training split's shuffle buffer --seed" in text
+    assert "none (random) or a ResNet50 no-top .h5 file --head_units" in text
+
+
+@pytest.mark.parametrize("flagfile", ["configs/missing.flags", "~/missing.flags"])
+def test_a_missing_flagfile_is_one_paragraph_naming_the_file_and_the_fix(tmp_path, flagfile):
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "mri_tfdata.train", f"--flagfile={flagfile}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    err = " ".join(proc.stderr.split())
+    expanded = flagfile.replace("~", str(tmp_path))
+    assert proc.returncode == 2 and err.startswith("error: --flagfile="), err
+    assert f"--flagfile={expanded}: no such file or directory" in err
+    assert "Pass the path of an existing flags file" in err
+    assert "ERROR::" not in err and "Traceback" not in err and "\n\n" not in proc.stderr
+
+
+# Every flag naming a file or folder, in any command.
+PATH_FLAGS = {"data_dir", "tfds_data_dir", "workdir", "cache", "feature_cache", "weights",
+              "model", "out", "output", "gradcam", "directory"}
+_PATH_FLAG_PARSERS = """
+import json, sys
+from absl import flags
+import importlib
+module = importlib.import_module(sys.argv[1])
+getattr(module, "_define_flags", lambda: None)()
+print(json.dumps({f.name: type(f.parser).__name__ for f in flags.FLAGS.flags_by_module_dict().get(
+    module.__name__, []) + flags.FLAGS.get_flags_for_module("mri_tfdata.cli.shared_flags")}))
+"""
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_path_flag_expands_the_home_folder_and_variables(module):
+    code, out, err = _run("-c", _PATH_FLAG_PARSERS, module)
+    assert code == 0, err[-2000:]
+    parsers = json.loads(out.splitlines()[-1])
+    paths = {name: parser for name, parser in parsers.items() if name in PATH_FLAGS}
+    assert paths and set(paths.values()) == {"PathParser"}, paths

@@ -32,3 +32,47 @@ def test_help_prints_the_usage_paragraph_and_exits_0(capsys):
     out = capsys.readouterr().out
     assert out.startswith("Does one thing.\n") and "More details" not in out
     assert "--flagfile" in out and "--helpfull lists every flag" in out
+
+
+LONG_HELP = ("Backbone weights: imagenet (Keras download/cache), none (random), or the path of a "
+             "ResNet50 no-top .h5 file; the rest is for --helpfull.")
+
+
+def test_help_lines_wrap_whole_words_and_never_cut_the_text():
+    line = runner._one_line("weights", "imagenet", LONG_HELP, 80)
+    assert "…" not in line and all(len(row) <= 80 for row in line.splitlines())
+    assert len(line.splitlines()) > 1
+    # Every word of the first sentence is there, in order, and nothing of the second.
+    assert " ".join(line.split()[1:]) == LONG_HELP.split(";")[0]
+    rows = line.splitlines()
+    assert all(row.startswith(" " * 32) and not row[32].isspace() for row in rows[1:])
+
+
+@pytest.mark.parametrize("text, first", [
+    ("Examples in the shuffle buffer (training split; a file cache shuffles all). More.",
+     "Examples in the shuffle buffer (training split; a file cache shuffles all)"),
+    ("Hidden sizes, e.g. 512,128. Details.", "Hidden sizes, e.g. 512,128"),
+    ("One sentence only.", "One sentence only"),
+    ("Schedule: constant; cosine (to 0); step.", "Schedule: constant"),
+])
+def test_the_first_sentence_never_ends_inside_parentheses(text, first):
+    assert runner.first_sentence(text) == first
+
+
+def test_path_flags_expand_the_home_folder_and_variables(monkeypatch, tmp_path):
+    from absl import flags
+
+    from mri_tfdata.cli import shared_flags
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RUNS", "/srv/runs")
+    values = flags.FlagValues()
+    for name in ("data_dir", "workdir", "cache", "out"):
+        shared_flags.define_path(name, None, "", flag_values=values)
+    values(["prog", "--data_dir=~/tensorflow_datasets", "--workdir=$RUNS/demo", "--cache=memory"])
+    assert values.data_dir == f"{tmp_path}/tensorflow_datasets"
+    assert values.workdir == "/srv/runs/demo"
+    assert values.cache == "memory" and values.out is None
+    # Listed under the module that defined them, as --help groups them.
+    assert {f.name for f in values.get_flags_for_module(__name__)} == {
+        "data_dir", "workdir", "cache", "out"}

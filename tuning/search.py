@@ -20,6 +20,8 @@ again, and fold scores already computed are reused. For distributed tuning (KERA
 KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) see docs/scaling.md.
 """
 
+from __future__ import annotations
+
 import functools
 import os
 import sys
@@ -30,6 +32,8 @@ from mri_tfdata.cli import console
 
 console.setup_command(sys.argv)  # Before TensorFlow loads: a command starts quietly.
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
@@ -37,15 +41,18 @@ from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
 from mri_tfdata.data import kaggle_layout  # noqa: E402
-from mri_tfdata.runtime import distribute, precision, progress  # noqa: E402
-from tuning import final_selection, hypermodel, project, results, selection, tuners  # noqa: E402
-from tuning import search_data  # noqa: E402
-from tuning.hypermodel import HeadHyperModel  # noqa: E402
-from tuning.search_data import SearchData  # noqa: E402
+from tuning.choices import SELECTION_METRICS, TUNERS  # noqa: E402
+
+if TYPE_CHECKING:
+    from tuning import selection
+    from tuning.search_data import SearchData
+
+# The search's modules import TensorFlow and KerasTuner: the functions below import them when
+# they run, so that --help and flag errors answer without loading them.
 
 shared_flags.define_data_flags()
 shared_flags.define_model_flags()
-flags.DEFINE_enum("tuner", "bayesian", tuners.TUNERS, "KerasTuner algorithm.")
+flags.DEFINE_enum("tuner", "bayesian", TUNERS, "KerasTuner algorithm.")
 flags.DEFINE_integer("max_trials", 20, "Trials in all (random, bayesian); a resumed search runs "
                      "only the missing ones. Hyperband's budget is set by --epochs instead.")
 flags.DEFINE_integer("executions_per_trial", 1, "Fits per trial, averaged (less noisy, slower).")
@@ -58,7 +65,7 @@ flags.DEFINE_string("train_split", "train[:85%]", "Split the trial heads are tra
 flags.DEFINE_string("validation_split", "train[85%:]",
                     "Split of the objective (val_calibrated_cross_entropy); carved from train, "
                     "never the test split.")
-flags.DEFINE_string("directory", "runs/tune", "Parent directory of search projects.")
+shared_flags.define_path("directory", "runs/tune", "Parent directory of search projects.")
 flags.DEFINE_string("project_name", "head_search", "The search's folder in --directory.")
 flags.DEFINE_integer("finalists", 3,
                      "After the search, the best N trials and the default head (--head_units, "
@@ -67,7 +74,7 @@ flags.DEFINE_integer("finalists", 3,
                      "together, and best.flags takes the best mean --selection_metric. 0: "
                      "best.flags takes the trial with the best val_calibrated_cross_entropy.")
 flags.DEFINE_integer("selection_folds", 3, "Folds of the final selection's cross-validation.")
-flags.DEFINE_enum("selection_metric", "loss", sorted(selection.FOLD_METRICS),
+flags.DEFINE_enum("selection_metric", "loss", SELECTION_METRICS,
                   "What the final selection ranks by, on the held-out folds: cross-entropy after "
                   "temperature scaling (loss, lower is better; it uses every predicted "
                   "probability, so it separates heads that accuracy, counting only flipped "
@@ -77,7 +84,6 @@ flags.DEFINE_bool("overwrite", False, "Delete this project's trials and start af
                   "resuming.")
 
 FLAGS = flags.FLAGS
-OBJECTIVE = tuners.OBJECTIVE
 
 
 def _split_names(split: str) -> list[str]:
@@ -116,6 +122,8 @@ def _validate_flags(model_spec) -> tuple[int, ...]:
             f"--batch_sizes={','.join(FLAGS.batch_sizes)} must be positive integers, e.g. "
             "16,32,64.")
     if FLAGS.tuner == "hyperband" and FLAGS["max_trials"].present:
+        from tuning import tuners
+
         logging.warning("--max_trials is ignored by --tuner=hyperband: its number of trials "
                         "follows from --epochs (max_epochs) and the reduction factor %d.",
                         tuners.HYPERBAND_FACTOR)
@@ -150,6 +158,9 @@ def _select(rows: list[dict], search_data: SearchData, *, model_spec, policy: st
             project_dir: Path) -> tuple[selection.Candidate, list[selection.Candidate], str]:
     """Re-scores the best trials and the default head by cross-validation; returns the winner, the
     candidates and the reason best.flags gives for it."""
+    from tuning import final_selection, hypermodel, selection
+    from tuning.tuners import OBJECTIVE
+
     default = selection.default_candidate(
         units=model_spec.head_units, dropout=model_spec.dropout,
         learning_rate=hypermodel.DEFAULT_LEARNING_RATE, schedule=hypermodel.DEFAULT_SCHEDULE,
@@ -183,6 +194,9 @@ def _write_outputs(tuner, project_dir: Path, *, load_data, model_spec, policy: s
                    strategy) -> None:
     """Writes results.csv, objective.png and best.flags (after the final selection, which calls
     `load_data()` for the training and validation features)."""
+    from tuning import results, selection
+    from tuning.tuners import OBJECTIVE
+
     rows = results.trial_rows(tuner.oracle, OBJECTIVE)
     results.write_csv(rows, project_dir / results.RESULTS_CSV)
     print(results.summary(rows, OBJECTIVE), flush=True)
@@ -221,6 +235,10 @@ def _check_replicas(replicas: int, batch_sizes: tuple[int, ...]) -> None:
 
 def _search(data, model_spec, batch_sizes: tuple[int, ...]) -> None:
     """Runs (or resumes) the search and, unless this is a worker, writes its outputs."""
+    from mri_tfdata.runtime import distribute, precision, progress
+    from tuning import hypermodel, project, search_data, tuners
+    from tuning.hypermodel import HeadHyperModel
+
     start = time.perf_counter()
     role = project.distributed_role()
     # As in training: the strategy first, then the precision policy, before any layer is built.

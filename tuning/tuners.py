@@ -11,8 +11,8 @@ from keras_tuner.src import utils as keras_tuner_utils
 from mri_tfdata.core import atomic
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.evaluation import calibration
+from tuning.choices import TUNERS
 
-TUNERS = ("random", "bayesian", "hyperband")
 # The cross-entropy on the validation split after temperature scaling (mri_tfdata.evaluation.calibration,
 # written into the logs by HeadHyperModel.fit): the measure the final selection ranks by. Unlike
 # `val_loss` it does not depend on the label smoothing of the loss, and unlike the plain

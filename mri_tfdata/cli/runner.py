@@ -7,6 +7,7 @@ absl parses anything, for the module that defines `main`.
 
 import ast
 import functools
+import os
 import pathlib
 import re
 import shlex
@@ -21,8 +22,10 @@ from mri_tfdata.core.errors import NO_VALUE, ParameterError, UserError, python_s
 FLAGS = flags.FLAGS
 
 _SHORT_HELP = ("help", "helpshort", "h", "?")
-# The end of a help text's first sentence: ". " or "; " (not the dot of "e.g." or "i.e.").
+# A possible end of a help text's first sentence: ". " or "; " (not the dot of "e.g." or "i.e.");
+# it ends there only outside parentheses.
 _SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)[.;]\s")
+_LEFT_COLUMN = 32
 # Library parameters set by a flag of another name or with other values:
 # parameter -> (flag, {parameter value: flag value}). Any other parameter is set by its namesake.
 _FLAG_OF_PARAMETER = {
@@ -34,7 +37,7 @@ _FLAG_OF_PARAMETER = {
 # it).
 _GENERAL_FLAGS = (
     ("flagfile", "", "A file of flags, one per line (e.g. configs/demo.flags)"),
-    ("verbosity", "0", "Log level: 0 this tool's progress, -1 warnings only, 1 also TensorFlow's"),
+    ("verbosity", "0", "Log level: 0 progress, -1 warnings only, 1 also library logs"),
 )
 
 
@@ -60,13 +63,34 @@ def help_request(argv) -> str | None:
     return None
 
 
+def first_sentence(text: str) -> str:
+    """The help text up to its first ". " or "; " outside parentheses, without that stop."""
+    text = " ".join((text or "").split())
+    for match in _SENTENCE_END.finditer(text):
+        before = text[:match.start()]
+        if before.count("(") <= before.count(")"):
+            return before
+    return text.rstrip(".;")
+
+
 def _one_line(name: str, default: str, text: str, width: int) -> str:
-    """'  --name=default   First sentence of the help', cut to `width` columns."""
+    """'  --name=default   First sentence of the help', wrapped (never cut) to `width` columns;
+    continuation lines are indented under the help column."""
     left = f"  --{name}" + (f"={default}" if default else "")
-    left = left + "  " if len(left) >= 30 else left.ljust(32)
-    text = _SENTENCE_END.split(" ".join((text or "").split()), maxsplit=1)[0].rstrip(".;")
-    room = max(20, width - len(left))
-    return left + (text if len(text) <= room else text[:room - 1].rstrip() + "…")
+    left = left + "  " if len(left) >= _LEFT_COLUMN - 2 else left.ljust(_LEFT_COLUMN)
+    room = max(40, width - _LEFT_COLUMN)
+    lines = textwrap.wrap(first_sentence(text), width=room, break_long_words=False,
+                          break_on_hyphens=False) or [""]
+    # The first line starts after a long flag name; it gets the room left there.
+    first_room = max(20, width - len(left))
+    if len(lines[0]) > first_room:
+        lines = textwrap.wrap(first_sentence(text), width=first_room, break_long_words=False,
+                              break_on_hyphens=False)
+        rest = textwrap.wrap(" ".join(lines[1:]), width=room, break_long_words=False,
+                             break_on_hyphens=False)
+        lines = [lines[0], *rest]
+    indent = "\n" + " " * _LEFT_COLUMN
+    return left + indent.join(lines)
 
 
 def _flag_line(flag, width: int) -> str:
@@ -101,18 +125,44 @@ def full_help(module) -> str:
     return (module.__doc__ or "").strip() + "\n\n" + FLAGS.get_help() + "\n"
 
 
+def _expand_flagfiles(argv: list[str]) -> list[str]:
+    """argv with ~ and $VARIABLES expanded in --flagfile values (no shell does it after `=`)."""
+    expanded = list(argv[:1])
+    for arg in argv[1:]:
+        for spelling in ("--flagfile=", "-flagfile="):
+            if arg.startswith(spelling):
+                arg = spelling + os.path.expandvars(os.path.expanduser(arg[len(spelling):]))
+        expanded.append(arg)
+    return expanded
+
+
+def _unreadable_flagfile(error: flags.Error) -> str:
+    """The paragraph for a --flagfile absl cannot open: the file, why, and what to pass."""
+    match = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(error))
+    reason, path = (match.group(1), match.group(2)) if match else ("cannot be read", str(error))
+    where = "" if os.path.isabs(path) else f" (looked for {os.path.abspath(path)})"
+    return (f"--flagfile={path}: {reason.lower()}{where}. Pass the path of an existing flags file, e.g. "
+            "--flagfile=configs/demo.flags from the repository's folder.")
+
+
 def parse_flags(argv: list[str], module=None) -> list[str]:
-    """Parses flags like absl, but a bad flag exits 2 with one paragraph, and --help and
-    --helpfull print to stdout and exit 0."""
+    """Parses flags like absl, but a bad flag or flagfile exits 2 with one paragraph, and --help
+    and --helpfull print to stdout and exit 0."""
     wanted = help_request(argv)
     if wanted:
         module = module or sys.modules["__main__"]
         sys.stdout.write(short_help(module) if wanted == "short" else full_help(module))
         sys.exit(0)
     try:
-        return FLAGS(argv)
+        return FLAGS(_expand_flagfiles(argv))
+    except flags.CantOpenFlagFileError as e:
+        _print_error(_unreadable_flagfile(e))
+        sys.exit(2)
     except flags.Error as e:
-        _print_error(f"{e}. Run with --helpfull to list the flags and their accepted values.")
+        # absl's "Did you mean: epochs ?" as a sentence naming the flag.
+        message = re.sub(r"Did you mean: ([\w,\s]+?) \?", lambda m: "Did you mean " + ", ".join(
+            f"--{name.strip()}" for name in m.group(1).split(",")) + "?", str(e))
+        _print_error(f"{message.rstrip('.')}. Run with --helpfull to list the flags and their accepted values.")
         sys.exit(2)
 
 

@@ -1,15 +1,56 @@
-"""The data, model and runtime flags shared by train, evaluate and tuning entry points."""
+"""The data, model and runtime flags shared by the commands, and the path flag type they all use.
+
+TensorFlow-free: a command defines and parses its flags (and answers --help or a typo) before
+TensorFlow loads; the library types are imported when the flags are turned into them.
+"""
+
+from __future__ import annotations
 
 import os
+import sys
+from typing import TYPE_CHECKING
 
 from absl import flags
 
 from mri_tfdata.cli.runner import require
-from mri_tfdata.data.dataspec import SOURCES, DataSpec
-from mri_tfdata.model.architecture import ModelSpec
-from mri_tfdata.runtime import distribute, precision
+from mri_tfdata.core.choices import PRECISIONS, SOURCES, STRATEGIES
+
+if TYPE_CHECKING:
+    from mri_tfdata.data.dataspec import DataSpec
+    from mri_tfdata.model.architecture import ModelSpec
 
 FLAGS = flags.FLAGS
+
+
+def expand_path(value: str) -> str:
+    """`value` with a leading ~ and $VARIABLES expanded, as a shell would if it saw them.
+
+    A shell expands neither after `--flag=` nor inside a flagfile, so a path flag does it itself.
+    """
+    return os.path.expandvars(os.path.expanduser(value))
+
+
+class PathParser(flags.ArgumentParser):
+    """Parses a path flag's value: ~ and $VARIABLES expanded (keywords such as none pass as is)."""
+
+    syntactic_help = "a path; ~ and $VARIABLES are expanded"
+
+    def parse(self, argument):
+        return None if argument is None else expand_path(str(argument))
+
+    def flag_type(self):
+        return "path"
+
+
+def define_path(name: str, default: str | None, help_text: str, **kwargs) -> None:
+    """Defines a string flag naming a file or folder, whose value has ~ and $VARIABLES expanded."""
+    flags.DEFINE(PathParser(), name, default, help_text, serializer=flags.ArgumentSerializer(),
+                 module_name=kwargs.pop("module_name", None) or _caller_module(), **kwargs)
+
+
+def _caller_module() -> str:
+    """The module that called define_path, so that the flag is listed under its command."""
+    return sys._getframe(2).f_globals["__name__"]
 
 _ACTIVATIONS = ("relu", "gelu", "swish", "elu", "selu", "tanh")
 
@@ -20,15 +61,15 @@ def define_data_flags() -> None:
         "source", "synthetic", SOURCES,
         "tfds: a built brain_tumor_mri TFDS dataset; folder: a Kaggle-layout folder (--data_dir); "
         "synthetic: the embedded generated dataset (no download).")
-    flags.DEFINE_string(
+    define_path(
         "data_dir", None,
         "source=folder: the Kaggle-layout root (Training/, Testing/). source=synthetic: where the "
         "generated set is cached (default $XDG_CACHE_HOME/mri_tfdata/synthetic, else "
         "$HOME/.cache/mri_tfdata/synthetic).")
-    flags.DEFINE_string(
+    define_path(
         "tfds_data_dir", None,
-        "source=tfds: the TFDS data_dir the dataset was built into "
-        "(default $TFDS_DATA_DIR, else $HOME/tensorflow_datasets).")
+        "source=tfds: the TFDS data_dir the dataset was built into. Default: $TFDS_DATA_DIR, else "
+        "$HOME/tensorflow_datasets.")
     flags.DEFINE_enum(
         "tfds_config", "default", ("default", "dedup"),
         "source=tfds: builder config; dedup drops the test images that leak from train.")
@@ -39,42 +80,43 @@ def define_data_flags() -> None:
     flags.DEFINE_integer("image_size", 224,
                          "Side of the square model input in pixels (images are resized).")
     flags.DEFINE_integer("batch_size", 32, "GLOBAL batch size, split evenly across the replicas.")
-    flags.DEFINE_string(
+    define_path(
         "cache", "memory",
-        "Cache of decoded, resized uint8 images: none, memory, or a directory for a file cache.")
-    flags.DEFINE_string("feature_cache", "auto",
-                        "Frozen-backbone fast path: auto computes each split's ResNet50 features "
+        "Cache of decoded images: none, memory, or a folder. A folder holds a file cache of the "
+        "decoded, resized uint8 images.")
+    define_path("feature_cache", "auto",
+                        "Frozen-backbone fast path: auto, off or a folder. auto computes each split's ResNet50 features "
                         "once, caches them in $XDG_CACHE_HOME/mri_tfdata/features (else "
-                        "~/.cache/mri_tfdata/features) and trains the head on them when the "
+                        "$HOME/.cache/mri_tfdata/features) and trains the head on them when the "
                         "backbone stays frozen and --augment is off; a folder does the same with "
                         "the cache there; off always trains end to end.")
-    flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (training split; "
-                         "a file cache shuffles the whole split instead).")
+    flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the training split's shuffle "
+                         "buffer. A file cache shuffles the whole split instead.")
     flags.DEFINE_integer("seed", 0, "Seed for shuffling, weight initialisation and dropout.")
 
 
 def define_model_flags() -> None:
     """Defines the model's shape and the hardware it runs on (call once, at import)."""
-    flags.DEFINE_string(
+    define_path(
         "weights", "imagenet",
-        "Backbone weights: imagenet (Keras download/cache), none (random), or the path of a "
-        "ResNet50 no-top .h5 file.")
+        "Backbone weights: imagenet, none (random) or a ResNet50 no-top .h5 file. imagenet is "
+        "Keras's download, cached in $HOME/.keras.")
     flags.DEFINE_list("head_units", ["512", "128"],
                       "Hidden Dense layer sizes of the head, e.g. 512,128.")
     flags.DEFINE_enum("head_activation", "relu", _ACTIVATIONS,
-                      "Activation of the head's hidden layers.")
+                      "Hidden head layers' activation.")
     flags.DEFINE_float("dropout", 0.0, "Dropout after each hidden head layer, in [0, 1).")
     flags.DEFINE_bool(
         "standardize_features", True,
-        "Standardise the 2,048 pooled features (fitted on training images) before the head; "
-        "needed for usable accuracy with --weights=none.")
+        "Standardise the pooled features before the head. Fitted on the 2,048 features of the "
+        "training images; needed for usable accuracy with --weights=none.")
     flags.DEFINE_bool("augment", False, "Random flip/rotation/zoom/contrast during training.")
     flags.DEFINE_enum(
-        "strategy", "auto", distribute.STRATEGIES,
-        "tf.distribute strategy; auto: mirrored on >1 GPU, one GPU, else the default.")
+        "strategy", "auto", STRATEGIES,
+        "Distribution. auto: mirrored on >1 GPU, one GPU, else the default.")
     flags.DEFINE_string("tpu", None, "strategy=tpu: the TPU name or address (local on a TPU VM).")
-    flags.DEFINE_enum("precision", "auto", precision.PRECISIONS,
-                      "Keras mixed-precision policy; auto picks what the hardware runs natively.")
+    flags.DEFINE_enum("precision", "auto", PRECISIONS,
+                      "Mixed precision. auto picks what the hardware runs natively.")
 
 
 def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
@@ -103,6 +145,8 @@ def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
         require(FLAGS.synthetic_train_per_class >= 2 and FLAGS.synthetic_test_per_class >= 1,
                 "--synthetic_train_per_class must be at least 2 and --synthetic_test_per_class at "
                 "least 1.")
+    from mri_tfdata.data.dataspec import DataSpec  # imports TensorFlow
+
     return DataSpec(
         source=FLAGS.source, data_dir=FLAGS.data_dir, tfds_data_dir=FLAGS.tfds_data_dir,
         tfds_config=FLAGS.tfds_config, synthetic_train_per_class=FLAGS.synthetic_train_per_class,
@@ -126,6 +170,8 @@ def model_spec_from_flags() -> ModelSpec:
     require(0.0 <= FLAGS.dropout < 1.0, f"--dropout={FLAGS.dropout} must be in [0, 1).")
     require(FLAGS.weights.lower() in ("imagenet", "none") or bool(FLAGS.weights.strip()),
             "--weights must be imagenet, none or a file path.")
+    from mri_tfdata.model.architecture import ModelSpec  # imports TensorFlow
+
     return ModelSpec(image_size=FLAGS.image_size, weights=FLAGS.weights, head_units=units,
                      head_activation=FLAGS.head_activation, dropout=FLAGS.dropout,
                      standardize_features=FLAGS.standardize_features, augment=FLAGS.augment)

@@ -7,10 +7,10 @@ import numpy as np
 from absl import logging
 
 from mri_tfdata.core import caches
+from mri_tfdata.core.choices import SOURCES
 from mri_tfdata.core.errors import ParameterError, UserError
 from mri_tfdata.data import sources, synthetic
 
-SOURCES = ("tfds", "folder", "synthetic")
 
 # Synthetic roots already generated or checked by this process; every split opens through prepare().
 _prepared: set[pathlib.Path] = set()

@@ -2,11 +2,9 @@
 
 import keras
 
+from mri_tfdata.core.choices import SCHEDULES
 from mri_tfdata.model import losses
 
-# Learning-rate schedules over a fit's steps: constant; cosine decay to 0; a step to a tenth of
-# the rate after two thirds of the steps.
-SCHEDULES = ("constant", "cosine", "step")
 
 
 def learning_rate_schedule(learning_rate: float, *, schedule: str, decay_steps: int):

@@ -6,9 +6,9 @@ import pathlib
 
 import tensorflow as tf
 
+from mri_tfdata.core.choices import STRATEGIES
 from mri_tfdata.core.errors import ParameterError, UserError
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 _TF_CONFIG_EXAMPLE = (
     'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '

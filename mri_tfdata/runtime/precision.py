@@ -6,9 +6,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from mri_tfdata.core.choices import PRECISIONS
 from mri_tfdata.core.errors import ParameterError
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 # CPU flags (Linux /proc/cpuinfo) that mean oneDNN runs bfloat16 matmuls and convolutions natively:
 # x86 AVX512-BF16 / AMX-BF16, and the Armv8.6 BF16 extension. Without them bf16 is emulated and

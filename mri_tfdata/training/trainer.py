@@ -24,33 +24,8 @@ from mri_tfdata.model.training_plan import TrainingPlan
 from mri_tfdata.runtime import distribute, progress
 from mri_tfdata.serving import model_file
 from mri_tfdata.training import resumable, workdir
+from mri_tfdata.training.config import TrainConfig
 from mri_tfdata.training.resumable import FINE_TUNE_PHASE, HEAD_PHASE
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to train: splits, optimisation, input pipeline; all batch sizes are global."""
-
-    train_split: str = "train[:90%]"
-    validation_split: str = "train[90%:]"  # "" = no validation
-    test_split: str = "test"  # "" = no final evaluation
-    batch_size: int = 32
-    # The head's recipe: the most accurate of the stable recipes measured on the real data, over
-    # 5 seeds each (benchmarks/README.md, "Head recipes").
-    epochs: int = 10
-    learning_rate: float = 3e-4
-    schedule: str = "cosine"  # optimization.SCHEDULES, over each phase's steps
-    label_smoothing: float = 0.1
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0 = Adam
-    fine_tune_blocks: int = 0  # top ResNet50 blocks unfrozen in a second phase (0 = none)
-    fine_tune_epochs: int = 0
-    fine_tune_learning_rate: float = 1e-5
-    cache: str = "memory"  # none | memory | directory
-    feature_cache: str = "auto"  # auto | off | folder of cached backbone features (fast path)
-    shuffle_buffer: int = 2048
-    seed: int = 0
-    max_steps_per_epoch: int = 0  # > 0 caps every epoch (smoke runs); 0 = whole splits
-    allow_missing_classes: bool = False  # train even when a class has no training example
 
 
 @dataclasses.dataclass
