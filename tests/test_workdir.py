@@ -104,3 +104,39 @@ def test_a_read_only_workdir_is_one_paragraph_naming_it(tmp_path):
         target = tmp_path / "ro" / "run"
     with pytest.raises(UserError, match=f"Cannot create the workdir {target}"):
         workdir.open_run(target, settings=SETTINGS)
+
+
+def test_a_run_that_ends_leaves_no_lock_file_and_keeps_refusing_concurrent_runs(tmp_path):
+    first = workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    assert (tmp_path / "run" / workdir.LOCK_FILE).exists()
+    with pytest.raises(UserError, match="Another run"):
+        workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    first.close()
+    assert not (tmp_path / "run" / workdir.LOCK_FILE).exists()
+    # A run that fails while opening (here: other settings under the lock) removes it too.
+    second = workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    second.close()
+    with pytest.raises(UserError, match="other settings"):
+        workdir.open_run(tmp_path / "run", settings={**SETTINGS, "model": {"image_size": 96}})
+    assert not (tmp_path / "run" / workdir.LOCK_FILE).exists()
+
+
+def test_a_lock_taken_on_a_removed_lock_file_is_taken_again_on_the_new_one(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    stale = os.open(tmp_path / "run" / workdir.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    real_flock = workdir.fcntl.flock
+    calls = []
+
+    def flock_then_remove(fd, operation):
+        # Between this run's open and its lock, the previous holder finishes: removes the file.
+        real_flock(fd, operation)
+        if not calls:
+            (tmp_path / "run" / workdir.LOCK_FILE).unlink()
+        calls.append(fd)
+
+    monkeypatch.setattr(workdir.fcntl, "flock", flock_then_remove)
+    run = workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    assert len(calls) == 2 and os.fstat(run.lock_fd).st_ino == os.stat(
+        tmp_path / "run" / workdir.LOCK_FILE).st_ino
+    run.close()
+    os.close(stale)

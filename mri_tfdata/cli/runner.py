@@ -141,8 +141,8 @@ def _unreadable_flagfile(error: flags.Error) -> str:
     match = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(error))
     reason, path = (match.group(1), match.group(2)) if match else ("cannot be read", str(error))
     where = "" if os.path.isabs(path) else f" (looked for {os.path.abspath(path)})"
-    return (f"--flagfile={path}: {reason.lower()}{where}. Pass the path of an existing flags file, e.g. "
-            "--flagfile=configs/demo.flags from the repository's folder.")
+    return (f"--flagfile={path}: {reason.lower()}{where}. Pass the path of an existing flags "
+            "file, e.g. --flagfile=configs/demo.flags from the repository's folder.")
 
 
 def parse_flags(argv: list[str], module=None) -> list[str]:

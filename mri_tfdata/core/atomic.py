@@ -23,6 +23,25 @@ def disk_error(path, error: OSError, what: str = "write") -> DiskError:
                      "permissions, or point the run at another folder.")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux's /proc; elsewhere set and reset)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The permissions an ordinary new file gets: 0666 less the umask (mkstemp's are 0600)."""
+    return 0o666 & ~current_umask()
+
+
 def write_atomic(path, content: Content) -> pathlib.Path:
     """Writes `content` to `path` through a temp file beside it, fsync and a rename.
 
@@ -46,6 +65,8 @@ def write_atomic(path, content: Content) -> pathlib.Path:
     except OSError as e:
         raise disk_error(path, e) from None
     try:
+        # A temp file is private; the file it becomes is as readable as any other the user writes.
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             if callable(content):
                 content(f)

@@ -12,7 +12,7 @@ from absl import logging
 from PIL import Image
 
 from mri_tfdata.core import caches
-from mri_tfdata.core.atomic import disk_error
+from mri_tfdata.core.atomic import current_umask, disk_error
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data.kaggle_layout import CLASS_NAMES
 
@@ -222,6 +222,8 @@ def write_synthetic_dataset(
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+        # mkdtemp's folder is private; the dataset it becomes is as readable as any other.
+        staging.chmod(0o777 & ~current_umask())
     except OSError as e:
         raise disk_error(root.parent, e, what="create the synthetic dataset folder") from None
     try:

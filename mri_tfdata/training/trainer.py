@@ -258,9 +258,9 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
         classifier = architecture.build_from_spec(model_spec, num_classes=len(class_names))
     # The data and the weights are good: only now is the workdir written (and locked).
     run = workdir.open_run(out, settings=settings, overwrite=overwrite)
-    if flags_text is not None:
-        atomic.write_atomic(run.path / "flags.txt", flags_text)
     try:
+        if flags_text is not None:
+            atomic.write_atomic(run.path / "flags.txt", flags_text)
         return _run_phases(classifier, _Job(
             data=data, spec=model_spec, config=config, strategy=strategy, run=run,
             train_source=splits["train_split"], val_source=splits.get("validation_split"),

@@ -66,9 +66,12 @@ class RunDir:
         atomic.write_json(self.path / RUN_FILE, self.record)
 
     def close(self) -> None:
-        """Releases the workdir's lock (the process ending releases it too)."""
+        """Releases the workdir's lock and removes its lock file: a run's folder ends without it.
+
+        The process ending releases the lock too, but leaves the file (which the next run takes
+        over)."""
         if self.lock_fd is not None:
-            os.close(self.lock_fd)
+            _unlock(self.path, self.lock_fd)
             self.lock_fd = None
 
 
@@ -145,23 +148,45 @@ def check(path, *, settings: dict, overwrite: bool = False) -> None:
 
 
 def _lock(path: pathlib.Path) -> int:
-    """Takes the workdir's lock, or refuses when a live process holds it."""
+    """Takes the workdir's lock, or refuses when a live process holds it.
+
+    The lock is the one on the file now at `path`/.lock: a lock taken on a file that its holder
+    removed on finishing (see _unlock) protects nothing, so it is taken again on the new file.
+    """
     lock_path = path / LOCK_FILE
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise atomic.disk_error(lock_path, e, what="create the lock file") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "unknown"
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise atomic.disk_error(lock_path, e, what="create the lock file") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"Another run (process {holder}) is using workdir={path} right now. Wait for it "
+                "to finish, stop it, or give another workdir.") from None
+        try:
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
         os.close(fd)
-        raise UserError(
-            f"Another run (process {holder}) is using workdir={path} right now. Wait for it to "
-            "finish, stop it, or give another workdir.") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _unlock(path: pathlib.Path, fd: int) -> None:
+    """Removes the lock file, then releases the lock (in this order, so that no other run can
+    lock the file in between and lose it)."""
+    try:
+        (path / LOCK_FILE).unlink(missing_ok=True)
+    except OSError:  # A read-only folder: the file stays, and the next run takes it over.
+        pass
+    os.close(fd)
 
 
 def open_run(path, *, settings: dict, overwrite: bool = False) -> RunDir:
@@ -192,7 +217,7 @@ def open_run(path, *, settings: dict, overwrite: bool = False) -> RunDir:
     try:
         return _open_locked(path, lock_fd, settings=settings, overwrite=overwrite)
     except BaseException:
-        os.close(lock_fd)
+        _unlock(path, lock_fd)
         raise
 
 

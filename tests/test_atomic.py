@@ -1,0 +1,35 @@
+"""Tests for mri_tfdata.core.atomic: files written whole get the permissions of the user's umask."""
+
+import os
+import stat
+
+import pytest
+
+from mri_tfdata.core import atomic
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_written_files_get_the_umask_permissions_not_the_temp_files(tmp_path, umask):
+    written = [atomic.write_atomic(tmp_path / "metrics.json", "{}"),
+               atomic.write_json(tmp_path / "history.json", {"loss": [1.0]}),
+               atomic.write_atomic(tmp_path / "plot.png", lambda f: f.write(b"\x89PNG"))]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open() gives, the reference
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask == stat.S_IMODE(
+            plain.stat().st_mode), path
+    assert atomic.current_umask() == umask
+
+
+def test_the_synthetic_dataset_folder_gets_the_umask_permissions(tmp_path, umask):
+    from mri_tfdata.data import synthetic
+
+    root = synthetic.write_synthetic_dataset(tmp_path / "synthetic", train_per_class=2,
+                                             test_per_class=1, image_size=16)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o777 & ~umask
