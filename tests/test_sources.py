@@ -186,3 +186,17 @@ def test_names_and_labels_come_without_decoding_in_dataset_order(tree, tfds_dir)
         # A name is the file's path under the dataset root; its class folder is its label.
         assert all(source.class_names[label] in name.split("/")
                    for name, label in zip(source.names, source.labels))
+
+
+def test_a_dataset_not_built_names_the_expanded_folder_and_a_command_that_runs(tmp_path,
+                                                                               monkeypatch):
+    from mri_tfdata.core.errors import UserError
+    from mri_tfdata.data import sources
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(UserError) as error:
+        sources.load_tfds_source(split="train", data_dir="~/tensorflow_datasets")
+    message = str(error.value)
+    assert f"is not built in {tmp_path}/tensorflow_datasets" in message
+    assert f"--data_dir={tmp_path}/tensorflow_datasets --manual_dir=DIR" in message
+    assert "~" not in message and not (pathlib.Path.cwd() / "~").exists()

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import hashlib
+import os
 import pathlib
 import types
 from typing import Callable, Optional, Union
@@ -125,6 +126,9 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
       UserError: The dataset is not built in `data_dir` (the fix: a `tfds build` command), or
         the split does not exist.
     """
+    if data_dir is not None and "://" not in str(data_dir):
+        # As a shell would have: the message below names (and TFDS reads) the folder meant.
+        data_dir = os.path.expandvars(os.path.expanduser(str(data_dir)))
     not_built = _not_built(name, config, data_dir)
     # The builder's code is not imported: TFDS reads a built dataset from its own files, and the
     # library never depends on builders/ (which depends on it).
