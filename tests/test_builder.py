@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -221,3 +222,27 @@ def test_tfds_build_on_one_and_on_every_core_stores_what_the_plain_builder_store
                 "test": {"duplicates_within_split": 0, "in_earlier_split": 1},
             },
         }
+
+
+# Lines a good build must not print once the builder is loaded: Beam's and TFDS's noise.
+ROOT = pathlib.Path(__file__).parents[1]
+BUILD_NOISE = re.compile(r"Converting string literal type hint|Unparseable argument|prism|Prism"
+                         r"|no `beam_runner` nor `beam_options`|dtype` is deprecated"
+                         r"|Discarding unparseable args")
+
+
+@pytest.mark.integration
+def test_a_good_tfds_build_prints_only_its_own_lines(tmp_path):
+    subprocess.run([sys.executable, "-m", "mri_tfdata.synthetic",
+                    f"--out={tmp_path / 'manual'}",
+                    "--train_per_class=2", "--test_per_class=1", "--image_size=32"],
+                   check=True, capture_output=True)
+    tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
+    proc = subprocess.run([str(tfds_cli), "build", str(ROOT / "builders" / "brain_tumor_mri"),
+                           f"--manual_dir={tmp_path / 'manual'}", f"--data_dir={tmp_path / 'tfds'}",
+                           "--config=default"], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert not BUILD_NOISE.search(output), BUILD_NOISE.findall(output)
+    assert len(output.splitlines()) <= 80, output

@@ -4,12 +4,18 @@ import collections
 import dataclasses
 import os
 import pathlib
+import sys
 
 import tensorflow_datasets as tfds
 from absl import logging
 
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import beam_steps, kaggle_layout
+from mri_tfdata.runtime import log_noise
+
+if os.path.basename(sys.argv[0]) == "tfds":
+    # Imported by `tfds build`: quiet before Beam runs (see runtime.log_noise).
+    log_noise.quiet_tfds_build(sys.argv)
 
 
 @dataclasses.dataclass(eq=False)
@@ -73,6 +79,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage=kaggle_layout.DOWNLOAD_URL,
             metadata=tfds.core.MetadataDict(),
         )
+
+    def _download_and_prepare(self, dl_manager, download_config=None):
+        """Without --beam_pipeline_options, builds in this process with Beam's FnApiRunner.
+
+        Beam's DirectRunner would first download its Prism runner from GitHub, and Beam would
+        read tfds's own arguments as its options; neither helps a local build.
+        """
+        download_config = download_config or tfds.download.DownloadConfig()
+        if download_config.beam_runner is None and download_config.beam_options is None:
+            beam = tfds.core.lazy_imports.apache_beam
+            from apache_beam.runners.portability import fn_api_runner
+
+            download_config = dataclasses.replace(
+                download_config, beam_runner=fn_api_runner.FnApiRunner(),
+                beam_options=beam.options.pipeline_options.PipelineOptions(flags=[]))
+        return super()._download_and_prepare(dl_manager, download_config)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
         # With a `pipeline` argument TFDS builds with Apache Beam: reading and checking the files

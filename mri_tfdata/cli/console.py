@@ -7,8 +7,10 @@ TensorFlow. At the default --verbosity it hides:
     before TF_CPP_MIN_LOG_LEVEL is read: only a redirect of file descriptor 2 around the first
     `import tensorflow` can hide it;
   * later C++ lines such as the cuInit "CUDA error (303)" on a machine without GPU (TF's level 3);
-  * INFO lines that TensorFlow's own Python code logs through absl (SavedModel signature renaming,
-    "Writing fingerprint", ...) and the duplicate "INFO:tensorflow:" lines of TF's own handler.
+  * the records that libraries log (TensorFlow's SavedModel INFO lines, TFDS's deprecation
+    warnings, ...), Python warnings raised outside the project, and the duplicate
+    "INFO:tensorflow:" lines of TF's own handler (runtime.log_noise);
+and prints the project's own log lines plainly, without absl's prefix.
 --verbosity=1 shows everything again; a TF_CPP_MIN_LOG_LEVEL set by the user decides the C++
 level. Importing the package as a library (tests, notebooks) changes nothing.
 """
@@ -22,17 +24,15 @@ import re
 import sys
 import tempfile
 
+from mri_tfdata.runtime import log_noise
+
 # The lines of the C++ start-up block; anything else written while TensorFlow loads is kept.
 _STARTUP_NOISE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]\d{4} [\d:.]+ +\d+ (port\.cc|cudart_stub\.cc|cpu_feature_guard\.cc):\d+\]"
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler")
 
-# INFO lines stay visible from these package folders only (not the repository root: a .venv
-# inside it holds TensorFlow, whose INFO records carry the same absl logger name as ours).
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_OWN_DIRS = tuple(os.path.join(_ROOT, name) + os.sep for name in ("mri_tfdata", "tuning",
-                                                                  "builders"))
+_OWN_DIRS = log_noise.OWN_DIRS
 
 _done = False
 
@@ -49,25 +49,7 @@ def is_command(argv) -> bool:
             or path.startswith(_OWN_DIRS))
 
 
-def verbosity_from_argv(argv) -> int:
-    """absl's --verbosity (or -v) as given on the command line; 0 when absent or unreadable.
-
-    Read by hand because absl parses the flags inside app.run, long after TensorFlow is imported.
-    """
-    value = None
-    args = list(argv[1:])
-    for i, arg in enumerate(args):
-        if arg == "--":
-            break
-        for name in ("--verbosity", "-verbosity", "--v", "-v"):
-            if arg.startswith(name + "="):
-                value = arg.split("=", 1)[1]
-            elif arg == name and i + 1 < len(args):
-                value = args[i + 1]
-    try:
-        return int(value) if value is not None else 0
-    except ValueError:
-        return 0  # absl reports the bad value itself when it parses the flags
+verbosity_from_argv = log_noise.verbosity_from_argv
 
 
 def setup_command(argv) -> None:
@@ -80,23 +62,18 @@ def setup_command(argv) -> None:
         return
     _done = True
     quiet = verbosity_from_argv(argv) < 1
-    if quiet:
-        # Read once, at import; 3 also hides E lines. A level the user chose is kept.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from absl import logging as absl_logging
+    from absl import logging as absl_logging
 
-        absl_logging.get_absl_handler().addFilter(_ProjectInfoOnly())
+    handler = absl_logging.get_absl_handler()
+    handler.addFilter(log_noise.NoKnownNoise())
+    if quiet:
+        log_noise.quiet_libraries()  # before TensorFlow reads TF_CPP_MIN_LOG_LEVEL
+        handler.addFilter(log_noise.OwnRecordsOnly())
+        handler.setFormatter(log_noise.PlainFormatter())
     if "tensorflow" in sys.modules:
         _after_tensorflow_import(quiet)
     else:
         sys.meta_path.insert(0, _QuietTensorflowImport(quiet))
-
-
-class _ProjectInfoOnly(logging.Filter):
-    """Lets WARNING and above through from anyone, INFO only from this project's packages."""
-
-    def filter(self, record):
-        return record.levelno >= logging.WARNING or record.pathname.startswith(_OWN_DIRS)
 
 
 @contextlib.contextmanager
