@@ -68,14 +68,15 @@ flags.DEFINE_string("validation_split", "train[85%:]",
 shared_flags.define_path("directory", "runs/tune", "Parent directory of search projects.")
 flags.DEFINE_string("project_name", "head_search", "The search's folder in --directory.")
 flags.DEFINE_integer("finalists", 3,
-                     "After the search, the best N trials and the default head (--head_units, "
+                     "Trials re-scored by cross-validation after the search. The best N "
+                     "trials and the default head (--head_units, "
                      "--dropout, --batch_size, --epochs and train.py's default recipe) are "
                      "re-scored by --selection_folds-fold cross-validation on train and validation "
                      "together, and best.flags takes the best mean --selection_metric. 0: "
                      "best.flags takes the trial with the best val_calibrated_cross_entropy.")
 flags.DEFINE_integer("selection_folds", 3, "Folds of the final selection's cross-validation.")
 flags.DEFINE_enum("selection_metric", "loss", SELECTION_METRICS,
-                  "What the final selection ranks by, on the held-out folds: cross-entropy after "
+                  "What the final selection ranks by. On the held-out folds: cross-entropy after "
                   "temperature scaling (loss, lower is better; it uses every predicted "
                   "probability, so it separates heads that accuracy, counting only flipped "
                   "argmaxes, calls a tie, and the fitted temperature undoes the lower confidence "

@@ -108,7 +108,8 @@ def short_help(module) -> str:
     One command runs per process, so the shared flags defined so far (cli.shared_flags) are exactly
     the ones this command takes.
     """
-    width = min(shutil.get_terminal_size((100, 24)).columns, 120)
+    # A terminal's width; 100 columns when piped or captured.
+    width = min(shutil.get_terminal_size((100, 24)).columns, 120) if sys.stdout.isatty() else 100
     groups = {"flags": FLAGS.get_flags_for_module(module),
               "data, model and hardware flags": FLAGS.get_flags_for_module(
                   "mri_tfdata.cli.shared_flags")}

@@ -50,7 +50,8 @@ def define_path(name: str, default: str | None, help_text: str, **kwargs) -> Non
 
 def _caller_module() -> str:
     """The module that called define_path, so that the flag is listed under its command."""
-    return sys._getframe(2).f_globals["__name__"]
+    name = sys._getframe(2).f_globals["__name__"]
+    return sys.argv[0] if name == "__main__" else name  # absl's name for the main module
 
 _ACTIVATIONS = ("relu", "gelu", "swish", "elu", "selu", "tanh")
 
