@@ -202,3 +202,63 @@ def write_simple_tree(
     for label, name in enumerate(classes):
         write(root / train / name / f"tr{label}.jpg", jpeg_bytes(100 + label))
         write(root / test / name / f"te{label}.jpg", jpeg_bytes(200 + label))
+
+
+def slice_like_jpeg(height: int, width: int, *, grey: bool, seed: int = 0,
+                    quality: int = 90) -> bytes:
+    """A JPEG shaped like an MRI slice (black background, a textured bright ellipse with darker
+    blobs; neither flat nor noise), at a real size such as 512 x 512 or 284 x 324."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    cy, cx = height * rng.uniform(0.45, 0.55), width * rng.uniform(0.45, 0.55)
+    inside = ((y - cy) / (0.4 * height)) ** 2 + ((x - cx) / (0.35 * width)) ** 2 < 1
+    texture = 60 * np.sin(x / rng.uniform(3, 9)) * np.cos(y / rng.uniform(4, 11))
+    image = np.where(inside, 150 + texture + rng.normal(0, 12, (height, width)), 0)
+    for _ in range(4):  # darker structures
+        by, bx, r = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width, rng.uniform(8, 30)
+        image[(y - by) ** 2 + (x - bx) ** 2 < r ** 2] *= 0.4
+    channels = [image] if grey else [image, image * 0.9 + 10 * inside, image * 0.8]
+    pixels_ = np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels_[..., 0] if grey else pixels_).save(buffer, format="JPEG",
+                                                             quality=quality)
+    return buffer.getvalue()
+
+
+def _entropy_start(data: bytes) -> int:
+    """Offset of a baseline JPEG's entropy-coded data (right after its start-of-scan header)."""
+    start = data.index(b"\xff\xda")
+    return start + 2 + int.from_bytes(data[start + 2:start + 4], "big")
+
+
+def jpeg_cut_with_end_marker(data: bytes, fraction: float = 0.5) -> bytes:
+    """`data` cut `fraction` of the way into its entropy data, its end marker put back."""
+    start = _entropy_start(data)
+    return data[:start + int((len(data) - start) * fraction)] + b"\xff\xd9"
+
+
+def jpeg_zeroed_middle(data: bytes, count: int = 2000) -> bytes:
+    """`data` with `count` bytes of its entropy data overwritten by zeros, in the middle."""
+    start = _entropy_start(data)
+    middle = (start + len(data)) // 2 - count // 2
+    return data[:middle] + bytes(count) + data[middle + count:]
+
+
+def jpeg_claiming_size(data: bytes, height: int, width: int) -> bytes:
+    """`data` with its frame header (SOF0/1/2) declaring height x width pixels."""
+    for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
+        at = data.find(marker)
+        if at > 0:
+            return (data[:at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big")
+                    + data[at + 9:])
+    raise ValueError("no frame header")
+
+
+def damaged_jpegs() -> dict[str, bytes]:
+    """The JPEGs libjpeg decodes only with a corrupt-data warning, by name: a cut file with its
+    end marker put back, one with zeros over its middle, a 6 KB file claiming 8000 x 8000."""
+    slice_ = slice_like_jpeg(512, 512, grey=True, seed=11)
+    small = slice_like_jpeg(160, 160, grey=True, seed=12, quality=90)
+    return {"cut_with_end_marker": jpeg_cut_with_end_marker(slice_),
+            "zeros_in_the_middle": jpeg_zeroed_middle(slice_),
+            "6kb_claiming_8000x8000": jpeg_claiming_size(small, 8000, 8000)}

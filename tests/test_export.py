@@ -169,3 +169,58 @@ def test_model_keras_holds_no_optimizer_state(trained_classifier):
     np.testing.assert_array_equal(loaded(images, training=False),
                                   classifier(images, training=False))
     assert not getattr(loaded, "optimizer", None) and isinstance(loaded, keras.Model)
+
+
+def _encoded(fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, data", [
+    ("empty", lambda: b""), ("text", lambda: b"hello, a text file\n"),
+    ("bmp", lambda: _encoded("BMP")), ("webp", lambda: _encoded("WEBP"))])
+def test_serve_bytes_refuses_what_is_not_a_jpeg_or_png_in_words(exported, name, data):
+    serve_bytes = tf.saved_model.load(str(exported[2])).signatures["serve_bytes"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG image") as e:
+        serve_bytes(image_bytes=tf.constant([data()]))
+    assert "pos 16" not in e.value.message and "67108864" not in e.value.message
+
+
+@pytest.mark.parametrize("name", sorted(image_trees.damaged_jpegs()))
+def test_serve_bytes_refuses_damaged_jpegs_in_words(exported, name):
+    serve_bytes = tf.saved_model.load(str(exported[2])).signatures["serve_bytes"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="damaged JPEG"):
+        serve_bytes(image_bytes=tf.constant([image_trees.damaged_jpegs()[name]]))
+
+
+def test_real_size_jpegs_get_one_answer_from_serve_serve_bytes_and_predict(exported, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from mri_tfdata import predict
+    from mri_tfdata.serving import model_file
+
+    _, path, export_dir, _, _ = exported
+    served = tf.saved_model.load(str(export_dir))
+    saved = model_file.load_classifier(path)
+    for i, (height, width, grey) in enumerate([(512, 512, False), (512, 512, True),
+                                               (284, 324, False), (284, 324, True)]):
+        data = image_trees.slice_like_jpeg(height, width, grey=grey, seed=i)
+        file = image_trees.write(tmp_path / f"{i}.jpg", data)
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        answers = {
+            "serve_bytes": served.signatures["serve_bytes"](image_bytes=tf.constant([data])),
+            "serve": served.signatures["serve"](images=tf.constant(pixels[None])),
+            "keras + prepare_pixels": {"probabilities": saved.model.predict(
+                model_file.prepare_pixels(pixels, image_size=SIZE)[None], verbose=0)}}
+        (result,) = predict.classify_files(saved, [file])
+        expected = np.array(list(result["probabilities"].values()))
+        for name, answer in answers.items():
+            np.testing.assert_allclose(np.asarray(answer["probabilities"])[0], expected,
+                                       atol=0.01, err_msg=f"{name} {height}x{width} grey={grey}")

@@ -38,3 +38,80 @@ def test_load_classifier_refuses_files_that_are_not_our_models(tmp_path):
         archive.writestr("config.json", "{}")
     with pytest.raises(UserError, match=str(no_metadata)):
         model_file.load_classifier(no_metadata)
+
+
+def _with_metadata(source, target, **changes):
+    """A copy of the .keras file `source` at `target` whose mri_tfdata.json has `changes`."""
+    import json
+
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    metadata = json.loads(members[model_file.METADATA_FILE])
+    metadata.update(changes)
+    members[model_file.METADATA_FILE] = json.dumps(metadata).encode()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return target
+
+
+def _fake_model_file(tmp_path, class_names):
+    """A .keras archive holding only the metadata: enough for the checks before Keras loads."""
+    path = tmp_path / "fake.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(model_file.METADATA_FILE, "{}")
+    return _with_metadata(path, tmp_path / "model.keras", format_version=1, image_size=32,
+                          class_names=class_names)
+
+
+@pytest.mark.parametrize("class_names, words", [
+    (["glioma", "menin\ngioma", "notumor", "pituitary"], "control characters"),
+    (["glioma\t", "meningioma", "notumor", "pituitary"], "control characters"),
+    (["glioma"] * 4, "more than once"),
+    (["glioma", "", "notumor", "pituitary"], "empty"),
+    (["glioma", 3, "notumor", "pituitary"], "list of strings"),
+    (["glioma"], "at least 2"),
+])
+def test_tampered_class_names_are_refused_in_one_paragraph_naming_the_file(tmp_path, class_names,
+                                                                          words):
+    path = _fake_model_file(tmp_path, class_names)
+    with pytest.raises(UserError, match=words) as refused:
+        model_file.load_classifier(path)
+    message = str(refused.value)
+    assert str(path) in message and model_file.METADATA_FILE in message
+    assert "\n" not in message.replace(repr("menin\ngioma")[1:-1], "")
+
+
+def test_prepare_pixels_is_the_input_contract():
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (284, 324), np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    import tensorflow as tf
+
+    want = tf.cast(tf.round(tf.image.resize(rgb, [64, 64], method="bilinear")), tf.uint8).numpy()
+    for pixels in (grey, grey[..., None], rgb):
+        np.testing.assert_array_equal(model_file.prepare_pixels(pixels, image_size=64), want)
+    assert model_file.prepare_pixels(rgb[None], image_size=64).shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        model_file.prepare_pixels(rgb.astype(np.float32), image_size=64)
+
+
+@pytest.mark.integration
+def test_metadata_that_disagrees_with_the_model_is_refused(trained_classifier, tmp_path):
+    path, _ = trained_classifier
+    saved = model_file.load_classifier(path)
+    assert saved.class_names == tuple(image_trees.CLASS_NAMES)
+    import json
+
+    with zipfile.ZipFile(path) as archive:
+        metadata = json.loads(archive.read(model_file.METADATA_FILE))
+    from mri_tfdata.data import decoding
+
+    assert metadata["input_contract"] == decoding.INPUT_CONTRACT  # stored for users of the file
+    for changes, words in (({"image_size": 64}, "takes 64 px"),
+                           ({"class_names": ["a", "b", "c"]}, "predicts 3 classes"),
+                           ({"class_names": list("abcde")}, "predicts 5 classes")):
+        tampered = _with_metadata(path, tmp_path / "tampered.keras", **changes)
+        with pytest.raises(UserError, match=words) as refused:
+            model_file.load_classifier(tampered)
+        assert str(tampered) in str(refused.value) and "\n" not in str(refused.value)

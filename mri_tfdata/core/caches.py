@@ -8,7 +8,7 @@ import re
 
 # Every cache key includes this number: bump it when anything a cache stores changes meaning
 # (decoded pixels, feature layout, the synthetic drawing), so that no older entry is ever served.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 
 def cache_root() -> pathlib.Path:

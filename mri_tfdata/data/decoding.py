@@ -1,28 +1,93 @@
-"""Decodes JPEG/PNG bytes in TensorFlow: the pipeline's decoder, its resize and the file check.
+"""Decodes JPEG/PNG bytes in TensorFlow by the one input contract: strict decode, bilinear resize.
 
-`decode_and_resize` is the one decoder of the input pipeline, of predict and of the serving
-export; it decodes large JPEGs at a reduced DCT scale. `check` finds every error a decode would
-meet at the least cost, and `decode` is the full decode the reduced ones are measured against.
+The input contract (INPUT_CONTRACT, stored in every model.keras and written out in
+docs/serving.md) is how pixels of any size become the model's input: decode the file in full to
+8-bit RGB, resize the whole image with `tf.image.resize(..., method="bilinear")` (half-pixel
+centres, no antialiasing, aspect ratio not kept) and round to uint8. Training, evaluation,
+predict and both serving signatures all go through `resize`, so one image gets one answer.
+
+Decoding is strict: a JPEG that libjpeg decodes only with a "corrupt data" warning (its entropy
+data ends early, so libjpeg fills the missing blocks with mid grey) is refused with an error in
+words, as is a JPEG whose header declares far more pixels than its bytes could hold.
 """
 
 import tensorflow as tf
 
-# The faster integer DCT: its error (a grey level or two) is far below what resizing changes.
-_DCT_METHOD = "INTEGER_FAST"
+# The accurate integer DCT, libjpeg's default (JDCT_ISLOW): what Pillow, OpenCV and
+# tf.io.decode_jpeg's default give, so pixels decoded elsewhere match these to the grey level.
+_DCT_METHOD = "INTEGER_ACCURATE"
+
+INPUT_CONTRACT = {
+    "version": 1,
+    "decode": "JPEG or PNG decoded in full to 8-bit RGB (grey repeated on the 3 channels); JPEG "
+              "with libjpeg's accurate integer DCT",
+    "resize": "tf.image.resize(image, [S, S], method='bilinear', antialias=False): the whole "
+              "image, half-pixel centres, aspect ratio not kept",
+    "round": "tf.round (half to even), then uint8",
+    "input": "uint8 RGB [N, S, S, 3], values 0-255 (the model scales them itself)",
+}
+
+# The strictness checks' messages start with these words and hold no quote or bracket, so that
+# images.py can find them in TensorFlow's error text.
+# libjpeg fills the blocks it finds no data for with all-zero coefficients: exactly this value.
+_MISSING_BLOCK_VALUE = 128
+# An 8x8 block of a JPEG costs at least one bit (its DC code) even in a progressive file.
+_MIN_BITS_PER_BLOCK = 1
+
+
+def _checked_jpeg_size(encoded: tf.Tensor) -> tf.Tensor:
+    """`encoded`, once its length is known to be able to hold the pixels its header declares."""
+    shape = tf.io.extract_jpeg_shape(encoded)
+    blocks = tf.cast((shape[0] + 7) // 8, tf.int64) * tf.cast((shape[1] + 7) // 8, tf.int64)
+    length = tf.cast(tf.strings.length(encoded), tf.int64)
+    enough = length * 8 >= blocks * _MIN_BITS_PER_BLOCK
+    check = tf.debugging.Assert(enough, [tf.strings.format(
+        "damaged JPEG: its header declares {}x{} pixels, which no {}-byte file can hold (a "
+        "bogus size, or a file cut short)", (shape[1], shape[0], length))])
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
+
+
+def _checked_complete(image: tf.Tensor, height, width, ratio: int) -> tf.Tensor:
+    """`image`, once its last 8x8 block is known not to be libjpeg's fill for missing data.
+
+    `height` x `width` is the full image's size and `image` that image decoded at 1/`ratio`.
+    """
+    side = 8 // ratio  # of a block, in decoded pixels
+    last_row, last_col = (height - 1) // 8 * side, (width - 1) // 8 * side
+    block = image[last_row:, last_col:]
+    complete = tf.reduce_any(tf.not_equal(block, _MISSING_BLOCK_VALUE))
+    check = tf.debugging.Assert(complete, [
+        "damaged JPEG: its data ends before its last block, so libjpeg would fill the rest with "
+        "grey (Corrupt JPEG data: premature end of data segment); the file was cut short or "
+        "overwritten"])
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
+def _decode_jpeg(encoded: tf.Tensor, ratio: int) -> tf.Tensor:
+    shape = tf.io.extract_jpeg_shape(encoded)
+    image = tf.io.decode_jpeg(_checked_jpeg_size(encoded), channels=3, ratio=ratio,
+                              dct_method=_DCT_METHOD)
+    return _checked_complete(image, shape[0], shape[1], ratio)
 
 
 def _decode_at(encoded: tf.Tensor, jpeg_ratio: int) -> tf.Tensor:
     """Decodes JPEG (at 1/jpeg_ratio scale) or PNG bytes (in full) to uint8 RGB [h, w, 3]."""
     image = tf.cond(
         tf.io.is_jpeg(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3, ratio=jpeg_ratio, dct_method=_DCT_METHOD),
+        lambda: _decode_jpeg(encoded, jpeg_ratio),
         lambda: tf.io.decode_png(encoded, channels=3))
     image.set_shape([None, None, 3])
     return image
 
 
 def decode(encoded: tf.Tensor) -> tf.Tensor:
-    """Decodes JPEG or PNG bytes in full to uint8 RGB [H, W, 3]."""
+    """Decodes JPEG or PNG bytes in full, strictly, to uint8 RGB [H, W, 3].
+
+    Raises (when run):
+      tf.errors.InvalidArgumentError: the bytes cannot be decoded, or are a damaged JPEG.
+    """
     return _decode_at(encoded, 1)
 
 
@@ -31,66 +96,40 @@ def check(encoded: tf.Tensor) -> tf.Tensor:
 
     A JPEG is decoded at 1/8 scale: libjpeg still reads and entropy-decodes every coefficient of
     the file (where a cut-short, garbled or badly marked file fails), but skips most of the
-    inverse DCT and colour conversion, which is most of a full decode's time. PNGs are decoded
-    in full (zlib has no reduced mode).
+    inverse DCT and colour conversion, which is most of a full decode's time. A last block of
+    flat mid grey at that scale is decoded again in full, where `decode` refuses it only if all
+    its 64 pixels are exactly libjpeg's fill. PNGs are decoded in full (zlib has no reduced mode).
 
     Returns:
       uint8 tensor [h, w, 3], a thumbnail for JPEGs; callers only need it to exist.
     """
-    return _decode_at(encoded, 8)
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(encoded)
+        thumbnail = tf.io.decode_jpeg(_checked_jpeg_size(encoded), channels=3, ratio=8,
+                                      dct_method=_DCT_METHOD)
+        suspect = tf.reduce_all(tf.equal(thumbnail[-1, -1], _MISSING_BLOCK_VALUE))
+        return tf.cond(suspect, lambda: _decode_jpeg(encoded, 1)[::8, ::8],
+                       lambda: tf.identity(thumbnail))
 
-
-# The scales libjpeg decodes at directly (decode_jpeg's `ratio`): the DCT is cut short, so a
-# 512 px slice wanted at 256 px is decoded at a quarter of the work and needs no resize at all.
-DCT_RATIOS = (1, 2, 4, 8)
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, lambda: tf.io.decode_png(encoded, channels=3))
+    image.set_shape([None, None, 3])
+    return image
 
 
 def resize(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Resizes uint8 images [H, W, 3] or [N, H, W, 3] (bilinear) to uint8 squares of `image_size`.
+    """Resizes uint8 images [H, W, 3] or [N, H, W, 3] to uint8 squares of `image_size`.
 
-    The one resize of the input pipeline and of the serving export, so that a served image of any
-    size reaches the model exactly as a training image does.
+    The resize of INPUT_CONTRACT (bilinear, no antialiasing, rounded): the one resize of the
+    input pipeline, predict and the serving export, so that pixels of any size reach the model
+    exactly as a training image does.
     """
     resized = tf.image.resize(images, [image_size, image_size], method="bilinear")
     # Round instead of truncating, so the resize does not darken the image by half a grey level.
     return tf.cast(tf.round(resized), tf.uint8)
 
 
-def _scaled_side(side, ratio):
-    return (side + ratio - 1) // ratio  # libjpeg's output side at 1/ratio scale: rounded up
-
-
-def _dct_index(height, width, image_size: int) -> tf.Tensor:
-    """Index into DCT_RATIOS of the scale to decode a height x width JPEG at (see dct_ratio)."""
-    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
-    index = tf.constant(0, tf.int32)
-    for ratio in DCT_RATIOS[1:]:  # "Fits" only turns false as the ratio grows, so count them.
-        fits = tf.logical_and(_scaled_side(height, ratio) >= image_size,
-                              _scaled_side(width, ratio) >= image_size)
-        index += tf.cast(fits, tf.int32)
-    return index
-
-
-def dct_ratio(height, width, *, image_size: int) -> tf.Tensor:
-    """The DCT scale decode_and_resize decodes a height x width JPEG at, for image_size.
-
-    The largest of DCT_RATIOS whose scaled output is still at least image_size on both sides, so
-    the reduced decode never makes the resize upsample (1 for images smaller than 2x the target).
-
-    Returns:
-      int32 scalar tensor: 1, 2, 4 or 8.
-    """
-    return tf.gather(tf.constant(DCT_RATIOS, tf.int32), _dct_index(height, width, image_size))
-
-
 def decode_and_resize(encoded: tf.Tensor, *, image_size: int) -> tf.Tensor:
-    """Decodes a JPEG or PNG to RGB and resizes it to a square uint8 image.
-
-    A JPEG at least 2, 4 or 8 times the target on both sides is decoded at 1/2, 1/4 or 1/8 scale
-    (see dct_ratio), then resized; the resize is skipped when the scaled decode already has the
-    target size (a 512 px slice at 256 px). PNGs and smaller JPEGs are decoded in full. The
-    reduced decode differs from full decode + resize by about a grey level on average
-    (benchmarks/README.md, "Input pipeline").
+    """Decodes a JPEG or PNG strictly and in full, then resizes it by INPUT_CONTRACT.
 
     Args:
       encoded: tf.string scalar with JPEG or PNG bytes.
@@ -99,27 +138,6 @@ def decode_and_resize(encoded: tf.Tensor, *, image_size: int) -> tf.Tensor:
     Returns:
       uint8 tensor [image_size, image_size, 3].
     """
-    is_jpeg = tf.io.is_jpeg(encoded)
-    # The header parse fails on PNG bytes, hence this one cond; the pixels are decoded once below.
-    shape = tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(encoded),
-                    lambda: tf.zeros([3], tf.int32))
-    index = _dct_index(shape[0], shape[1], image_size)
-    ratio = tf.gather(tf.constant(DCT_RATIOS, tf.int32), index)
-    exact = tf.logical_and(tf.equal(_scaled_side(shape[0], ratio), image_size),
-                           tf.equal(_scaled_side(shape[1], ratio), image_size))
-    # Branch 2k (+1 when no resize is needed) decodes at DCT_RATIOS[k]; the last one is PNG.
-    branch = tf.where(is_jpeg, 2 * index + tf.cast(exact, tf.int32), 2 * len(DCT_RATIOS))
-
-    def jpeg(ratio, needs_resize):
-        def decode_scaled():
-            image = tf.io.decode_jpeg(encoded, channels=3, ratio=ratio, dct_method=_DCT_METHOD)
-            return resize(image, image_size) if needs_resize else image
-        return decode_scaled
-
-    branches = [jpeg(r, needs_resize) for r in DCT_RATIOS for needs_resize in (True, False)]
-    branches.append(lambda: resize(tf.io.decode_png(encoded, channels=3), image_size))
-    image = tf.switch_case(branch, branches)
-    # Not tf.ensure_shape inside the branches: in a graph it would also check the branches not
-    # taken. The no-resize branches have the target size by construction.
+    image = resize(decode(encoded), image_size)
     image.set_shape([image_size, image_size, 3])
     return image

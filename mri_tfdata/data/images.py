@@ -159,12 +159,23 @@ def check_decodes(data: bytes) -> None:
     try:
         decoding.check(tf.constant(data))
     except tf.errors.InvalidArgumentError as e:
-        raise CorruptImageError(f"TensorFlow cannot decode it ({_decoder_reason(e)})") from None
+        reason = _decoder_reason(e)
+        raise CorruptImageError(reason if reason.startswith(_STRICT_REFUSAL)
+                                else f"TensorFlow cannot decode it ({reason})") from None
+
+
+# How decoding's own strictness checks start their messages (a damaged JPEG libjpeg would accept).
+_STRICT_REFUSAL = "damaged JPEG"
 
 
 def _decoder_reason(error: tf.errors.OpError) -> str:
-    """The decoder's own words, without TF's "{{function_node ...}}" and "[Op:...]" wrapping."""
-    reason = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]", "", error.message.splitlines()[0])
+    """The decoder's own words, without TF's "{{function_node ...}}" and "[Op:...]" wrapping,
+    and for decoding's strictness checks just their message."""
+    message = error.message
+    strict = re.search(_STRICT_REFUSAL + r"[^'\"\]\n]*", message)
+    if strict:
+        return strict.group(0)
+    reason = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]", "", message.splitlines()[0])
     return " ".join(reason.split())
 
 

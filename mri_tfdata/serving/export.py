@@ -21,24 +21,53 @@ from mri_tfdata.serving import model_file
 EXPORT_DIR = "export"
 
 
-def _checked_size(encoded: tf.Tensor) -> tf.Tensor:
-    """`encoded`, once its header is known to declare at most images.MAX_PIXELS pixels.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    A server must not allocate gigabytes for a few bytes of decompression bomb; the dimensions
-    are read from the JPEG header (extract_jpeg_shape) or the PNG's IHDR chunk.
+
+def _first_bytes_in_hex(encoded: tf.Tensor, count: int = 8) -> tf.Tensor:
+    """The first `count` bytes of `encoded` as hex pairs ("ff d8 ff ..."), for messages."""
+    head = tf.io.decode_raw(tf.strings.substr(encoded, 0, count), tf.uint8)
+    hex_pairs = tf.constant([f"{i:02x}" for i in range(256)])
+    return tf.strings.reduce_join(tf.gather(hex_pairs, tf.cast(head, tf.int32)), separator=" ")
+
+
+def _is_png(encoded: tf.Tensor) -> tf.Tensor:
+    return tf.equal(tf.strings.substr(encoded, 0, len(_PNG_SIGNATURE)), _PNG_SIGNATURE)
+
+
+def _checked_image(encoded: tf.Tensor) -> tf.Tensor:
+    """`encoded`, once known to be a JPEG or PNG whose header declares at most
+    images.MAX_PIXELS pixels.
+
+    Anything else is refused in words before it reaches a decoder (whose own errors name byte
+    offsets and pixel counts). A server must not allocate gigabytes for a few bytes of
+    decompression bomb; the dimensions are read from the JPEG header (extract_jpeg_shape) or the
+    PNG's IHDR chunk.
     """
+    is_jpeg, is_png = tf.io.is_jpeg(encoded), _is_png(encoded)
+    length = tf.strings.length(encoded)
+    start = tf.where(length > 0, tf.strings.join([" starting with ", _first_bytes_in_hex(encoded)]),
+                     "")
+    known = tf.debugging.Assert(tf.logical_or(is_jpeg, is_png), [tf.strings.join([
+        "image_bytes: not a JPEG or PNG image (got ", tf.strings.as_string(length), " bytes",
+        start, "); send each image file as it is"])])
+
     def png_height_width():
         width_height = tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.uint8)
         width_height = tf.reshape(tf.cast(width_height, tf.int64), [2, 4])  # big-endian bytes
         width_height = tf.reduce_sum(width_height * [2 ** 24, 2 ** 16, 2 ** 8, 1], axis=1)
         return tf.reverse(width_height, [0])
 
-    height_width = tf.cond(tf.io.is_jpeg(encoded),
-                           lambda: tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64),
-                           png_height_width)
-    check = tf.debugging.assert_less_equal(
-        height_width[0] * height_width[1], tf.constant(images.MAX_PIXELS, tf.int64),
-        message=f"image_bytes: an image declares more than {images.MAX_PIXELS} pixels")
+    with tf.control_dependencies([known]):
+        height_width = tf.cond(
+            is_jpeg, lambda: tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64),
+            lambda: tf.cond(tf.strings.length(encoded) >= 24, png_height_width,
+                            lambda: tf.zeros([2], tf.int64)))  # too short: decode_png says so
+    check = tf.debugging.Assert(
+        height_width[0] * height_width[1] <= images.MAX_PIXELS, [tf.strings.join([
+            f"image_bytes: an image declares more than {images.MAX_PIXELS} pixels (",
+            tf.strings.as_string(height_width[1]), "x", tf.strings.as_string(height_width[0]),
+            "), far more than an MRI slice (a decompression bomb?)"])])
     with tf.control_dependencies([check]):
         return tf.identity(encoded)
 
@@ -82,7 +111,7 @@ def export_serving(classifier: keras.Model, export_dir, *, class_names) -> None:
 
         def serve_bytes(image_bytes):
             def decode(encoded):
-                return decoding.decode_and_resize(_checked_size(encoded), image_size=image_size)
+                return decoding.decode_and_resize(_checked_image(encoded), image_size=image_size)
 
             batch = tf.map_fn(decode, image_bytes,
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))

@@ -48,7 +48,11 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
     """
     metadata = {"format_version": FORMAT_VERSION, "package_version": mri_tfdata.__version__,
                 "class_names": [str(n) for n in class_names],
-                "image_size": int(classifier.input_shape[1])}
+                "image_size": int(classifier.input_shape[1]),
+                "input_contract": decoding.INPUT_CONTRACT}
+    problem = _class_names_problem(metadata["class_names"], int(classifier.output_shape[-1]))
+    if problem:
+        raise ValueError(f"class_names={list(class_names)!r}: {problem}")
 
     def write(tmp):
         # Saved: a clone (new layers, the same weights) of an uncompiled view. Keras saves the
@@ -63,6 +67,24 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
             archive.writestr(METADATA_FILE, json.dumps(metadata, indent=1))
 
     return atomic.publish(path, write, suffix=".keras")
+
+
+def _class_names_problem(names, num_outputs: int | None = None) -> str | None:
+    """Why `names` cannot name a classifier's outputs (None when they can): each must be
+    non-empty, unique and free of control characters (a newline would shift the lines of the
+    export's class_names.txt), and there must be one per output."""
+    if num_outputs is not None and len(names) != num_outputs:
+        return f"{len(names)} class names for a model with {num_outputs} outputs"
+    if len(names) < 2:
+        return f"class names {list(names)!r}: a classifier needs at least 2"
+    bad = [n for n in names if not n.strip() or any(ord(c) < 32 or ord(c) == 127 for c in n)]
+    if bad:
+        return (f"class names {bad!r} are empty or hold control characters (newlines, tabs); "
+                "each must be printable text on one line")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        return f"class names {repeated!r} appear more than once; each class needs its own name"
+    return None
 
 
 def _not_ours(path, why: str) -> UserError:
@@ -92,10 +114,16 @@ def _read_metadata(path: pathlib.Path) -> dict:
     try:
         metadata = json.loads(stored)
         version = int(metadata["format_version"])
-        metadata["class_names"] = tuple(str(n) for n in metadata["class_names"])
+        names = metadata["class_names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"class_names must be a list of strings, not {names!r}")
+        metadata["class_names"] = tuple(names)
         metadata["image_size"] = int(metadata["image_size"])
     except (ValueError, KeyError, TypeError) as e:
         raise _not_ours(path, f"has a damaged {METADATA_FILE} ({type(e).__name__}: {e})") from None
+    problem = _class_names_problem(metadata["class_names"])
+    if problem:
+        raise _not_ours(path, f"has a damaged or edited {METADATA_FILE}: {problem}")
     if version > FORMAT_VERSION:
         raise UserError("{model_path} was written by mri_tfdata {written_by!s}, newer than this "
                         "one ({running!s}); upgrade mri_tfdata to use it.", model_path=path,
@@ -137,9 +165,10 @@ def load_classifier(model_path) -> SavedClassifier:
     shapes = [(tuple(t.shape), t.dtype) for t in inputs] + [tuple(t.shape) for t in outputs]
     if (shapes != [((None, size, size, 3), "uint8"), (None, len(names))]
             or not {"backbone", "head"} <= {layer.name for layer in model.layers}):
-        raise _not_ours(path, f"does not match its own {METADATA_FILE}: it should take {size} px "
-                        f"uint8 images and predict {len(names)} classes with a backbone and a "
-                        f"head, but has inputs and outputs {shapes}")
+        raise _not_ours(path, f"does not match its own {METADATA_FILE}, which says it takes "
+                        f"{size} px uint8 images and predicts {len(names)} classes "
+                        f"({', '.join(names)}) with a backbone and a head; the model has "
+                        f"inputs and outputs {shapes} (a damaged or edited {METADATA_FILE})")
     return SavedClassifier(model=model, class_names=names, image_size=size, path=path)
 
 
@@ -164,3 +193,31 @@ def load_image(path, *, image_size: int) -> np.ndarray:
     """
     stored = images.read_image(path)
     return decoding.decode_and_resize(tf.constant(stored.data), image_size=image_size).numpy()
+
+
+def prepare_pixels(pixels, *, image_size: int) -> np.ndarray:
+    """Turns decoded pixels of any size into the model's input by its input contract.
+
+    The contract (decoding.INPUT_CONTRACT, also in every model.keras's metadata): the whole
+    image resized bilinearly (no antialiasing, aspect ratio not kept) to image_size x image_size
+    and rounded to uint8 -- what training, mri-predict and both serving signatures do.
+
+    Args:
+      pixels: uint8 [H, W], [H, W, 1] or [H, W, 3] (grey or RGB), or a batch [N, H, W, 3].
+      image_size: the model's input side (SavedClassifier.image_size).
+
+    Returns:
+      uint8 [image_size, image_size, 3] (or [N, image_size, image_size, 3]).
+
+    Raises:
+      ValueError: `pixels` is not uint8 grey or RGB.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.dtype != np.uint8 or pixels.ndim not in (3, 4) or pixels.shape[-1] not in (1, 3):
+        raise ValueError(f"pixels of dtype {pixels.dtype} and shape {pixels.shape}; pass uint8 "
+                         "grey [H, W] or RGB [H, W, 3] (or a batch [N, H, W, 3])")
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return decoding.resize(pixels, image_size).numpy()
