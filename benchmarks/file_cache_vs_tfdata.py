@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -114,8 +115,8 @@ def after_kill(argv0: str, method: str, scratch: pathlib.Path) -> str:
         return f"writer not killed (exit {writer.returncode})"
     reader = _child(argv0, "read", method, path)
     if reader.returncode:
-        last = [l for l in reader.stderr.strip().splitlines() if l.strip()][-1:]
-        return f"error: {last[0][:90] if last else reader.returncode}"
+        errors = re.findall(r"\b(\w+(?:Error|Exception))\b", reader.stderr)
+        return f"error: {errors[-1] if errors else f'exit {reader.returncode}'}"
     got = json.loads(reader.stdout.strip().splitlines()[-1])
     if got["delivered"] < got["expected"]:
         return f"partial {got['delivered']}/{got['expected']}"
