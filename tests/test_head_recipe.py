@@ -95,6 +95,65 @@ def test_fit_head_with_the_defaults_is_plain_adam_on_sparse_cross_entropy():
                                rtol=1e-5)
 
 
+def _reference_fit(head, feats, labels, *, epochs, batch_size, **recipe):
+    """The fit fit_head replaced: Keras's own Adam update, one step per call, same dataset."""
+    architecture.adapt_standardization(head, feats)
+    optimization.compile_model(head, decay_steps=(len(labels) // batch_size) * epochs,
+                               steps_per_execution=1, **recipe)
+    train = head_fit.make_feature_dataset(feats, labels, batch_size=batch_size, training=True,
+                                          seed=0)
+    validation = head_fit.make_feature_dataset(feats, labels, batch_size=batch_size,
+                                               training=False)
+    return head.fit(train, validation_data=validation, epochs=epochs, shuffle=False, verbose=0)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_fit_head_gives_the_weights_of_keras_step_by_step_fit(weight_decay):
+    recipe = dict(learning_rate=1e-2, schedule="cosine", label_smoothing=0.1,
+                  weight_decay=weight_decay)
+    reference, feats, labels = _head_and_data(n=96)
+    want = _reference_fit(reference, feats, labels, epochs=3, batch_size=16, **recipe)
+    head, _, _ = _head_and_data(n=96)
+    got = head_fit.fit_head(head, feats, labels, validation=(feats, labels), epochs=3,
+                            batch_size=16, seed=0, verbose=0, **recipe)
+    assert head.steps_per_execution == 6  # 96 // 16: a whole epoch per call
+    assert int(head.optimizer.iterations.numpy()) == 18
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(got.history[key], want.history[key], rtol=1e-5)
+    # Float tolerance: rtol 1e-5 of each array's scale (a weight near 0 moves by rounding of its
+    # neighbours' size); a changed recipe (rate, schedule, smoothing, order) moves them by ~1e-3.
+    pairs = list(zip(head.get_weights(), reference.get_weights())) + [
+        (np.asarray(a), np.asarray(b))
+        for a, b in zip(head.optimizer.variables, reference.optimizer.variables)]
+    for a, b in pairs:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))))
+
+
+class _Replicas:
+    def __init__(self, count):
+        self.num_replicas_in_sync = count
+
+
+def test_head_plan_runs_a_whole_epoch_per_call_on_one_replica_only():
+    one = head_fit.head_plan(num_examples=100, batch_size=8, epochs=3, strategy=_Replicas(1))
+    assert (one.steps_per_epoch, one.steps_per_execution, one.decay_steps) == (12, 12, 36)
+    capped = head_fit.head_plan(num_examples=100, batch_size=8, epochs=3, strategy=_Replicas(1),
+                                max_steps_per_epoch=5)
+    assert (capped.steps_per_epoch, capped.steps_per_execution) == (5, 5)
+    several = head_fit.head_plan(num_examples=100, batch_size=8, epochs=3, strategy=_Replicas(2))
+    assert (several.steps_per_epoch, several.steps_per_execution) == (12, 1)
+
+
+def test_epoch_callbacks_see_every_epoch_of_a_whole_epoch_call():
+    head, feats, labels = _head_and_data()
+    seen = []
+    callback = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append((epoch, int(head.optimizer.iterations))))
+    head_fit.fit_head(head, feats, labels, validation=None, learning_rate=1e-3, epochs=3,
+                      batch_size=16, seed=0, callbacks=[callback], verbose=0)
+    assert seen == [(0, 3), (1, 6), (2, 9)]
+
+
 # Reads a flagfile with train.py's own flags and prints the recipe training would use.
 _RECIPE_OF_FLAGFILE = """
 import json, sys

@@ -344,3 +344,28 @@ def test_a_global_batch_not_divisible_by_the_replicas_is_a_user_error(tree):
     with pytest.raises(UserError, match="multiple of 2"):
         input_pipeline.distribute_dataset(TwoReplicas(), lambda ctx: None, global_batch_size=5,
                                           image_size=16, training=True)
+
+
+def test_a_memory_cache_above_its_bound_caches_in_files_under_the_cache_root(
+        tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    passes = []
+    build = image_cache.open_or_build
+    monkeypatch.setattr(image_cache, "open_or_build",
+                        lambda decoded, **kw: (passes.append(kw["root"]), build(decoded, **kw))[1])
+    source = sources.load_folder_source(tree, split="train")
+    need = source.num_examples * 24 * 24 * 3
+    within = input_pipeline.make_dataset(source, image_size=24, batch_size=5, training=False,
+                                         cache="memory", memory_limit=need)
+    assert passes == []
+    want = epoch(within)
+    # Available memory small enough that the share cannot hold the split.
+    monkeypatch.setattr(input_pipeline, "available_memory",
+                        lambda: int(need / input_pipeline.MEMORY_CACHE_SHARE) - 1)
+    above = input_pipeline.make_dataset(source, image_size=24, batch_size=5, training=False,
+                                        cache="memory")
+    assert passes == [tmp_path / "mri_tfdata" / "images"]
+    got = epoch(above)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert any((tmp_path / "mri_tfdata" / "images").iterdir())

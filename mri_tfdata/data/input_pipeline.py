@@ -1,15 +1,51 @@
 """The tf.data pipeline: decode once, resize, cache uint8 images, shuffle, batch, prefetch."""
 
+import os
 import pathlib
 from typing import Callable, Optional
 
 import tensorflow as tf
+from absl import logging
 
 from mri_tfdata.core import caches
 from mri_tfdata.core.errors import ParameterError
 from mri_tfdata.data import image_cache
 from mri_tfdata.data.decoding import decode_and_resize
 from mri_tfdata.data.sources import Source
+
+
+# The memory cache takes at most this share of the memory available when the pipeline is built;
+# a split whose decoded images need more is cached in files under caches.cache_dir("images").
+MEMORY_CACHE_SHARE = 0.25
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations: MemAvailable, else the free pages."""
+    try:
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def bounded_cache(cache: str, *, num_examples: int, image_size: int,
+                  memory_limit: Optional[int] = None) -> str:
+    """`cache`, except that "memory" becomes the file cache's folder when the split's decoded
+    images need more than `memory_limit` bytes (default MEMORY_CACHE_SHARE of available_memory())."""
+    if cache != "memory":
+        return cache
+    if memory_limit is None:
+        memory_limit = int(MEMORY_CACHE_SHARE * available_memory())
+    needed = num_examples * image_size * image_size * 3
+    if needed <= memory_limit:
+        return cache
+    folder = caches.cache_dir("images")
+    logging.info("The memory cache would hold %.2f GB of decoded images, more than its bound of "
+                 "%.2f GB (%d%% of the available memory); caching them in files under %s instead.",
+                 needed / 1e9, memory_limit / 1e9, round(100 * MEMORY_CACHE_SHARE), folder)
+    return str(folder)
 
 
 def file_cache_key(source: Source, image_size: int) -> str:
@@ -21,7 +57,8 @@ def file_cache_key(source: Source, image_size: int) -> str:
 
 def make_dataset(source: Source, *, image_size: int, batch_size: int, training: bool,
                  cache: str = "none", shuffle_buffer: int = 1024,
-                 seed: Optional[int] = None) -> tf.data.Dataset:
+                 seed: Optional[int] = None,
+                 memory_limit: Optional[int] = None) -> tf.data.Dataset:
     """Builds the input pipeline of one split for one replica (or one device).
 
     source -> decode + resize (parallel) -> cache -> shuffle -> batch -> prefetch. The cache holds
@@ -38,10 +75,14 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
         evaluation, which keeps the source order and every example.
       cache: "none", "memory", or a folder for a file cache that survives processes, keyed by
         `file_cache_key` (never stale), visible only when complete, rebuilt when damaged.
+        "memory" holds at most `memory_limit` bytes; a larger split is cached in files under
+        caches.cache_dir("images") instead (`bounded_cache`), said in one log line.
       shuffle_buffer: Number of examples in the shuffle buffer (capped at the split size); unused
         with a file cache.
       seed: Shuffle seed; with a seed the order is reproducible (and tf.data deterministic),
         without one it differs between runs.
+      memory_limit: the memory cache's bound in bytes; None = MEMORY_CACHE_SHARE of the memory
+        available now.
 
     Returns:
       A tf.data.Dataset of (uint8 [batch, image_size, image_size, 3], int32 [batch]).
@@ -50,6 +91,8 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
       ParameterError: `cache` is a file.
       DiskError: the file cache cannot be written.
     """
+    cache = bounded_cache(cache, num_examples=source.num_examples, image_size=image_size,
+                          memory_limit=memory_limit)
     deterministic = seed is not None or not training
     options = _options(deterministic=deterministic)
     in_files = cache not in ("none", "memory")

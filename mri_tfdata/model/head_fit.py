@@ -9,9 +9,9 @@ from mri_tfdata.model import architecture, optimization, training_plan
 from mri_tfdata.model.training_plan import TrainingPlan
 
 # A head's step on a batch of features is as short as Keras's own per-call overhead, so a fit on
-# one replica runs this many steps per call into the graph: the same steps in the same order, so
-# the same weights (epoch-level callbacks are unaffected).
-STEPS_PER_EXECUTION = 32
+# one replica runs a whole epoch per call into the graph (training_plan.plan_fit keeps one step
+# per call under several replicas): the same steps in the same order, so the same weights. Keras
+# calls epoch-level callbacks as before; batch-level ones see one batch per epoch.
 
 
 def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size: int,
@@ -93,6 +93,7 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
                                    decay_steps=plan.decay_steps, label_smoothing=label_smoothing,
                                    weight_decay=weight_decay,
                                    steps_per_execution=plan.steps_per_execution)
+        optimization.fuse_adam_update(head.optimizer)
     train_ds = make_feature_dataset(features, labels, batch_size=batch_size, training=True,
                                     seed=seed)
     val_ds = None
@@ -105,8 +106,11 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
 
 def head_plan(*, num_examples: int, batch_size: int, epochs: int, strategy,
               max_steps_per_epoch: int = 0) -> TrainingPlan:
-    """The plan of a head's fit on features: STEPS_PER_EXECUTION steps per call on one replica."""
+    """The plan of a head's fit on features: a whole epoch per call on one replica."""
+    whole_epoch = num_examples // batch_size if batch_size > 0 else 1
+    if max_steps_per_epoch > 0:
+        whole_epoch = min(whole_epoch, max_steps_per_epoch)
     return training_plan.plan_fit(num_examples=num_examples, batch_size=batch_size, epochs=epochs,
                                   replicas=strategy.num_replicas_in_sync,
-                                  steps_per_execution=STEPS_PER_EXECUTION,
+                                  steps_per_execution=max(1, whole_epoch),
                                   max_steps_per_epoch=max_steps_per_epoch)

@@ -1,6 +1,9 @@
 """The training recipe's optimizer: Adam or AdamW, the learning-rate schedule, the loss and metrics."""
 
+import types
+
 import keras
+import tensorflow as tf
 
 from mri_tfdata.core.choices import SCHEDULES
 from mri_tfdata.model import losses
@@ -65,3 +68,50 @@ def compile_model(model: keras.Model, *, learning_rate: float, schedule: str = "
         metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy")],
         steps_per_execution=steps_per_execution,
     )
+
+
+
+def _adam_step(variable, m, v, gradient, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """Keras's Adam update of one variable, term for term (keras.optimizers.Adam.update_step)."""
+    m.assign_add((gradient - m) * one_minus_beta_1)
+    v.assign_add((tf.square(gradient) - v) * one_minus_beta_2)
+    variable.assign_sub((m * alpha) / (tf.sqrt(v) + epsilon))
+
+
+def fuse_adam_update(optimizer) -> None:
+    """Makes a compiled Adam or AdamW update each variable in one fused loop (XLA).
+
+    The loop computes Keras's own update term for term, with the same float32 constants, so the
+    weights are Keras's to the last bit or two; Keras runs each term as a separate full-size
+    operation, which is most of the time of a small head's step. AdamW's decay stays Keras's own
+    step before it. The optimizer's class, config and variables are unchanged (backups and saved
+    models are the same); variables under a multi-device strategy, and AMSGrad, keep Keras's
+    update.
+
+    Args:
+      optimizer: `model.optimizer` after `compile_model` (a LossScaleOptimizer's inner one is used).
+    """
+    adam = getattr(optimizer, "inner_optimizer", optimizer)
+    if not isinstance(adam, keras.optimizers.Adam) or adam.amsgrad:
+        return
+    keras_update = type(adam).update_step
+    # One function per optimizer: a traced function holds on to the variables it was traced with.
+    fused_step = tf.function(_adam_step, jit_compile=True, autograph=False)
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index].value, self._velocities[index].value
+        if any(isinstance(x, tf.distribute.DistributedValues) or
+               hasattr(x, "_distributed_container") for x in (variable, m, v)):
+            return keras_update(self, gradient, variable, learning_rate)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1_power = tf.pow(tf.cast(self.beta_1, dtype), step)
+        beta_2_power = tf.pow(tf.cast(self.beta_2, dtype), step)
+        alpha = tf.cast(learning_rate, dtype) * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        fused_step(variable, m, v, tf.cast(gradient, dtype), alpha,
+                   tf.cast(1 - self.beta_1, dtype), tf.cast(1 - self.beta_2, dtype),
+                   tf.cast(self.epsilon, dtype))
+        return None
+
+    adam.update_step = types.MethodType(update_step, adam)
