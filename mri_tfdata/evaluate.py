@@ -21,7 +21,7 @@ from absl import flags, logging  # noqa: E402
 from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
-from mri_tfdata.evaluation import evaluator  # noqa: E402
+from mri_tfdata.evaluation import evaluator, run_report  # noqa: E402
 from mri_tfdata.model import feature_cache  # noqa: E402
 from mri_tfdata.serving import model_file  # noqa: E402
 
@@ -68,6 +68,7 @@ def main(argv):
         cache_dir=feature_cache.resolve_cache_dir(FLAGS.feature_cache),
         extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()},
         log_dir=out / "logs")
+    run_report.write_report_or_warn(out)  # After every other output; a failure only warns.
     logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],
                  metrics["loss"], metrics["num_examples"], out / "metrics.json")
     print(f"accuracy={metrics['accuracy']:.4f} loss={metrics['loss']:.4f} "

@@ -73,9 +73,10 @@ def conformal_section(evidence: Evidence) -> str:
     return ("<h2>Prediction sets and referral</h2>"
             f"<p>Conformal prediction sets (score {esc(conformal.get('score', '?'))}), calibrated "
             f"on {esc(conformal.get('calibration_examples', '?'))} images of "
-            f"<code>{esc(conformal.get('calibration_split', '?'))}</code>. At level L the set holds "
-            "the true class for at least L of the images; an image whose set is not a single "
-            "class is referred to a human reader.</p>"
+            f"<code>{esc(conformal.get('calibration_split', '?'))}</code>. At level L the sets "
+            "are built to hold the true class for a fraction L of images, on average; coverage is "
+            "what this split shows. An image whose set is not one single class is referred to a "
+            "human reader.</p>"
             + table(["level", "threshold", "coverage", "mean set size", "referred",
                      "accuracy of the rest"], rows))
 

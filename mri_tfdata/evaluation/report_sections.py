@@ -166,9 +166,10 @@ def recipe(evidence: Evidence) -> str:
     pairs = [(k, esc(train[k])) for k in keys if k in train]
     pairs += [(k, esc(settings[k])) for k in ("precision", "replicas") if k in settings]
     run = evidence.run or {}
-    pairs += [(k, esc(run[k])) for k in ("status", "started", "finished") if k in run]
-    flags = (f"<h3>flags.txt</h3><pre class=\"flags\">{esc(evidence.flags)}</pre>" if evidence.flags
-             else absent("No flags.txt: the command's flags are unknown."))
+    if "started" in run:
+        pairs.append(("started", esc(run["started"])))
+    flags = (f'<h3>flags.txt</h3><pre class="flags">{esc(evidence.flags)}</pre>'
+             if evidence.flags else absent("No flags.txt: the command's flags are unknown."))
     return ("<h2>Recipe</h2>" + (facts(pairs) if pairs else absent("No run.json found."))
             + flags)
 

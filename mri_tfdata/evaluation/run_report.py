@@ -52,7 +52,8 @@ def _summary(evidence: run_evidence.Evidence) -> str:
 def build_html(evidence: run_evidence.Evidence, *, title: str) -> str:
     """The whole page: a header, the model card's sections, then the results'."""
     generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    body = "\n".join(section(evidence) for section in (*report_sections.SECTIONS, *report_results.SECTIONS))
+    sections = (*report_sections.SECTIONS, *report_results.SECTIONS)
+    body = "\n".join(section(evidence) for section in sections)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
