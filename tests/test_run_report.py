@@ -108,11 +108,13 @@ def test_the_page_is_self_contained_escaped_and_its_images_are_the_run_plots(tmp
         Image.open(io.BytesIO(content)).verify()  # Decodes as a whole PNG.
 
 
-def test_an_evaluation_out_folder_takes_the_run_record_from_the_models_workdir(tmp_path):
+@pytest.mark.parametrize("model_flag", ["model.keras", ""])  # mri-evaluate takes either.
+def test_an_evaluation_out_folder_takes_the_run_record_from_the_models_workdir(tmp_path,
+                                                                               model_flag):
     workdir = run_folders.write_run(tmp_path / "run")
     out = tmp_path / "eval"
     out.mkdir()
-    run_folders.write_metrics(out, model=workdir / "model.keras", uncertainty=False)
+    run_folders.write_metrics(out, model=workdir / model_flag, uncertainty=False)
     (out / "confusion_matrix.png").write_bytes(run_folders.png("black"))
     text = _text(_report(out))
     assert "--epochs=6" in text and "mri_tfdata 9.8.7" in text and "Last epoch (2)" in text

@@ -171,8 +171,10 @@ def gather(out_dir, *, error_rows: int = 10) -> Evidence:
     evidence = Evidence(folders=[out_dir])
     evidence.metrics = _read_json(_find([out_dir], "metrics.json"), evidence)
     model = (evidence.metrics or {}).get("model")
-    if isinstance(model, str) and model:
-        model_dir = pathlib.Path(model).expanduser().parent
+    model_path = pathlib.Path(model).expanduser() if isinstance(model, str) and model else None
+    if model_path is not None:
+        # --model names the model.keras, or the training workdir that holds it.
+        model_dir = model_path if model_path.is_dir() else model_path.parent
         if model_dir.resolve() != out_dir.resolve():
             evidence.folders.append(model_dir)
     folders = evidence.folders
@@ -189,7 +191,6 @@ def gather(out_dir, *, error_rows: int = 10) -> Evidence:
                                f"{name}.png"), evidence)
         if uri:
             evidence.plots[name] = uri
-    model_path = pathlib.Path(model).expanduser() if isinstance(model, str) and model else None
     evidence.model_metadata = _model_metadata(
         model_path if model_path and model_path.is_file() else _find(folders, "model.keras"),
         evidence)
