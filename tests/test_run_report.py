@@ -213,3 +213,14 @@ def test_the_names_repeated_from_higher_layers_agree_with_them():
 
     assert run_evidence.MODEL_METADATA_MEMBER == model_file.METADATA_FILE
     assert set(run_evidence.BF16_CPU_FLAGS) == precision._CPU_BF16_FLAGS
+
+
+def test_an_undefined_interval_is_left_out_not_printed_as_nonsense(tmp_path):
+    folder = run_folders.write_run(tmp_path / "run")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["intervals"]["per_class"]["glioma"]["roc_auc"] = [None, None]
+    metrics["intervals"]["brier_score"] = None
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    page = _report(folder)
+    assert "n/a&ndash;" not in page and "None" not in page
+    assert page.count("(95 % CI 0.771&ndash;0.993)") == 3  # The other classes' AUC.

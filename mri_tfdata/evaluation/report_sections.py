@@ -30,8 +30,9 @@ def number(value, digits: int = 3) -> str:
 
 
 def interval_text(interval, intervals: dict | None) -> str:
-    """' (95 % CI 0.61-0.70)' for a [lo, hi] pair, '' when there is none."""
-    if not (isinstance(interval, (list, tuple)) and len(interval) == 2):
+    """' (95 % CI 0.61-0.70)' for a [lo, hi] pair, '' when there is none (or it is undefined)."""
+    if not (isinstance(interval, (list, tuple)) and len(interval) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in interval)):
         return ""
     level = (intervals or {}).get("level")
     name = f"{level * 100:g} % CI" if isinstance(level, (int, float)) else "CI"
