@@ -12,7 +12,8 @@ def _value(metrics: dict, key: str, value, interval) -> str:
     if value is None:
         why = (metrics.get("undefined") or {}).get(key)
         return f'undefined<br><span class="muted">{esc(why)}</span>' if why else "n/a"
-    return number(value) + interval_text(interval, metrics.get("intervals"))
+    ci = interval_text(interval, metrics.get("intervals")).strip()
+    return number(value) + (f'<br><span class="ci">{ci}</span>' if ci else "")
 
 
 def metrics_section(evidence: Evidence) -> str:

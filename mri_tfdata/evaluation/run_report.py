@@ -22,6 +22,7 @@ p, li { margin: 0.25rem 0; } .muted { color: #555; } .absent { color: #555; font
 .scroll { overflow-x: auto; } table { border-collapse: collapse; margin: 0.3rem 0; }
 th, td { border: 1px solid #ccc; padding: 0.15rem 0.45rem; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.ci { font-size: 0.8em; color: #555; }
 figure { margin: 0.5rem 0; display: inline-block; max-width: 100%; vertical-align: top; }
 figure img { max-width: 100%; height: auto; display: block; } figcaption { font-size: 0.85rem; }
 .figs figure { width: 32%; min-width: 16rem; } pre { white-space: pre-wrap; font-size: 0.8rem;
@@ -34,7 +35,7 @@ dt { font-weight: 600; } dd { margin: 0; overflow-wrap: anywhere; }
 @media print { body { max-width: none; font-size: 10pt; padding: 0; }
   h2 { break-after: avoid; } figure, table, .warn, dl { break-inside: avoid; }
   .figs figure { width: 32%; min-width: 0; } pre { font-size: 7.5pt; }
-  .warn { background: none; } a { color: inherit; text-decoration: none; } }
+  .warn { background: none; } .scroll { overflow: visible; } a { color: inherit; text-decoration: none; } }
 """
 
 
