@@ -40,11 +40,11 @@ def main(argv):
     require(bool(FLAGS.out), "--out is required: the directory for metrics.json and the plots.")
     require(bool(FLAGS.split.strip()), "--split must name a split, e.g. test.")
     # TensorFlow loads only once the flags are known to be valid.
-    from mri_tfdata.evaluation import evaluator
+    from mri_tfdata.evaluation import evaluator, run_report
     from mri_tfdata.model import feature_cache
     from mri_tfdata.serving import model_file
 
-    outputs = ("metrics.json", "errors.csv", *(f"{plot}.png" for plot in evaluator.PLOTS), "logs")
+    outputs = ("metrics.json", "errors.csv", "report.html", *(f"{plot}.png" for plot in evaluator.PLOTS), "logs")
     out = pathlib.Path(FLAGS.out).expanduser()
     existing = [n for n in outputs if (out / n).exists()]
     if existing and not FLAGS.overwrite:
@@ -70,6 +70,7 @@ def main(argv):
         cache_dir=feature_cache.resolve_cache_dir(FLAGS.feature_cache),
         extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()},
         log_dir=out / "logs")
+    run_report.write_report_or_warn(out)  # After every other output; a failure only warns.
     logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],
                  metrics["loss"], metrics["num_examples"], out / "metrics.json")
     print(f"accuracy={metrics['accuracy']:.4f} loss={metrics['loss']:.4f} "

@@ -61,6 +61,11 @@ def test_evaluate_writes_metrics_and_plot(tiny, tmp_path):
             for event in tf.compat.v1.train.summary_iterator(str(path))
             for value in event.summary.value}
     assert {"epoch_accuracy", "roc_auc/macro", "gradcam_examples", "roc"} <= tags
+    # report.html: the evaluation's numbers and plots, the run's record from beside the model.
+    report = (out / "report.html").read_text()
+    assert f"Accuracy <strong>{metrics['accuracy']:.3f}</strong>" in report
+    assert report.count('<img src="data:image/png;base64,') == 4 + sum(
+        (root / f"{curve}.png").exists() for curve in ("loss", "accuracy"))
 
     from mri_tfdata.data import kaggle_layout
     from mri_tfdata.evaluation import reports

@@ -75,7 +75,7 @@ def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
     assert history["epoch"] == [1, 2, 3] and set(history["phase"]) == {"head"}
     assert all(np.isfinite(history["loss"])) and "val_accuracy" in history
     for name in ("model.keras", "history.csv", "metrics.json", "loss.png", "accuracy.png",
-                 "confusion_matrix.png", "flags.txt"):
+                 "confusion_matrix.png", "flags.txt", "report.html"):
         assert (workdir / name).exists(), name
     # The backbone is stored once per run: the serving export is made on demand (mri-export).
     assert not (workdir / "export").exists()

@@ -65,6 +65,10 @@ def test_default_fast_path_trains_on_cached_features_and_evaluates_the_saved_mod
                                            "confusion_matrix", "roc")} == dict.fromkeys(
         ("epoch_accuracy", "roc_auc/glioma", "gradcam_examples", "confusion_matrix", "roc"), 1)
     assert (result.workdir / "logs" / "train").is_dir()
+    # The run's report, written last, holds its accuracy and all six plots.
+    report = (result.workdir / "report.html").read_text()
+    assert f"Accuracy <strong>{metrics['accuracy']:.3f}</strong>" in report
+    assert report.count('<img src="data:image/png;base64,') == 6
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import dataspec, input_pipeline
 from mri_tfdata.data.dataspec import DataSpec
 from mri_tfdata.data.sources import Source
-from mri_tfdata.evaluation import evaluator, reports
+from mri_tfdata.evaluation import evaluator, reports, run_report
 from mri_tfdata.model import architecture, feature_cache, features, head_fit, optimization
 from mri_tfdata.model import training_plan
 from mri_tfdata.model.architecture import ModelSpec
@@ -147,6 +147,8 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
             # Beside the train/ and validation/ curves, at the last epoch (Keras counts from 0).
             log_dir=run.path / "logs" / "test", log_step=history["epoch"][-1] - 1)
         faults.point("evaluated")
+    # Last of the outputs, from the files above: a failure costs only the report (a warning).
+    run_report.write_report_or_warn(run.path)
     run.mark_finished()
     faults.point("finished_recorded")
     for scratch in ("backup", "checkpoints"):

@@ -26,7 +26,7 @@ LOCK_FILE = ".lock"
 # Everything a run writes into its workdir; --overwrite removes these and nothing else.
 OUTPUTS = (RUN_FILE, "flags.txt", "model.keras", "export", "history.json", "history.csv",
            "metrics.json", "loss.png", "accuracy.png", "confusion_matrix.png", "logs", "backup",
-           "checkpoints")
+           "checkpoints", "report.html")
 
 
 @dataclasses.dataclass
