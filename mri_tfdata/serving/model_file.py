@@ -13,6 +13,7 @@ import mri_tfdata
 from mri_tfdata.core import atomic
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import decoding, images
+from mri_tfdata.evaluation import conformal
 
 MODEL_FILE = "model.keras"
 # A file of our own inside the .keras zip archive. Keras reads only the members it knows
@@ -30,9 +31,13 @@ class SavedClassifier:
     class_names: tuple[str, ...]  # the C names, in label order
     image_size: int  # S
     path: pathlib.Path
+    # The split-conformal thresholds calibrated by training (evaluation.conformal.calibrate), or
+    # None for a model saved without them (e.g. trained without a validation split).
+    conformal: dict | None = None
 
 
-def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Path:
+def save_classifier(classifier: keras.Model, path, *, class_names,
+                    conformal: dict | None = None) -> pathlib.Path:
     """Writes `classifier` to a .keras file with its metadata, whole or not at all.
 
     The file holds no optimizer state (nothing reads it: metrics come from predictions), so it is
@@ -42,6 +47,7 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
       classifier: uint8 images [S, S, 3] -> probabilities over `class_names`.
       path: the .keras file to write.
       class_names: the class names in label order.
+      conformal: the prediction-set thresholds (conformal.calibrate's result), or None.
 
     Returns:
       `path` as a Path.
@@ -49,6 +55,8 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
     metadata = {"format_version": FORMAT_VERSION, "package_version": mri_tfdata.__version__,
                 "class_names": [str(n) for n in class_names],
                 "image_size": int(classifier.input_shape[1])}
+    if conformal and conformal.get("alphas"):
+        metadata["conformal"] = conformal
 
     def write(tmp):
         # Saved: a clone (new layers, the same weights) of an uncompiled view. Keras saves the
@@ -68,6 +76,17 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
 def _not_ours(path, why: str) -> UserError:
     return UserError("{model_path} {why!s}. Pass the model.keras written by mri_tfdata.train "
                      "(e.g. {model_path:'runs/demo/model.keras'}).", model_path=path, why=why)
+
+
+def _conformal(stored) -> dict | None:
+    """The conformal entry of the metadata, checked (absent in older files: None)."""
+    if stored is None:
+        return None
+    if stored["score"] not in conformal.SCORES or not stored["alphas"]:
+        raise ValueError(f"conformal score {stored['score']!r} with levels {stored['alphas']!r}")
+    conformal.check_alphas(stored["alphas"])
+    return {**stored, "alphas": {str(a): float(t) for a, t in stored["alphas"].items()},
+            "calibration_examples": int(stored["calibration_examples"])}
 
 
 def _read_metadata(path: pathlib.Path) -> dict:
@@ -94,6 +113,7 @@ def _read_metadata(path: pathlib.Path) -> dict:
         version = int(metadata["format_version"])
         metadata["class_names"] = tuple(str(n) for n in metadata["class_names"])
         metadata["image_size"] = int(metadata["image_size"])
+        metadata["conformal"] = _conformal(metadata.get("conformal"))
     except (ValueError, KeyError, TypeError) as e:
         raise _not_ours(path, f"has a damaged {METADATA_FILE} ({type(e).__name__}: {e})") from None
     if version > FORMAT_VERSION:
@@ -140,7 +160,8 @@ def load_classifier(model_path) -> SavedClassifier:
         raise _not_ours(path, f"does not match its own {METADATA_FILE}: it should take {size} px "
                         f"uint8 images and predict {len(names)} classes with a backbone and a "
                         f"head, but has inputs and outputs {shapes}")
-    return SavedClassifier(model=model, class_names=names, image_size=size, path=path)
+    return SavedClassifier(model=model, class_names=names, image_size=size, path=path,
+                           conformal=metadata["conformal"])
 
 
 def load_image(path, *, image_size: int) -> np.ndarray:
