@@ -130,8 +130,10 @@ def primary_alpha(calibration: dict | None) -> str | None:
 
 def evaluate_sets(labels, probabilities, calibration: dict, *,
                   resamples: int = bootstrap.DEFAULT_RESAMPLES,
-                  seed: int = bootstrap.DEFAULT_SEED) -> dict:
+                  seed: int = bootstrap.DEFAULT_SEED, weights: np.ndarray | None = None) -> dict:
     """How the calibrated sets do on a split: metrics.json's "conformal" section.
+
+    The coverage intervals are bootstrap.mean_interval's, of `resamples` draws (or `weights`).
 
     Returns:
       {"score", "calibration_split", "calibration_examples", "levels": {level_name: {"alpha",
@@ -151,7 +153,7 @@ def evaluate_sets(labels, probabilities, calibration: dict, *,
             "alpha": float(key), "threshold": float(threshold),
             "coverage": float(covered.mean()),
             "coverage_interval": bootstrap.mean_interval(labels, covered, resamples=resamples,
-                                                         seed=seed),
+                                                         seed=seed, weights=weights),
             "mean_set_size": float(sizes.mean()), "referred_fraction": float(1 - kept.mean()),
             "accuracy_not_referred": (float(np.mean(predictions[kept] == labels[kept]))
                                       if kept.any() else None)}

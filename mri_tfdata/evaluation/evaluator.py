@@ -135,12 +135,15 @@ def calibrate_split(head: keras.Model, feature_set: feature_cache.FeatureSet, *,
 
 def uncertainty_metrics(labels, probabilities, class_names, *, resamples: int,
                         calibration: dict | None) -> dict:
-    """metrics.json's "intervals" of the metrics and, with a calibration, its "conformal" report."""
+    """metrics.json's "intervals" of the metrics and, with a calibration, its "conformal" report,
+    all from one set of bootstrap draws."""
+    weights = bootstrap.stratified_weights(labels, resamples=resamples,
+                                           seed=bootstrap.DEFAULT_SEED)
     found = {"intervals": bootstrap.metric_intervals(labels, probabilities, class_names,
-                                                     resamples=resamples)}
+                                                     resamples=resamples, weights=weights)}
     if calibration:
         found["conformal"] = conformal.evaluate_sets(labels, probabilities, calibration,
-                                                     resamples=resamples)
+                                                     resamples=resamples, weights=weights)
     return found
 
 
