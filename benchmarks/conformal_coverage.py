@@ -15,6 +15,7 @@ cache), fits the default head once (train.py's TrainConfig recipe, seed 0), then
   4. times what evaluation adds: the intervals and the conformal report of the test split.
 """
 
+import json
 import math
 import time
 
@@ -55,11 +56,13 @@ def _coverage(probabilities, labels, calibration, test, alpha: float, score: str
     return float(sets[np.arange(len(test)), labels[test]].mean())
 
 
-def random_split_table(probabilities, labels, calibration_size: int) -> list[str]:
-    """One row per (score, level): mean, SD, min and max coverage over the random splits."""
+def random_split_table(probabilities, labels, calibration_size: int) -> tuple[list[str], dict]:
+    """One row per (score, level): mean, SD, min and max coverage over the random splits; and the
+    same as {score: {level: {...}}}."""
     rng = np.random.default_rng(0)
     splits = [rng.permutation(len(labels)) for _ in range(FLAGS.splits)]
     rows = [f"{'score':>5} {'level':>5} {'mean':>7} {'sd':>6} {'min':>7} {'max':>7}  target met"]
+    table = {}
     for score in conformal.SCORES:
         for alpha in conformal.DEFAULT_ALPHAS:
             found = np.array([_coverage(probabilities, labels, order[:calibration_size],
@@ -69,7 +72,11 @@ def random_split_table(probabilities, labels, calibration_size: int) -> list[str
             met = abs(found.mean() - level) <= 0.02 and found.min() >= level - 0.04
             rows.append(f"{score:>5} {level:>5.2f} {found.mean():>7.4f} {found.std(ddof=1):>6.4f} "
                         f"{found.min():>7.4f} {found.max():>7.4f}  {'yes' if met else 'NO'}")
-    return rows
+            table.setdefault(score, {})[conformal.level_name(alpha)] = {
+                "mean": round(float(found.mean()), 4), "sd": round(float(found.std(ddof=1)), 4),
+                "min": round(float(found.min()), 4), "max": round(float(found.max()), 4),
+                "target_met": bool(met)}
+    return rows, table
 
 
 def _wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -102,7 +109,8 @@ def main(argv):
     print(f"Coverage over {FLAGS.splits} random splits of the {len(pooled_labels)} held-out "
           f"images ({len(val_p)} calibration, {len(pooled_labels) - len(val_p)} test each), "
           f"{FLAGS.image_size} px, weights={FLAGS.weights}:")
-    print("\n".join(random_split_table(pooled_p, pooled_labels, len(val_p))))
+    rows, table = random_split_table(pooled_p, pooled_labels, len(val_p))
+    print("\n".join(rows))
 
     calibration = conformal.calibrate(val_p, validation.labels, split=_CONFIG.validation_split)
     start = time.perf_counter()
@@ -124,6 +132,11 @@ def main(argv):
           f"{max(abs(low - wilson[0]), abs(high - wilson[1])):.4f} (target < 0.005).")
     print(f"Intervals ({bootstrap.DEFAULT_RESAMPLES} resamples) and conformal report of the "
           f"test split: {seconds:.2f} s.")
+    print(json.dumps({"random_splits": table, "as_training": {
+        name: {key: level[key] for key in ("coverage", "mean_set_size", "referred_fraction")}
+        for name, level in found["conformal"]["levels"].items()},
+        "accuracy": round(right / len(test_p), 4), "bootstrap": [round(low, 4), round(high, 4)],
+        "wilson": [round(w, 4) for w in wilson], "seconds": round(seconds, 2)}))
 
 
 if __name__ == "__main__":
