@@ -23,6 +23,7 @@ from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
 
 shared_flags.define_data_flags()
+shared_flags.define_evaluation_flags()
 shared_flags.define_path("model", None, "The saved model: a model.keras file written by training.")
 flags.DEFINE_string("split", "test", "The split to evaluate (TFDS split syntax).")
 shared_flags.define_path("out", None, "Directory for metrics.json, errors.csv and the plots "
@@ -50,6 +51,7 @@ def main(argv):
     if existing and not FLAGS.overwrite:
         raise UserError(f"--out={out} already holds {', '.join(existing)}. Pass another --out, or "
                         "add --overwrite to replace them.")
+    resamples = shared_flags.bootstrap_resamples_from_flags()
     saved = model_file.load_classifier(FLAGS.model)
     image_size = saved.image_size
     if FLAGS["image_size"].present:
@@ -69,12 +71,39 @@ def main(argv):
         saved.model, source, out_dir=out, batch_size=FLAGS.batch_size,
         cache_dir=feature_cache.resolve_cache_dir(FLAGS.feature_cache),
         extra={"split": FLAGS.split, "model": str(FLAGS.model), "data": data.describe()},
-        log_dir=out / "logs")
+        log_dir=out / "logs", bootstrap_resamples=resamples, calibration=saved.conformal)
     run_report.write_report_or_warn(out)  # After every other output; a failure only warns.
     logging.info("Accuracy %.4f, loss %.4f on %d images; wrote %s.", metrics["accuracy"],
                  metrics["loss"], metrics["num_examples"], out / "metrics.json")
     print(f"accuracy={metrics['accuracy']:.4f} loss={metrics['loss']:.4f} "
           f"examples={metrics['num_examples']} metrics={out / 'metrics.json'}")
+    print("\n".join(uncertainty_lines(metrics)))
+
+
+def uncertainty_lines(metrics: dict) -> list[str]:
+    """The headline metrics with their 95% intervals, and how the prediction sets did."""
+    from mri_tfdata.evaluation import bootstrap
+
+    intervals = metrics["intervals"]
+    level = intervals["level"]
+    lines = [bootstrap.describe(name, metrics[key], intervals[key], level)
+             for name, key in (("accuracy", "accuracy"), ("brier", "brier_score"),
+                               ("ece", "expected_calibration_error"))]
+    lines.append(bootstrap.describe("macro roc_auc", metrics["macro_avg"]["roc_auc"],
+                                    intervals["macro_avg"]["roc_auc"], level))
+    for name, per_class in metrics["per_class"].items():
+        lines.append(f"{name}: " + ", ".join(
+            bootstrap.describe(key, per_class[key], intervals["per_class"][name][key], level)
+            for key in ("sensitivity", "specificity")))
+    for name, found in metrics.get("conformal", {}).get("levels", {}).items():
+        not_referred = found["accuracy_not_referred"]
+        lines.append(
+            f"{float(name):.0%} prediction sets: "
+            + bootstrap.describe("coverage", found["coverage"], found["coverage_interval"], level)
+            + f", mean size {found['mean_set_size']:.2f}, referred "
+            f"{found['referred_fraction']:.1%}, accuracy of the rest "
+            + ("undefined" if not_referred is None else f"{not_referred:.4f}"))
+    return lines
 
 
 def console_main():

@@ -7,6 +7,10 @@ file that cannot be read gets {"file", "error"} instead, saying why in words; th
 still classified, and the exit status is 1. With --gradcam=DIR each image also gets an overlay PNG
 in DIR showing where the model found its evidence for the predicted class, named in its result as
 "gradcam" (or "gradcam_error" saying why it could not be drawn; the exit status is then 1 too).
+A model calibrated by training (a validation split) also gives each image its prediction set at
+the first --conformal_alphas level (90% by default): "prediction_set" (the classes that, together,
+hold the true class 90% of the time), "prediction_set_coverage" (0.9) and "refer" (true when the
+set is not one class: the image needs a human read); see docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -66,6 +70,22 @@ def _read(path: pathlib.Path, image_size: int) -> np.ndarray | str:
         return f"cannot read it ({e.strerror or e})"
 
 
+def prediction_set(saved: model_file.SavedClassifier, probabilities) -> dict:
+    """{"prediction_set": [class names], "prediction_set_coverage", "refer"} of one image at the
+    model's primary conformal level, or {} for a model without thresholds."""
+    from mri_tfdata.evaluation import conformal
+
+    key = conformal.primary_alpha(saved.conformal)
+    if key is None:
+        return {}
+    members = conformal.prediction_sets(np.asarray(probabilities)[None],
+                                        saved.conformal["alphas"][key],
+                                        saved.conformal["score"])[0]
+    return {"prediction_set": [n for n, kept in zip(saved.class_names, members) if kept],
+            "prediction_set_coverage": float(conformal.level_name(float(key))),
+            "refer": bool(members.sum() != 1)}
+
+
 def overlay_paths(files: Sequence, gradcam_dir) -> list[pathlib.Path]:
     """Where classify_files writes the Grad-CAM overlay of each file: one distinct PNG each."""
     from mri_tfdata.evaluation import gradcam
@@ -85,7 +105,8 @@ def classify_files(saved: model_file.SavedClassifier, files: Sequence,
         overlay_paths (replaced if there), explaining its predicted class; None for none.
 
     Yields:
-      {"file", "class", "probabilities": {class name: p}}, or {"file", "error"} for a file
+      {"file", "class", "probabilities": {class name: p}} (and prediction_set's keys for a
+      calibrated model), or {"file", "error"} for a file
       that cannot be read (not an image, corrupt, absurdly large, missing). With a gradcam_dir,
       a classified file's result also holds "gradcam" (the PNG written), or "gradcam_error"
       saying why none was.
@@ -118,7 +139,8 @@ def classify_files(saved: model_file.SavedClassifier, files: Sequence,
             p = probabilities[i]
             result = {"file": str(path), "class": saved.class_names[int(np.argmax(p))],
                       "probabilities": {name: round(float(v), 6)
-                                        for name, v in zip(saved.class_names, p)}}
+                                        for name, v in zip(saved.class_names, p)},
+                      **prediction_set(saved, p)}
             if isinstance(drawn.get(i), pathlib.Path):
                 result["gradcam"] = str(drawn[i])
             elif i in drawn:
@@ -128,18 +150,26 @@ def classify_files(saved: model_file.SavedClassifier, files: Sequence,
 
 
 def to_csv(results: list[dict], class_names: Sequence[str]) -> str:
-    """The results as CSV: file, class, one probability column per class, error, and gradcam and
+    """The results as CSV: file, class, one probability column per class, error, then
+    prediction_set (names joined by ";") and refer when the model gives sets, and gradcam and
     gradcam_error when there are Grad-CAM overlays."""
-    extra = ["gradcam", "gradcam_error"] if any(
-        "gradcam" in r or "gradcam_error" in r for r in results) else []
+    sets = ["prediction_set", "refer"] if any("prediction_set" in r for r in results) else []
+    extra = sets + (["gradcam", "gradcam_error"] if any(
+        "gradcam" in r or "gradcam_error" in r for r in results) else [])
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["file", "class", *class_names, "error", *extra])
     for r in results:
         p = r.get("probabilities", {})
         writer.writerow([r["file"], r.get("class", ""), *(p.get(n, "") for n in class_names),
-                         r.get("error", ""), *(r.get(key, "") for key in extra)])
+                         r.get("error", ""), *(_csv_cell(r.get(key, "")) for key in extra)])
     return out.getvalue()
+
+
+def _csv_cell(value) -> str:
+    if isinstance(value, list):
+        return ";".join(value)
+    return str(value).lower() if isinstance(value, bool) else value
 
 
 FLAGS = flags.FLAGS

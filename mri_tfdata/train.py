@@ -21,6 +21,7 @@ from mri_tfdata.training.config import TrainConfig  # noqa: E402
 
 shared_flags.define_data_flags()
 shared_flags.define_model_flags()
+shared_flags.define_evaluation_flags()
 flags.DEFINE_string("train_split", "train[:90%]", "Split trained on (TFDS split syntax).")
 flags.DEFINE_string("validation_split", "train[90%:]",
                     "Split validated on after each epoch; empty for none. The reference recipe "
@@ -50,11 +51,27 @@ flags.DEFINE_bool("overwrite", False,
                   "Replace a finished or differently configured run in --workdir.")
 flags.DEFINE_integer("max_steps_per_epoch", 0,
                      "Cap on batches per epoch, for smoke runs; 0 = whole splits.")
+flags.DEFINE_list("conformal_alphas", [str(a) for a in _DEFAULTS.conformal_alphas],
+                  "Miscoverage levels of the prediction sets calibrated on the validation split "
+                  "(0.1 = sets holding the true class 90% of the time); the first is the one "
+                  "mri-predict and the SavedModel give; empty for none.")
 flags.DEFINE_bool("allow_missing_classes", False,
                   "Train even when a class has no training example. Refused by default: the "
                   "model could never predict it.")
 
 FLAGS = flags.FLAGS
+
+
+def _conformal_alphas() -> tuple[float, ...]:
+    text = ",".join(FLAGS.conformal_alphas)
+    try:
+        alphas = tuple(float(a) for a in FLAGS.conformal_alphas)
+    except ValueError:
+        alphas = (-1.0,)
+    require(all(0.0 < a < 1.0 for a in alphas) and len(set(alphas)) == len(alphas),
+            f"--conformal_alphas={text} must be distinct numbers strictly between 0 and 1, e.g. "
+            "--conformal_alphas=0.1,0.05 for 90% and 95% prediction sets (empty for none).")
+    return alphas
 
 
 def _train_config() -> TrainConfig:
@@ -77,6 +94,8 @@ def _train_config() -> TrainConfig:
     require(bool(FLAGS.feature_cache.strip()), "--feature_cache must be auto, off or a folder.")
     require(FLAGS.max_steps_per_epoch >= 0, "--max_steps_per_epoch must be 0 (no cap) or more.")
     return TrainConfig(
+        conformal_alphas=_conformal_alphas(),
+        bootstrap_resamples=shared_flags.bootstrap_resamples_from_flags(),
         train_split=FLAGS.train_split, validation_split=FLAGS.validation_split,
         test_split=FLAGS.test_split, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
         learning_rate=FLAGS.learning_rate, schedule=FLAGS.lr_schedule,

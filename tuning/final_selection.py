@@ -7,6 +7,7 @@ import numpy as np
 from absl import logging
 
 from mri_tfdata.data import kaggle_layout
+from mri_tfdata.evaluation import bootstrap
 from tuning import results, selection
 from tuning.search_data import SearchData
 
@@ -47,7 +48,27 @@ def run(candidates: list[selection.Candidate], search_data: SearchData, *, folds
     print(selection.summary(table, folds=folds, examples=len(pooled.labels), metric=metric),
           flush=True)
     mean = float(np.mean(scores[winner.key][metric]))
+    versus = against_default(winner, candidates[0], scores, labels=pooled.labels, metric=metric)
+    if versus:
+        print(versus, flush=True)
     return winner, (f"Chosen by held-out {metric} in {folds}-fold cross-validation on {splits} "
                     f"({len(pooled.labels)} examples) among the default head and the "
                     f"{len(candidates) - 1} best trials: {winner.label}, mean {metric} "
-                    f"{mean:.4f} ({selection.SELECTION_CSV}).")
+                    f"{mean:.4f} ({selection.SELECTION_CSV}).{' ' + versus if versus else ''}")
+
+
+def against_default(winner: selection.Candidate, default: selection.Candidate,
+                    scores: dict, *, labels, metric: str) -> str:
+    """Whether the winner's held-out `metric` differs from the default head's by more than chance:
+    the paired stratified bootstrap of the per-example held-out scores ("" when the winner is the
+    default, or when the scores were stored by a version that kept no per-example scores)."""
+    key = selection.PER_EXAMPLE[metric]
+    if winner is default or key not in scores[winner.key] or key not in scores[default.key]:
+        return ""
+    found = bootstrap.paired_difference(labels, scores[winner.key][key], scores[default.key][key])
+    low, high = found["interval"]
+    verdict = ("a real difference" if found["excludes_zero"] else
+               "within what resampling the examples gives, so not shown to be better")
+    return (f"Against the default head, {found['difference']:+.4f} in held-out {metric} per "
+            f"example (95% CI {low:+.4f} to {high:+.4f}, paired stratified bootstrap of "
+            f"{found['resamples']} resamples): {verdict}.")

@@ -12,6 +12,7 @@ from absl import logging
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mri_tfdata.core import atomic
+from mri_tfdata.evaluation import calibration, evaluator
 from mri_tfdata.model.feature_cache import FeatureSet
 from tuning import results, tuners
 from tuning.hypermodel import HeadHyperModel, head_units
@@ -136,14 +137,17 @@ def _subset(feature_set: FeatureSet, index: np.ndarray) -> FeatureSet:
 FOLD_METRICS = {"loss": tuners.OBJECTIVE.name, "accuracy": "val_accuracy"}
 # The ranking rule of each metric: lower cross-entropy is better, higher accuracy is.
 LOWER_IS_BETTER = {"loss": True, "accuracy": False}
-FoldScores = dict[str, list[float]]  # metric -> one value per fold
+# Each example's held-out score, from the fold that held it out: metric -> this key.
+PER_EXAMPLE = {"loss": "held_out_loss", "accuracy": "held_out_correct"}
+FoldScores = dict[str, list[float]]  # metric -> one value per fold (PER_EXAMPLE: per example)
 
 
 def cross_validate(candidate: Candidate, data: FeatureSet, *, groups: np.ndarray,
                    folds: int, seed: int, strategy, precision_policy: str, num_classes: int,
                    activation: str, standardize: bool) -> FoldScores:
     """Trains the candidate's head once per fold, as a trial trains; returns its held-out
-    calibrated cross-entropy ("loss", FOLD_METRICS) and accuracy per fold.
+    calibrated cross-entropy ("loss", FOLD_METRICS) and accuracy per fold, and each example's
+    held-out calibrated cross-entropy and correctness (PER_EXAMPLE), for paired comparisons.
 
     Every candidate sees the same folds and, per fold, the same seed, so candidates differ only in
     their hyperparameters and their scores can be compared fold by fold.
@@ -151,6 +155,7 @@ def cross_validate(candidate: Candidate, data: FeatureSet, *, groups: np.ndarray
     hp = keras_tuner.HyperParameters()
     hp.values.update(candidate.values)
     scores = {metric: [] for metric in FOLD_METRICS}
+    per_example = {key: np.zeros(len(data.labels)) for key in PER_EXAMPLE.values()}
     for fold, (train_index, held_out_index) in enumerate(
             fold_indices(data.labels, groups=groups, folds=folds, seed=seed)):
         keras.backend.clear_session()
@@ -166,7 +171,13 @@ def cross_validate(candidate: Candidate, data: FeatureSet, *, groups: np.ndarray
         metrics = fold_model.fit(hp, head)
         for metric, name in FOLD_METRICS.items():
             scores[metric].append(float(metrics[name]))
-    return scores
+        held_out = _subset(data, held_out_index)
+        probabilities = evaluator.head_probabilities(head, held_out.features)
+        per_example[PER_EXAMPLE["loss"]][held_out_index] = calibration.per_example_nll(
+            probabilities, held_out.labels, float(metrics["val_temperature"]))
+        per_example[PER_EXAMPLE["accuracy"]][held_out_index] = (
+            probabilities.argmax(axis=1) == held_out.labels)
+    return {**scores, **{key: values.tolist() for key, values in per_example.items()}}
 
 
 def choose(candidates: list[Candidate], scores: dict[str, FoldScores], *,

@@ -120,6 +120,26 @@ def define_model_flags() -> None:
                       "Mixed precision. auto picks what the hardware runs natively.")
 
 
+def define_evaluation_flags() -> None:
+    """Defines how metrics.json states its uncertainty (call once, at import)."""
+    flags.DEFINE_integer("bootstrap_resamples", 1000,
+                         "Resamples of the stratified bootstrap behind the 95% intervals of the "
+                         "metrics in metrics.json (at least 1).")
+
+
+def bootstrap_resamples_from_flags() -> int:
+    """--bootstrap_resamples, checked.
+
+    Raises:
+      ParameterError: it is below 1 (exit code 2).
+    """
+    require(FLAGS.bootstrap_resamples >= 1,
+            f"--bootstrap_resamples={FLAGS.bootstrap_resamples} must be at least 1: the 95% "
+            "intervals of metrics.json come from that many resamples (1000 is the default and "
+            "takes about a second).")
+    return FLAGS.bootstrap_resamples
+
+
 def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
     """Validates the data flags and returns the DataSpec they describe.
 

@@ -35,6 +35,15 @@ def _nll(log_p: np.ndarray, labels: np.ndarray, temperature: float) -> float:
                                                                     labels]))
 
 
+def per_example_nll(probabilities: np.ndarray, labels: np.ndarray,
+                    temperature: float) -> np.ndarray:
+    """-log softmax(log p / temperature)[label] of each prediction [N]: the terms whose mean is
+    the calibrated cross-entropy at that temperature."""
+    scaled = _log_probabilities(probabilities) / temperature
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    return special.logsumexp(scaled, axis=1) - scaled[np.arange(len(labels)), labels]
+
+
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T in [MIN_TEMPERATURE, MAX_TEMPERATURE] that minimises the mean NLL of
     softmax(log p / T) on these predictions (T > 1 softens overconfident ones)."""

@@ -10,7 +10,7 @@ from absl import logging
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import decoding, input_pipeline
 from mri_tfdata.data.sources import Source
-from mri_tfdata.evaluation import gradcam, reports, summaries
+from mri_tfdata.evaluation import bootstrap, conformal, gradcam, reports, summaries
 from mri_tfdata.model import feature_cache
 
 # Images on which the assembled (or saved) model must agree with the head on cached features.
@@ -121,10 +121,38 @@ def write_gradcam_examples(classifier: keras.Model, source: Source, *, labels, p
     return gradcam.plot_grid(path, [("correct", panels[:split]), ("wrong", panels[split:])])
 
 
+def calibrate_split(head: keras.Model, feature_set: feature_cache.FeatureSet, *, alphas,
+                    split: str) -> dict | None:
+    """The conformal thresholds of `alphas` from the head's probabilities on a held-out split's
+    features (conformal.calibrate), or None when the split is too small for every level; each
+    level left out is named in a warning."""
+    calibration = conformal.calibrate(head_probabilities(head, feature_set.features),
+                                      feature_set.labels, alphas, split=split)
+    for alpha, why in calibration.get("skipped", {}).items():
+        logging.warning("No prediction sets at alpha %s: %s", alpha, why)
+    return calibration if calibration["alphas"] else None
+
+
+def uncertainty_metrics(labels, probabilities, class_names, *, resamples: int,
+                        calibration: dict | None) -> dict:
+    """metrics.json's "intervals" of the metrics and, with a calibration, its "conformal" report,
+    all from one set of bootstrap draws."""
+    weights = bootstrap.stratified_weights(labels, resamples=resamples,
+                                           seed=bootstrap.DEFAULT_SEED)
+    found = {"intervals": bootstrap.metric_intervals(labels, probabilities, class_names,
+                                                     resamples=resamples, weights=weights)}
+    if calibration:
+        found["conformal"] = conformal.evaluate_sets(labels, probabilities, calibration,
+                                                     resamples=resamples, weights=weights)
+    return found
+
+
 def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_size: int,
                    cache_dir, strategy=None, extra: dict | None = None,
                    checked_model: keras.Model | None = None, log_dir=None,
-                   log_step: int = 0, feature_set: feature_cache.FeatureSet | None = None) -> dict:
+                   log_step: int = 0, feature_set: feature_cache.FeatureSet | None = None,
+                   bootstrap_resamples: int = bootstrap.DEFAULT_RESAMPLES,
+                   calibration: dict | None = None) -> dict:
     """Evaluates `classifier` on a split: metrics.json, errors.csv and the PLOTS in out_dir.
 
     With a log_dir, the metrics and the PLOTS also go to TensorBoard (see summaries).
@@ -149,6 +177,9 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
       log_step: the step the summaries are written at.
       feature_set: the split's features under the classifier's backbone, when the caller has
         them already (then none are extracted or read here).
+      bootstrap_resamples: resamples of the metrics' 95% intervals (bootstrap.metric_intervals).
+      calibration: the model's conformal thresholds (conformal.calibrate): their prediction
+        sets are reported on this split; None for none.
 
     Returns:
       The metrics written.
@@ -163,9 +194,11 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
     check_labels(source, feature_set.labels)
     probabilities = head_probabilities(classifier.get_layer("head"), feature_set.features)
     check_model(checked_model or classifier, source, probabilities)
+    uncertainty = uncertainty_metrics(feature_set.labels, probabilities, source.class_names,
+                                      resamples=bootstrap_resamples, calibration=calibration)
     metrics = reports.write_evaluation(out_dir, labels=feature_set.labels,
                                        probabilities=probabilities, class_names=source.class_names,
-                                       names=source.names, extra=extra)
+                                       names=source.names, extra=extra, uncertainty=uncertainty)
     write_gradcam_examples(classifier, source, labels=feature_set.labels,
                            probabilities=probabilities,
                            path=pathlib.Path(out_dir) / "gradcam_examples.png")
@@ -173,6 +206,8 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
         summaries.write_evaluation(
             log_dir, step=log_step, metrics=metrics,
             plots={name: pathlib.Path(out_dir) / f"{name}.png" for name in PLOTS})
-    logging.info("%s: accuracy %.4f, loss %.4f on %d images.", source.description,
-                 metrics["accuracy"], metrics["loss"], metrics["num_examples"])
+    logging.info("%s: %s, loss %.4f on %d images.", source.description,
+                 bootstrap.describe("accuracy", metrics["accuracy"],
+                                    metrics["intervals"]["accuracy"], bootstrap.DEFAULT_LEVEL),
+                 metrics["loss"], metrics["num_examples"])
     return metrics

@@ -235,7 +235,7 @@ def write_errors(path, *, names, labels, probabilities, class_names) -> pathlib.
 
 
 def write_evaluation(out_dir, *, labels, probabilities, class_names, names,
-                     extra: dict | None = None) -> dict:
+                     extra: dict | None = None, uncertainty: dict | None = None) -> dict:
     """Writes metrics.json, errors.csv, confusion_matrix.png, roc.png and reliability.png.
 
     Args:
@@ -245,6 +245,7 @@ def write_evaluation(out_dir, *, labels, probabilities, class_names, names,
       class_names: C names, in label order.
       names: N file names, in the order of `labels`, for errors.csv.
       extra: more keys for metrics.json (split, model path, ...).
+      uncertainty: keys written after the metrics ("intervals", "conformal").
 
     Returns:
       The metrics dict written.
@@ -252,6 +253,7 @@ def write_evaluation(out_dir, *, labels, probabilities, class_names, names,
     out_dir = pathlib.Path(out_dir)
     metrics = dict(extra or {})
     metrics.update(classification_metrics(labels, probabilities, class_names))
+    metrics.update(uncertainty or {})
     atomic.write_json(out_dir / "metrics.json", metrics)
     write_errors(out_dir / "errors.csv", names=names, labels=labels, probabilities=probabilities,
                  class_names=class_names)

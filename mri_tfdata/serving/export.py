@@ -6,6 +6,9 @@ Writes a SavedModel (default: export/ beside the model) with two signatures:
 Both decode and resize inside the graph with the input pipeline's own functions, so an image
 reaches the model exactly as in training, and both return probabilities (float32 [N, C]),
 class_index (int64 [N]) and class_name (string [N]); assets/class_names.txt lists the classes.
+A model calibrated by training also returns prediction_set (bool [N, C]: class c is in the
+image's conformal prediction set) at its primary level, the first of --conformal_alphas (90% by
+default), the sets mri-predict gives.
 """
 
 import pathlib
@@ -16,6 +19,7 @@ import tensorflow as tf
 
 from mri_tfdata.core import atomic
 from mri_tfdata.data import decoding, images
+from mri_tfdata.evaluation import conformal
 from mri_tfdata.serving import model_file
 
 EXPORT_DIR = "export"
@@ -72,7 +76,19 @@ def _checked_image(encoded: tf.Tensor) -> tf.Tensor:
         return tf.identity(encoded)
 
 
-def export_serving(classifier: keras.Model, export_dir, *, class_names) -> None:
+def prediction_set(probabilities: tf.Tensor, calibration: dict) -> tf.Tensor:
+    """bool [N, C] of the primary level's sets, by conformal.class_scores's rule in float32."""
+    threshold = calibration["alphas"][conformal.primary_alpha(calibration)]
+    if calibration["score"] == "lac":
+        scores = 1.0 - probabilities
+    else:  # aps: the mass of the classes at least as probable as each class.
+        at_least = tf.cast(probabilities[:, None, :] >= probabilities[:, :, None], tf.float32)
+        scores = tf.reduce_sum(probabilities[:, None, :] * at_least, axis=-1)
+    return scores <= tf.constant(threshold, tf.float32)
+
+
+def export_serving(classifier: keras.Model, export_dir, *, class_names,
+                   calibration: dict | None = None) -> None:
     """Writes the serving SavedModel of `classifier` into `export_dir` (which must not exist).
 
     The model's weights are stored once: the archive does not track() the model, whose Keras
@@ -83,6 +99,8 @@ def export_serving(classifier: keras.Model, export_dir, *, class_names) -> None:
       classifier: uint8 images [S, S, 3] -> float32 probabilities [C].
       export_dir: the SavedModel folder to create.
       class_names: the C class names, in label order.
+      calibration: the model's conformal thresholds (SavedClassifier.conformal): the endpoints
+        also return prediction_set; None for none.
     """
     image_size, num_classes = int(classifier.input_shape[1]), len(class_names)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,8 +124,11 @@ def export_serving(classifier: keras.Model, export_dir, *, class_names) -> None:
                 lambda: tf.cast(classifier(batch, training=False), tf.float32),
                 lambda: tf.zeros([0, num_classes], tf.float32))
             class_index = tf.argmax(probabilities, axis=-1)
-            return {"probabilities": probabilities, "class_index": class_index,
-                    "class_name": table.lookup(class_index)}
+            found = {"probabilities": probabilities, "class_index": class_index,
+                     "class_name": table.lookup(class_index)}
+            if calibration:
+                found["prediction_set"] = prediction_set(probabilities, calibration)
+            return found
 
         def serve_bytes(image_bytes):
             def decode(encoded):
@@ -134,4 +155,4 @@ def export_model(model_path, out_dir) -> pathlib.Path:
     """Loads a model.keras and writes its serving SavedModel to `out_dir`, whole or not at all."""
     saved = model_file.load_classifier(model_path)
     return atomic.publish(out_dir, lambda tmp: export_serving(
-        saved.model, tmp, class_names=saved.class_names))
+        saved.model, tmp, class_names=saved.class_names, calibration=saved.conformal))

@@ -13,6 +13,7 @@ import mri_tfdata
 from mri_tfdata.core import atomic
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import decoding, images
+from mri_tfdata.evaluation import conformal
 
 MODEL_FILE = "model.keras"
 # A file of our own inside the .keras zip archive. Keras reads only the members it knows
@@ -30,9 +31,13 @@ class SavedClassifier:
     class_names: tuple[str, ...]  # the C names, in label order
     image_size: int  # S
     path: pathlib.Path
+    # The split-conformal thresholds calibrated by training (evaluation.conformal.calibrate), or
+    # None for a model saved without them (e.g. trained without a validation split).
+    conformal: dict | None = None
 
 
-def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Path:
+def save_classifier(classifier: keras.Model, path, *, class_names,
+                    conformal: dict | None = None) -> pathlib.Path:
     """Writes `classifier` to a .keras file with its metadata, whole or not at all.
 
     The file holds no optimizer state (nothing reads it: metrics come from predictions), so it is
@@ -42,6 +47,7 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
       classifier: uint8 images [S, S, 3] -> probabilities over `class_names`.
       path: the .keras file to write.
       class_names: the class names in label order.
+      conformal: the prediction-set thresholds (conformal.calibrate's result), or None.
 
     Returns:
       `path` as a Path.
@@ -53,6 +59,8 @@ def save_classifier(classifier: keras.Model, path, *, class_names) -> pathlib.Pa
     problem = _class_names_problem(metadata["class_names"], int(classifier.output_shape[-1]))
     if problem:
         raise ValueError(f"class_names={list(class_names)!r}: {problem}")
+    if conformal and conformal.get("alphas"):
+        metadata["conformal"] = conformal
 
     def write(tmp):
         # Saved: a clone (new layers, the same weights) of an uncompiled view. Keras saves the
@@ -92,6 +100,17 @@ def _not_ours(path, why: str) -> UserError:
                      "(e.g. {model_path:'runs/demo/model.keras'}).", model_path=path, why=why)
 
 
+def _conformal(stored) -> dict | None:
+    """The conformal entry of the metadata, checked (absent in older files: None)."""
+    if stored is None:
+        return None
+    if stored["score"] not in conformal.SCORES or not stored["alphas"]:
+        raise ValueError(f"conformal score {stored['score']!r} with levels {stored['alphas']!r}")
+    conformal.check_alphas(stored["alphas"])
+    return {**stored, "alphas": {str(a): float(t) for a, t in stored["alphas"].items()},
+            "calibration_examples": int(stored["calibration_examples"])}
+
+
 def _read_metadata(path: pathlib.Path) -> dict:
     """The metadata stored in a .keras file, or a UserError saying why it is not one of ours."""
     try:
@@ -119,6 +138,7 @@ def _read_metadata(path: pathlib.Path) -> dict:
             raise TypeError(f"class_names must be a list of strings, not {names!r}")
         metadata["class_names"] = tuple(names)
         metadata["image_size"] = int(metadata["image_size"])
+        metadata["conformal"] = _conformal(metadata.get("conformal"))
     except (ValueError, KeyError, TypeError) as e:
         raise _not_ours(path, f"has a damaged {METADATA_FILE} ({type(e).__name__}: {e})") from None
     problem = _class_names_problem(metadata["class_names"])
@@ -169,7 +189,8 @@ def load_classifier(model_path) -> SavedClassifier:
                         f"{size} px uint8 images and predicts {len(names)} classes "
                         f"({', '.join(names)}) with a backbone and a head; the model has "
                         f"inputs and outputs {shapes} (a damaged or edited {METADATA_FILE})")
-    return SavedClassifier(model=model, class_names=names, image_size=size, path=path)
+    return SavedClassifier(model=model, class_names=names, image_size=size, path=path,
+                           conformal=metadata["conformal"])
 
 
 def load_image(path, *, image_size: int) -> np.ndarray:

@@ -27,3 +27,7 @@ class TrainConfig:
     seed: int = 0
     max_steps_per_epoch: int = 0  # > 0 caps every epoch (smoke runs); 0 = whole splits
     allow_missing_classes: bool = False  # train even when a class has no training example
+    # Prediction sets calibrated on the validation split: their miscoverage levels (the first is
+    # the one predict and the export give) and the bootstrap's resamples for metric intervals.
+    conformal_alphas: tuple[float, ...] = (0.1, 0.05)
+    bootstrap_resamples: int = 1000

@@ -15,7 +15,7 @@ from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import dataspec, input_pipeline
 from mri_tfdata.data.dataspec import DataSpec
 from mri_tfdata.data.sources import Source
-from mri_tfdata.evaluation import evaluator, reports, run_report
+from mri_tfdata.evaluation import bootstrap, conformal, evaluator, reports, run_report
 from mri_tfdata.model import architecture, feature_cache, features, head_fit, optimization
 from mri_tfdata.model import training_plan
 from mri_tfdata.model.architecture import ModelSpec
@@ -122,13 +122,27 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
                        verbose=progress.progress_verbose(), **plan.fit_steps())
 
 
+def _calibrate_sets(classifier: keras.Model, job: _Job) -> dict | None:
+    """The prediction sets' thresholds on the validation split (evaluator.calibrate_split)."""
+    if not job.config.conformal_alphas or job.val_source is None:
+        if job.config.conformal_alphas:
+            logging.warning("No validation split: no prediction sets are calibrated, so "
+                            "mri-predict gives none (pass --validation_split to get them).")
+        return None
+    return evaluator.calibrate_split(classifier.get_layer("head"),
+                                     _features(classifier, job, job.val_source),
+                                     alphas=job.config.conformal_alphas,
+                                     split=job.config.validation_split)
+
+
 def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) -> TrainResult:
     """Saves, evaluates the saved model on the test split, reports; marks the run done."""
     run, config = job.run, job.config
     # Every step rewrites its outputs whole, so a rerun after a kill anywhere here redoes the
     # steps from the top; the phase weights go only once the run is recorded as finished.
+    calibration = _calibrate_sets(classifier, job)
     saved_path = model_file.save_classifier(classifier, run.path / model_file.MODEL_FILE,
-                                           class_names=class_names)
+                                           class_names=class_names, conformal=calibration)
     faults.point("model_saved")
     history = resumable.read_history(run.path)
     reports.plot_history(history, run.path)
@@ -144,6 +158,7 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
             extra={"split": config.test_split, "model": str(saved_path),
                    "training_examples_per_class": dict(zip(class_names, counts.tolist()))},
             checked_model=model_file.load_classifier(saved_path).model,
+            bootstrap_resamples=config.bootstrap_resamples, calibration=calibration,
             # Beside the train/ and validation/ curves, at the last epoch (Keras counts from 0).
             log_dir=run.path / "logs" / "test", log_step=history["epoch"][-1] - 1)
         faults.point("evaluated")
