@@ -30,6 +30,8 @@ class DataSpec:
       synthetic_train_per_class: generated Training images per class ("synthetic").
       synthetic_test_per_class: generated Testing images per class ("synthetic").
       synthetic_image_size: side of the generated images in pixels ("synthetic").
+      class_names: the classes in label order ("folder", "synthetic"); None takes them from the
+        training split's class folders, sorted (the Kaggle classes for a Kaggle tree).
     """
 
     source: str
@@ -39,6 +41,7 @@ class DataSpec:
     synthetic_train_per_class: int = 40
     synthetic_test_per_class: int = 10
     synthetic_image_size: int = 64
+    class_names: tuple | None = None
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -97,7 +100,8 @@ class DataSpec:
                                      "layout (Training/<class>/*.jpg and Testing/<class>/*.jpg).",
                                      source=self.source)
             root = pathlib.Path(self.data_dir).expanduser()
-        return sources.load_folder_source(root, split=split, input_context=input_context)
+        return sources.load_folder_source(root, split=split, class_names=self.class_names,
+                                          input_context=input_context)
 
     def describe(self) -> str:
         """A one-line description for logs."""
