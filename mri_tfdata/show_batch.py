@@ -71,7 +71,8 @@ def _define_flags() -> None:
                       "(--tfds_data_dir).")
     shared_flags.define_path("data_dir", None, "Kaggle-layout folder (Training/<class>/*.jpg).")
     shared_flags.define_path("tfds_data_dir", None, "TFDS data_dir of the brain_tumor_mri build.")
-    flags.DEFINE_string("tfds_config", "default", "brain_tumor_mri config: default or dedup.")
+    flags.DEFINE_string("tfds_config", "default", "brain_tumor_mri config: default, dedup, folders "
+                      "or folders_dedup.")
     flags.DEFINE_list("classes", None, "source=folder: the class folders in label order; "
                       "default the Training/ subfolders, sorted (Kaggle order for Kaggle names).")
     flags.DEFINE_string("split", "train", "Split, TFDS syntax (e.g. train[:90%]).")

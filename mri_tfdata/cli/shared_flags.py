@@ -72,8 +72,9 @@ def define_data_flags() -> None:
         "source=tfds: the TFDS data_dir the dataset was built into. Default: $TFDS_DATA_DIR, else "
         "$HOME/tensorflow_datasets.")
     flags.DEFINE_enum(
-        "tfds_config", "default", ("default", "dedup"),
-        "source=tfds: builder config; dedup drops the test images that leak from train.")
+        "tfds_config", "default", ("default", "dedup", "folders", "folders_dedup"),
+        "source=tfds: builder config; dedup drops the test images that leak from train; "
+        "folders/folders_dedup: a build of your own class folders.")
     flags.DEFINE_list(
         "classes", None,
         "source=folder or synthetic: the class folders and their label order, e.g. "

@@ -26,7 +26,8 @@ class DataSpec:
       data_dir: the Kaggle-layout root ("folder"), or where generated data is kept ("synthetic";
         None for caches.cache_dir("synthetic")).
       tfds_data_dir: TFDS data_dir ("tfds"); None means the TFDS default ($TFDS_DATA_DIR, else $HOME/tensorflow_datasets).
-      tfds_config: the builder config, "default" or "dedup" ("tfds").
+      tfds_config: the builder config: "default" or "dedup" (Kaggle), "folders" or
+        "folders_dedup" (classes from the data) ("tfds").
       synthetic_train_per_class: generated Training images per class ("synthetic").
       synthetic_test_per_class: generated Testing images per class ("synthetic").
       synthetic_image_size: side of the generated images in pixels ("synthetic").
