@@ -176,6 +176,8 @@ def test_importing_the_package_registers_the_builder():
     assert [c.name for c in tfds.builder_cls("brain_tumor_mri").BUILDER_CONFIGS] == [
         "default",
         "dedup",
+        "folders",
+        "folders_dedup",
     ]
 
 

@@ -259,7 +259,8 @@ def list_examples(split_dir: Union[str, pathlib.Path],
         except UserError:
             raise UserError(
                 f"{split_dir} holds the class folder {child.name!r}, which is not among the "
-                f"classes {', '.join(class_names)} (those of the training split, or --classes). "
+                f"classes {', '.join(class_names)} (those of the training split, or --classes"
+                f"{'; older aliases: ' + ', '.join(list(CLASS_ALIASES)[4:]) if tuple(class_names) == CLASS_NAMES else ''}). "
                 "Move that folder out of the dataset, add it to the training split, or list it "
                 "in --classes."
             ) from None
