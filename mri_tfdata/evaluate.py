@@ -9,6 +9,7 @@ through the feature cache (--feature_cache), so evaluating the same model again 
 few images shown with their Grad-CAMs.
 """
 
+import dataclasses
 import pathlib
 import sys
 
@@ -59,6 +60,10 @@ def main(argv):
                 f"--image_size={FLAGS.image_size} differs from the model's input size "
                 f"{image_size}; drop the flag (the model's size is used).")
     data = shared_flags.data_spec_from_flags(image_size=image_size)
+    if data.source != "tfds" and data.class_names is None:
+        # A folder is read with the model's classes: a class folder the model does not know is
+        # refused by name, and a split may lack some of the model's classes.
+        data = dataclasses.replace(data, class_names=saved.class_names)
     source = data.open(FLAGS.split)
     if tuple(source.class_names) != saved.class_names:
         raise UserError(f"{saved.path} predicts the classes {', '.join(saved.class_names)} but "

@@ -71,7 +71,10 @@ def _define_flags() -> None:
                       "(--tfds_data_dir).")
     shared_flags.define_path("data_dir", None, "Kaggle-layout folder (Training/<class>/*.jpg).")
     shared_flags.define_path("tfds_data_dir", None, "TFDS data_dir of the brain_tumor_mri build.")
-    flags.DEFINE_string("tfds_config", "default", "brain_tumor_mri config: default or dedup.")
+    flags.DEFINE_string("tfds_config", "default", "brain_tumor_mri config: default, dedup, folders "
+                      "or folders_dedup.")
+    flags.DEFINE_list("classes", None, "source=folder: the class folders in label order; "
+                      "default the Training/ subfolders, sorted (Kaggle order for Kaggle names).")
     flags.DEFINE_string("split", "train", "Split, TFDS syntax (e.g. train[:90%]).")
     flags.DEFINE_integer("image_size", 256, "Side of the images in pixels, as the model gets them.")
     flags.DEFINE_integer("batch_size", 16, "Images in the grid.")
@@ -93,7 +96,8 @@ def main(argv: list[str]) -> None:
     from mri_tfdata.data.dataspec import DataSpec
 
     source = DataSpec(source=FLAGS.source, data_dir=FLAGS.data_dir,
-                      tfds_data_dir=FLAGS.tfds_data_dir, tfds_config=FLAGS.tfds_config
+                      tfds_data_dir=FLAGS.tfds_data_dir, tfds_config=FLAGS.tfds_config,
+                      class_names=tuple(FLAGS.classes) if FLAGS.classes else None
                       ).open(FLAGS.split)
     batch_size = min(FLAGS.batch_size, source.num_examples)
     # The training pipeline itself (shuffled, uint8, resized), so the picture shows what the

@@ -15,13 +15,19 @@ from PIL import Image
 
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 # Saturated, far-apart colours: JPEG and resizing cannot turn one into another.
-CLASS_COLOURS = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)], dtype=np.uint8)
+# The first four are the Kaggle classes'; trees with other classes take the first N in label order.
+CLASS_COLOURS = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255),
+                          (0, 255, 255), (255, 255, 255), (0, 0, 0)], dtype=np.uint8)
 SIZE = 16  # Pixels of the single image files; tiny so that the tests stay fast.
 
 
-def write_tree(root, *, train_per_class=6, test_per_class=2, size=32, fmt="png"):
+def write_tree(root, *, train_per_class=6, test_per_class=2, size=32, fmt="png",
+               class_names=CLASS_NAMES):
     """Writes root/Training/<class>/*.{png,jpg} and root/Testing/...: the top half of each image
     has its class colour, the bottom half a grey level that numbers the image within its split.
+
+    Args:
+      class_names: the class folders (up to 8), in label order; label i gets CLASS_COLOURS[i].
 
     Returns:
       root as a Path.
@@ -29,7 +35,7 @@ def write_tree(root, *, train_per_class=6, test_per_class=2, size=32, fmt="png")
     root = pathlib.Path(root)
     for folder, per_class in (("Training", train_per_class), ("Testing", test_per_class)):
         index = 0
-        for label, name in enumerate(CLASS_NAMES):
+        for label, name in enumerate(class_names):
             (root / folder / name).mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 image = np.zeros((size, size, 3), dtype=np.uint8)

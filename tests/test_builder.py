@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 import builders.brain_tumor_mri  # noqa: F401  (registers "brain_tumor_mri" with TFDS)
 from builders.brain_tumor_mri import brain_tumor_mri_dataset_builder
 from mri_tfdata.core.errors import UserError
-from mri_tfdata.data import kaggle_layout
+from mri_tfdata.data import kaggle_layout, sources
 
 BUILDER_DIR = pathlib.Path(brain_tumor_mri_dataset_builder.__file__).parent
 
@@ -176,6 +176,8 @@ def test_importing_the_package_registers_the_builder():
     assert [c.name for c in tfds.builder_cls("brain_tumor_mri").BUILDER_CONFIGS] == [
         "default",
         "dedup",
+        "folders",
+        "folders_dedup",
     ]
 
 
@@ -246,3 +248,20 @@ def test_a_good_tfds_build_prints_only_its_own_lines(tmp_path):
     assert proc.returncode == 0, output[-3000:]
     assert not BUILD_NOISE.search(output), BUILD_NOISE.findall(output)
     assert len(output.splitlines()) <= 80, output
+
+
+def test_folders_config_takes_the_classes_from_manual_dir_and_loads_them_from_the_build(
+        tmp_path):
+    image_trees.write_tree(tmp_path / "manual", train_per_class=1, test_per_class=1, size=16,
+                           class_names=("ant", "bee"))
+    # The Kaggle configs refuse other classes and name the config that takes them.
+    with pytest.raises(UserError, match="'ant'.*--config=folders"):
+        build(tmp_path / "manual", tmp_path / "kaggle_data")
+    build(tmp_path / "manual", tmp_path / "data", config="folders")
+    got = examples(tmp_path / "data", "train", config="folders", decode_images=False)
+    assert {name: int(ex["label"]) for name, ex in got.items()} == {
+        "Training/ant/Tr-000.png": 0, "Training/bee/Tr-000.png": 1}
+    # A reader without the builder's code gets the class names from the build's info.
+    source = sources.load_tfds_source(split="test", data_dir=str(tmp_path / "data"),
+                                      config="folders")
+    assert source.class_names == ("ant", "bee")

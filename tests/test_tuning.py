@@ -101,7 +101,7 @@ def _separable_features(n=24, seed=0):
 
 def test_build_model_with_default_hyperparameters_is_the_default_head_and_recipe():
     hp = keras_tuner.HyperParameters()
-    head = hypermodel.build_model(hp)
+    head = hypermodel.build_model(hp, num_classes=4)
     assert head.input_shape == (None, 2048) and head.output_shape == (None, 4)
     dense = [layer.units for layer in head.layers if isinstance(layer, keras.layers.Dense)]
     assert dense == [512, 128, 4]  # train.py's default head
@@ -122,7 +122,7 @@ def test_build_model_with_default_hyperparameters_is_the_default_head_and_recipe
 
 def test_the_space_covers_the_good_region_with_margin():
     hp = keras_tuner.HyperParameters()
-    hypermodel.build_model(hp)
+    hypermodel.build_model(hp, num_classes=4)
     hypermodel.declare_recipe(hp, batch_sizes=(32,), epochs=hypermodel.epoch_choices(10))
     space = {h.name: h for h in hp.space}
     # The measured best rates (1e-4 .. 1e-3) lie well inside, a decade from either edge.

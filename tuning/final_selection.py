@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from mri_tfdata.data import kaggle_layout
 from mri_tfdata.evaluation import bootstrap
 from tuning import results, selection
 from tuning.search_data import SearchData
@@ -40,7 +39,7 @@ def run(candidates: list[selection.Candidate], search_data: SearchData, *, folds
     start = time.perf_counter()
     winner, scores = selection.select(
         candidates, pooled, groups=groups, folds=folds, seed=seed, metric=metric, store=store,
-        strategy=strategy, precision_policy=policy, num_classes=len(kaggle_layout.CLASS_NAMES),
+        strategy=strategy, precision_policy=policy, num_classes=len(search_data.sources[0].class_names),
         activation=model_spec.head_activation, standardize=model_spec.standardize_features)
     logging.info("Final selection took %.1f s.", time.perf_counter() - start)
     table = selection.table_rows(candidates, scores, winner)

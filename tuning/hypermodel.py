@@ -4,7 +4,6 @@ import keras
 import keras_tuner
 from absl import logging
 
-from mri_tfdata.data import kaggle_layout
 from mri_tfdata.evaluation import calibration
 from mri_tfdata.model import architecture, head_fit, optimization
 from mri_tfdata.model.feature_cache import FeatureSet
@@ -43,7 +42,7 @@ def head_units(values: dict) -> tuple[int, ...]:
 
 
 def build_model(hp: keras_tuner.HyperParameters, *, dropout: float = 0.0,
-                num_classes: int = len(kaggle_layout.CLASS_NAMES), activation: str = "relu",
+                num_classes: int, activation: str = "relu",
                 standardize: bool = True) -> keras.Model:
     """Builds one trial's head from the hyperparameters, with the ordinary model code.
 

@@ -40,7 +40,6 @@ from absl import flags, logging  # noqa: E402
 from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
-from mri_tfdata.data import kaggle_layout  # noqa: E402
 from tuning.choices import SELECTION_METRICS, TUNERS  # noqa: E402
 
 if TYPE_CHECKING:
@@ -174,7 +173,7 @@ def _select(rows: list[dict], search_data: SearchData, *, model_spec, policy: st
     # the validation split's examples, so less sampling noise.
     labels = search_data.pooled().labels
     folds = FLAGS.selection_folds
-    smallest_class = int(np.bincount(labels, minlength=len(kaggle_layout.CLASS_NAMES)).min())
+    smallest_class = int(np.bincount(labels, minlength=len(search_data.sources[0].class_names)).min())
     require(smallest_class >= folds,
             f"The final selection's {folds}-fold cross-validation needs at least {folds} examples "
             f"of every class in the training and validation splits; the rarest class has "
@@ -269,9 +268,12 @@ def _search(data, model_spec, batch_sizes: tuple[int, ...]) -> None:
     # The chief only runs the oracle: it fits no trial, so it needs features only for the final
     # selection, after the search (from the cache the workers wrote, if they share it).
     trial_data = None if role == "chief" else load_data()
+    # The head's classes are those of the training split (its class folders, or --classes).
+    class_names = (trial_data.sources[0].class_names if trial_data
+                   else data.open(FLAGS.train_split).class_names)
     head_model = HeadHyperModel(
         train=trial_data and trial_data.train, validation=trial_data and trial_data.validation,
-        num_classes=len(kaggle_layout.CLASS_NAMES), activation=model_spec.head_activation,
+        num_classes=len(class_names), activation=model_spec.head_activation,
         dropout=model_spec.dropout, standardize=model_spec.standardize_features,
         precision_policy=policy, batch_sizes=batch_sizes,
         # Hyperband sets each trial's epochs itself.

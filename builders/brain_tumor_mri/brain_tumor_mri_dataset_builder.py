@@ -25,13 +25,18 @@ class BrainTumorMriConfig(tfds.core.BuilderConfig):
     Attributes:
       dedup: Drop exact duplicates (same sha256) within a split, and drop from a later split
         (validation, test) every image that occurs in an earlier one (train first).
+      classes_from_data: Take the classes from the training split's class folders, sorted (the
+        Kaggle classes for the Kaggle tree), as Keras' flow_from_directory does; otherwise the
+        four Kaggle classes, and any other class folder is refused.
     """
 
     dedup: bool = False
+    classes_from_data: bool = False
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """DatasetBuilder for the Kaggle Brain Tumor MRI Dataset (4 classes, manual download)."""
+    """DatasetBuilder for the Kaggle Brain Tumor MRI Dataset (manual download), or for any tree of
+    class folders in the same layout (configs `folders`, `folders_dedup`)."""
 
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
@@ -52,6 +57,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     an optional validation/ (or val/) folder, and the class folder names of older versions
     (glioma_tumor, meningioma_tumor, no_tumor, pituitary_tumor).
     manual_dir is `tfds build --manual_dir=DIR` (default: <data_dir>/downloads/manual/).
+    Your own classes: any class folder names in the same layout, with --config=folders (or
+    folders_dedup); the classes are the Training/ subfolders, sorted.
     """
     BUILDER_CONFIGS = [
         BrainTumorMriConfig(name="default", description="The images as published."),
@@ -59,6 +66,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             name="dedup",
             dedup=True,
             description="No exact duplicates within a split, no test image leaked from train.",
+        ),
+        BrainTumorMriConfig(
+            name="folders",
+            classes_from_data=True,
+            description="Your own class folders: the classes are Training/'s subfolders, sorted.",
+        ),
+        BrainTumorMriConfig(
+            name="folders_dedup",
+            dedup=True,
+            classes_from_data=True,
+            description="Your own class folders, deduplicated as the dedup config.",
         ),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "default"
@@ -70,7 +88,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     # No encoding_format: the stored bytes are the original JPEG, or a PNG when the
                     # file had to be converted; decoding (tf.io.decode_image) handles both.
                     "image": tfds.features.Image(shape=(None, None, 3)),
-                    "label": tfds.features.ClassLabel(names=kaggle_layout.CLASS_NAMES),
+                    # With classes from the data, the names are set when manual_dir is read
+                    # (_split_generators); the build's dataset_info keeps them for its readers.
+                    "label": tfds.features.ClassLabel(
+                        names=None if self.builder_config.classes_from_data
+                        else kaggle_layout.CLASS_NAMES),
                     "filename": tfds.features.Text(),
                     "sha256": tfds.features.Text(),
                 }
@@ -101,11 +123,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # is shared by all splits (dedup compares them across splits), then each split takes its
         # own. See docs/data.md, "On every core, or on a cluster", for runners.
         split_dirs = kaggle_layout.find_split_dirs(self._data_root(dl_manager))
+        class_names = self._class_names(split_dirs["train"])
         files = []
         for split in beam_steps.SPLIT_ORDER:
             if split in split_dirs:
                 # Listed here, not on workers: it takes a second, and a bad tree fails at once.
-                examples = kaggle_layout.list_examples(split_dirs[split])
+                examples = kaggle_layout.list_examples(split_dirs[split], class_names)
                 files += [(split, example) for example in examples]
                 logging.info("%s: %d image files in %s.", split, len(examples), split_dirs[split])
         # Files per split, for the report _process_pipeline_result reads after the pipeline.
@@ -113,6 +136,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         checked = beam_steps.check_files(pipeline, files, dedup=self.builder_config.dedup)
         beam_steps.write_report(checked, self._report_path())
         return {split: self._generate_examples(checked, split) for split in self._listed}
+
+    def _class_names(self, train_dir: pathlib.Path) -> tuple:
+        """The classes of the build: the Kaggle ones, or (classes_from_data) the training split's
+        class folders, then set as the label feature's names."""
+        if not self.builder_config.classes_from_data:
+            try:
+                return kaggle_layout.infer_class_names(train_dir, kaggle_layout.CLASS_NAMES)
+            except UserError as e:
+                raise UserError(f"{e} For a tree with your own classes, build with "
+                                "--config=folders (or folders_dedup).") from None
+        class_names = kaggle_layout.infer_class_names(train_dir)
+        self.info.features["label"].names = list(class_names)
+        logging.info("Classes, in label order: %s.", ", ".join(class_names))
+        return class_names
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         # Runs after the pipeline and before TFDS saves the metadata with the dataset.

@@ -72,8 +72,14 @@ def define_data_flags() -> None:
         "source=tfds: the TFDS data_dir the dataset was built into. Default: $TFDS_DATA_DIR, else "
         "$HOME/tensorflow_datasets.")
     flags.DEFINE_enum(
-        "tfds_config", "default", ("default", "dedup"),
-        "source=tfds: builder config; dedup drops the test images that leak from train.")
+        "tfds_config", "default", ("default", "dedup", "folders", "folders_dedup"),
+        "source=tfds: builder config; dedup drops the test images that leak from train; "
+        "folders/folders_dedup: a build of your own class folders.")
+    flags.DEFINE_list(
+        "classes", None,
+        "source=folder or synthetic: the class folders and their label order, e.g. "
+        "cat,dog,other; a class folder not listed is refused. Default: the Training/ subfolders, "
+        "sorted (the Kaggle order for the Kaggle class names).")
     flags.DEFINE_integer("synthetic_train_per_class", 40,
                          "source=synthetic: Training images per class.")
     flags.DEFINE_integer("synthetic_test_per_class", 10,
@@ -162,6 +168,11 @@ def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
         require(FLAGS.source == "synthetic" or not FLAGS.data_dir,
                 "--data_dir is for --source=folder or synthetic; with --source=tfds pass "
                 "--tfds_data_dir instead.")
+    if FLAGS.classes is not None:
+        require(FLAGS.source != "tfds", "--classes is for --source=folder or synthetic; a TFDS "
+                "build holds its class names (choose them when building it).")
+        require(len(FLAGS.classes) >= 2 and len(set(FLAGS.classes)) == len(FLAGS.classes),
+                f"--classes={','.join(FLAGS.classes)} must list at least two distinct classes.")
     if FLAGS.source == "synthetic":
         require(FLAGS.synthetic_train_per_class >= 2 and FLAGS.synthetic_test_per_class >= 1,
                 "--synthetic_train_per_class must be at least 2 and --synthetic_test_per_class at "
@@ -172,7 +183,8 @@ def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
         source=FLAGS.source, data_dir=FLAGS.data_dir, tfds_data_dir=FLAGS.tfds_data_dir,
         tfds_config=FLAGS.tfds_config, synthetic_train_per_class=FLAGS.synthetic_train_per_class,
         synthetic_test_per_class=FLAGS.synthetic_test_per_class,
-        synthetic_image_size=image_size or FLAGS.image_size)
+        synthetic_image_size=image_size or FLAGS.image_size,
+        class_names=tuple(FLAGS.classes) if FLAGS.classes else None)
 
 
 def model_spec_from_flags() -> ModelSpec:

@@ -29,7 +29,7 @@ class CheckedFile:
     Attributes:
       split: the split it was listed in.
       relpath: its path relative to the split folders' parent, the example key.
-      label: index into kaggle_layout.CLASS_NAMES.
+      label: index into the build's class names.
       sha256: hex digest of the file's bytes; None when the file could not be read.
       image: the JPEG or PNG bytes to store (see images.prepare_image); None when not stored.
       corrupt: why the file is not a usable image, or None.

@@ -26,10 +26,13 @@ class DataSpec:
       data_dir: the Kaggle-layout root ("folder"), or where generated data is kept ("synthetic";
         None for caches.cache_dir("synthetic")).
       tfds_data_dir: TFDS data_dir ("tfds"); None means the TFDS default ($TFDS_DATA_DIR, else $HOME/tensorflow_datasets).
-      tfds_config: the builder config, "default" or "dedup" ("tfds").
+      tfds_config: the builder config: "default" or "dedup" (Kaggle), "folders" or
+        "folders_dedup" (classes from the data) ("tfds").
       synthetic_train_per_class: generated Training images per class ("synthetic").
       synthetic_test_per_class: generated Testing images per class ("synthetic").
       synthetic_image_size: side of the generated images in pixels ("synthetic").
+      class_names: the classes in label order ("folder", "synthetic"); None takes them from the
+        training split's class folders, sorted (the Kaggle classes for a Kaggle tree).
     """
 
     source: str
@@ -39,6 +42,7 @@ class DataSpec:
     synthetic_train_per_class: int = 40
     synthetic_test_per_class: int = 10
     synthetic_image_size: int = 64
+    class_names: tuple | None = None
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -97,7 +101,8 @@ class DataSpec:
                                      "layout (Training/<class>/*.jpg and Testing/<class>/*.jpg).",
                                      source=self.source)
             root = pathlib.Path(self.data_dir).expanduser()
-        return sources.load_folder_source(root, split=split, input_context=input_context)
+        return sources.load_folder_source(root, split=split, class_names=self.class_names,
+                                          input_context=input_context)
 
     def describe(self) -> str:
         """A one-line description for logs."""

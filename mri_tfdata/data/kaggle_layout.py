@@ -49,7 +49,7 @@ class LabeledFile:
       path: Absolute path of the file.
       relpath: POSIX path relative to the folder that holds the split folders,
         e.g. "Training/glioma/Tr-gl_0010.jpg"; stable across machines, so usable as a key.
-      label: Index into CLASS_NAMES.
+      label: Index into the class names of the tree (see infer_class_names).
     """
 
     path: pathlib.Path
@@ -144,19 +144,63 @@ def find_split_dirs(root: Union[str, pathlib.Path]) -> dict[str, pathlib.Path]:
     return {split: dirs[0] for split, dirs in found.items()}
 
 
-def class_label(folder_name: str) -> int:
-    """Returns the label of a class folder name (Kaggle name or older `_tumor` alias, any case).
+def class_label(folder_name: str, class_names=CLASS_NAMES) -> int:
+    """Returns the label of a class folder name among `class_names`.
+
+    With the Kaggle class names the older `_tumor` aliases are accepted too, in any letter case;
+    other class names match the folder name exactly, as Keras' flow_from_directory matches them.
 
     Raises:
-      UserError: The name is not a known class; the message lists the accepted names.
+      UserError: The name is not among the classes; the message lists the accepted names.
     """
-    label = CLASS_ALIASES.get(folder_name.lower())
+    class_names = tuple(class_names)
+    if class_names == CLASS_NAMES:
+        label = CLASS_ALIASES.get(folder_name.lower())
+        accepted = tuple(CLASS_ALIASES)
+    else:
+        label = class_names.index(folder_name) if folder_name in class_names else None
+        accepted = class_names
     if label is None:
         raise UserError(
             f"Unknown class folder {folder_name!r}; the accepted class folder names are "
-            f"{', '.join(CLASS_ALIASES)}. Rename or move that folder out of the dataset."
+            f"{', '.join(accepted)}. Rename or move that folder out of the dataset, or list it "
+            "in the classes (--classes)."
         )
     return label
+
+
+def class_folders(split_dir: Union[str, pathlib.Path]) -> list[str]:
+    """The names of the visible class folders of a split folder, sorted."""
+    return [p.name for p in _visible_children(pathlib.Path(split_dir)) if p.is_dir()]
+
+
+def infer_class_names(train_dir: Union[str, pathlib.Path], class_names=None) -> tuple:
+    """The classes of a tree, in label order, from its training split folder.
+
+    As Keras' flow_from_directory: the class folders of `train_dir`, sorted. Folders that are all
+    Kaggle class names or their older aliases give the Kaggle classes (CLASS_NAMES, in their
+    order), so that a Kaggle tree keeps its labels whichever of its classes are present.
+
+    Args:
+      train_dir: The training split folder.
+      class_names: The classes and their order, fixed by the user; None to infer them.
+
+    Raises:
+      UserError: `class_names` is given and a class folder is not among them (the message names
+        it), or `train_dir` holds no class folder.
+    """
+    folders = class_folders(train_dir)
+    if class_names is not None:
+        class_names = tuple(class_names)
+        for folder in folders:
+            class_label(folder, class_names)
+        return class_names
+    if not folders:
+        raise UserError(f"The training folder {train_dir} holds no class folder; put the images "
+                        f"in {train_dir}/<class>/*.jpg, one folder per class.")
+    if all(folder.lower() in CLASS_ALIASES for folder in folders):
+        return CLASS_NAMES
+    return tuple(folders)
 
 
 def _image_files(folder: pathlib.Path, seen: set):
@@ -181,7 +225,8 @@ def list_images(folder: Union[str, pathlib.Path]) -> list[pathlib.Path]:
     return sorted(_image_files(pathlib.Path(folder), set()))
 
 
-def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
+def list_examples(split_dir: Union[str, pathlib.Path],
+                  class_names=CLASS_NAMES) -> list[LabeledFile]:
     """Lists the image files of one split folder, labelled by their class folder.
 
     Hidden files and folders, OS junk and files that are not .jpg/.jpeg/.png are skipped, and no
@@ -190,6 +235,8 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
 
     Args:
       split_dir: A split folder as returned by find_split_dirs.
+      class_names: The classes in label order (see infer_class_names); a class folder not among
+        them is refused.
 
     Returns:
       The files sorted by relpath (deterministic on every filesystem).
@@ -207,13 +254,22 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
             if child.suffix.lower() in IMAGE_SUFFIXES:
                 logging.warning("Ignoring %r: images must sit in a class folder.", str(child))
             continue
-        label = class_label(child.name)
+        try:
+            label = class_label(child.name, class_names)
+        except UserError:
+            raise UserError(
+                f"{split_dir} holds the class folder {child.name!r}, which is not among the "
+                f"classes {', '.join(class_names)} (those of the training split, or --classes"
+                f"{'; older aliases: ' + ', '.join(list(CLASS_ALIASES)[4:]) if tuple(class_names) == CLASS_NAMES else ''}). "
+                "Move that folder out of the dataset, add it to the training split, or list it "
+                "in --classes."
+            ) from None
         for path in _image_files(child, seen):
             relpath = path.relative_to(split_dir.parent).as_posix()
             examples.append(LabeledFile(path=path, relpath=relpath, label=label))
     if not examples:
         raise UserError(
             f"The split folder {split_dir} holds no .jpg/.jpeg/.png image in a class folder "
-            f"({', '.join(CLASS_NAMES)}). {DOWNLOAD_HINT}"
+            f"({', '.join(class_names)}). {DOWNLOAD_HINT}"
         )
     return sorted(examples, key=lambda e: e.relpath)

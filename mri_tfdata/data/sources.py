@@ -203,7 +203,7 @@ def _usable(selected: list, split: str) -> list:
     return [(e, v) for e, v in zip(selected, verdicts) if not v.error]
 
 
-def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
+def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_names=None,
                        input_context=None) -> Source:
     """Opens a split of a Kaggle-layout folder (Training/<class>/*.jpg, Testing/<class>/*.jpg).
 
@@ -218,6 +218,9 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
       split: "train", "test" or "validation" with optional TFDS slicing, e.g. "train[:90%]".
         Slices are taken over the split's files in a fixed pseudo-random order (a hash of each
         relative path), so they are deterministic and mix the classes.
+      class_names: The classes in label order; None takes them from the training split's class
+        folders, sorted (the Kaggle classes for a Kaggle tree; kaggle_layout.infer_class_names).
+        A class folder of any split that is not among them is refused.
       input_context: A tf.distribute.InputContext; pipeline i of n then reads every n-th selected
         file from the i-th, so the workers' shards are disjoint and cover the split.
 
@@ -230,7 +233,8 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
     """
     root = pathlib.Path(root).expanduser()
     split_dirs = kaggle_layout.find_split_dirs(root)
-    files_by_split = {name: _stable_order(kaggle_layout.list_examples(folder))
+    class_names = kaggle_layout.infer_class_names(split_dirs["train"], class_names)
+    files_by_split = {name: _stable_order(kaggle_layout.list_examples(folder, class_names))
                       for name, folder in split_dirs.items()}
     selected = _select(files_by_split, split)
     if input_context is not None:
@@ -249,7 +253,7 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
                 f"/{_short_hash(str(root.resolve()) + listing)}")
     names = tuple(e.relpath for e, _ in kept)
     return Source(dataset=_read_files(kept, labels), num_examples=len(kept),
-                  class_names=kaggle_layout.CLASS_NAMES, cache_id=cache_id,
+                  class_names=class_names, cache_id=cache_id,
                   description=f"folder {root} {split} ({len(kept)} images)",
                   index=lambda: (names, labels))
 

@@ -105,9 +105,10 @@ def intended_use(evidence: Evidence) -> str:
     elif data.get("source") == "folder":
         warnings.append("A Kaggle-layout folder is read as it is: if it is the published dataset, "
                         "its test split leaks from training; use the TFDS config dedup.")
+    classes = (evidence.metrics or {}).get("class_names") or ["classes unknown"]
     return ("<h2>Intended use and limitations</h2>"
-            "<p>For research on brain-tumour MRI classification (glioma, meningioma, pituitary "
-            "tumour, no tumour) only. <strong>Not a diagnostic device</strong>: it must not "
+            f"<p>For research on MRI classification ({esc(', '.join(classes))}) only. "
+            "<strong>Not a diagnostic device</strong>: it must not "
             "inform the care of a patient. It was trained on one public collection of 2D slices; "
             "other scanners, sequences, populations or preprocessing can lower its accuracy "
             "without warning.</p>"
