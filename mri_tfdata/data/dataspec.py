@@ -9,7 +9,7 @@ from absl import logging
 from mri_tfdata.core import caches
 from mri_tfdata.core.choices import SOURCES
 from mri_tfdata.core.errors import ParameterError, UserError
-from mri_tfdata.data import sources, synthetic
+from mri_tfdata.data import dicom, sources, synthetic
 
 
 # Synthetic roots already generated or checked by this process; every split opens through prepare().
@@ -30,6 +30,8 @@ class DataSpec:
       synthetic_train_per_class: generated Training images per class ("synthetic").
       synthetic_test_per_class: generated Testing images per class ("synthetic").
       synthetic_image_size: side of the generated images in pixels ("synthetic").
+      dicom_window: the display window DICOM files of a folder are read with, replacing their
+        own (data.dicom); None for each file's own.
     """
 
     source: str
@@ -39,6 +41,7 @@ class DataSpec:
     synthetic_train_per_class: int = 40
     synthetic_test_per_class: int = 10
     synthetic_image_size: int = 64
+    dicom_window: dicom.Window | None = None
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -97,7 +100,8 @@ class DataSpec:
                                      "layout (Training/<class>/*.jpg and Testing/<class>/*.jpg).",
                                      source=self.source)
             root = pathlib.Path(self.data_dir).expanduser()
-        return sources.load_folder_source(root, split=split, input_context=input_context)
+        return sources.load_folder_source(root, split=split, input_context=input_context,
+                                          dicom_window=self.dicom_window)
 
     def describe(self) -> str:
         """A one-line description for logs."""

@@ -8,6 +8,7 @@ from typing import Union
 from absl import logging
 
 from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import dicom
 
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -159,9 +160,14 @@ def class_label(folder_name: str) -> int:
     return label
 
 
+def is_image_file(path: pathlib.Path) -> bool:
+    """A .jpg/.jpeg/.png file, or a DICOM file (.dcm, or the DICM marker: data.dicom)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom_path(path)
+
+
 def _image_files(folder: pathlib.Path, seen: set):
-    """Yields the .jpg/.jpeg/.png files under `folder`, nested folders too, never entering hidden
-    ones, and no file or folder whose (device, inode) is in `seen` (which it extends)."""
+    """Yields the image files (is_image_file) under `folder`, nested folders too, never entering
+    hidden ones, and no file or folder whose (device, inode) is in `seen` (which it extends)."""
     stack = [folder]
     while stack:
         current = stack.pop()
@@ -171,7 +177,7 @@ def _image_files(folder: pathlib.Path, seen: set):
         for path in _visible_children(current):
             if path.is_dir():
                 stack.append(path)
-            elif path.suffix.lower() in IMAGE_SUFFIXES and _first_visit(path, seen):
+            elif is_image_file(path) and _first_visit(path, seen):
                 yield path
 
 
@@ -184,7 +190,7 @@ def list_images(folder: Union[str, pathlib.Path]) -> list[pathlib.Path]:
 def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
     """Lists the image files of one split folder, labelled by their class folder.
 
-    Hidden files and folders, OS junk and files that are not .jpg/.jpeg/.png are skipped, and no
+    Hidden files and folders, OS junk and files that are not .jpg/.jpeg/.png or DICOM are skipped, and no
     file or folder is listed twice (symlink loops, hard or soft links to the same file); the files
     are not opened here (see mri_tfdata.data.images), so corrupt images are still listed.
 
@@ -204,7 +210,7 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
     seen = set()
     for child in _visible_children(split_dir):
         if not child.is_dir():
-            if child.suffix.lower() in IMAGE_SUFFIXES:
+            if is_image_file(child):
                 logging.warning("Ignoring %r: images must sit in a class folder.", str(child))
             continue
         label = class_label(child.name)
@@ -213,7 +219,7 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
             examples.append(LabeledFile(path=path, relpath=relpath, label=label))
     if not examples:
         raise UserError(
-            f"The split folder {split_dir} holds no .jpg/.jpeg/.png image in a class folder "
+            f"The split folder {split_dir} holds no .jpg/.jpeg/.png/DICOM image in a class folder "
             f"({', '.join(CLASS_NAMES)}). {DOWNLOAD_HINT}"
         )
     return sorted(examples, key=lambda e: e.relpath)
