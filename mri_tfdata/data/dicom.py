@@ -176,14 +176,70 @@ def _transfer_syntax_problem(ds) -> str | None:
     return None
 
 
-def inspect(path) -> int:
+@dataclasses.dataclass(frozen=True)
+class RawLayout:
+    """Where a single uncompressed little-endian monochrome frame lies in its file, and how its
+    values become grey levels, so that TensorFlow reads it with no Python (see encoded_frame).
+
+    Attributes:
+      offset: byte offset of the pixel data in the file.
+      dtype: "uint8", "uint16" or "int16", little-endian.
+      rows, columns: the frame's size.
+      slope, intercept: the modality rescale.
+      step: the file's own VOI step (_window with no forced window): "linear" or "minmax".
+      invert: MONOCHROME1.
+    """
+
+    offset: int
+    dtype: str
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+    step: tuple
+    invert: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Info:
+    """What checking a DICOM file found: its frames, and its RawLayout when it has one."""
+
+    frames: int
+    raw: RawLayout | None = None
+
+
+_RAW_DTYPES = {(8, 0): "uint8", (16, 0): "uint16", (16, 1): "int16"}
+
+
+def _raw_layout(ds, frames: int, offset) -> RawLayout | None:
+    """The RawLayout of a file TensorFlow can read alone (one uncompressed monochrome frame, all
+    bits stored, no lookup tables), else None."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    bits, stored = int(ds.get("BitsAllocated") or 0), int(ds.get("BitsStored") or 0)
+    dtype = _RAW_DTYPES.get((bits, int(ds.get("PixelRepresentation") or 0)))
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if (frames != 1 or offset is None or dtype is None or syntax is None
+            or syntax.is_compressed or not syntax.is_little_endian
+            or photometric not in _MONOCHROME or int(ds.get("SamplesPerPixel") or 1) != 1
+            or (dtype == "int16" and stored != bits) or "ModalityLUTSequence" in ds):
+        return None
+    step = _window(ds, None)
+    if step[0] not in ("linear", "minmax"):
+        return None
+    return RawLayout(offset=int(offset), dtype=dtype, rows=int(ds.Rows), columns=int(ds.Columns),
+                     slope=_number(ds, "RescaleSlope", 1.0),
+                     intercept=_number(ds, "RescaleIntercept", 0.0), step=step,
+                     invert=photometric == "MONOCHROME1")
+
+
+def inspect(path) -> Info:
     """Checks a DICOM file as far as reading its pixels needs, decoding compressed frames once.
 
     Uncompressed pixel data is checked for its length (all of it is then readable); compressed
     frames are decoded, since only a decode finds damaged data.
 
     Returns:
-      The number of frames.
+      Its Info: the number of frames, and the RawLayout of a simple one.
 
     Raises:
       DicomError: not a readable DICOM file, no pixel data, an unsupported transfer syntax,
@@ -224,6 +280,8 @@ def inspect(path) -> int:
         raise DicomError(f"unsupported photometric interpretation {photometric or 'missing'} "
                          f"with {samples} samples per pixel")
     bits = int(ds.get("BitsAllocated") or 0)
+    # The offset of the pixel data, known while the element is still raw (before ds.PixelData).
+    offset = getattr(ds.get_item("PixelData"), "value_tell", None)
     if bits not in (1, 8, 16, 32):
         raise DicomError(f"unsupported BitsAllocated {bits} (1, 8, 16 or 32 are read)")
     try:
@@ -241,7 +299,7 @@ def inspect(path) -> int:
     except Exception as e:  # noqa: BLE001 -- decoder plugins raise many types for damaged data.
         raise DicomError(f"damaged DICOM pixel data (the decoder failed: {type(e).__name__})") \
             from None
-    return frames
+    return Info(frames, _raw_layout(ds, frames, offset))
 
 
 def series_key(path) -> str:
@@ -257,21 +315,32 @@ def series_key(path) -> str:
     return uid or str(path.parent)
 
 
-def _linear(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM's VOI window of float32 `values`, in place, to [0, 255]."""
+def _window(ds, window: Window | None) -> tuple:
+    """The VOI step for a monochrome file: ("linear", low, scale), ("threshold", level),
+    ("sigmoid", center, width), ("lut",) for a VOI LUT Sequence, or ("minmax",).
+
+    A linear window maps `value` to clip((value - low) * scale, 0, 255): DICOM's LINEAR is
+    ((x - (c - 0.5)) / (w - 1) + 0.5) * 255, LINEAR_EXACT (x - c) / w + 0.5 times 255.
+    """
+    if window is not None:
+        center, width, function = window.center, window.width, "LINEAR"
+    elif "VOILUTSequence" in ds:
+        return ("lut",)
+    else:
+        center, width = _number(ds, "WindowCenter", math.nan), _number(ds, "WindowWidth", math.nan)
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
+        if not (math.isfinite(center) and math.isfinite(width) and width >= 1):
+            return ("minmax",)
     if function == "SIGMOID":
-        np.multiply(values, np.float32(-4.0 / width), out=values)
-        values += np.float32(4.0 * center / width)
-        np.exp(values, out=values)
-        values += np.float32(1.0)
-        np.divide(np.float32(255.0), values, out=values)
-        return values
+        return ("sigmoid", center, width)
     if function == "LINEAR_EXACT":
-        low, scale = center - width / 2, 255.0 / width
-    elif width > 1:  # LINEAR: (x - (c - 0.5)) / (w - 1) + 0.5, clipped to [0, 1]
-        low, scale = center - 0.5 - (width - 1) / 2, 255.0 / (width - 1)
-    else:  # LINEAR with width 1: a threshold at c - 0.5
-        return np.where(values > center - 0.5, np.float32(255), np.float32(0))
+        return ("linear", center - width / 2, 255.0 / width)
+    if width > 1:
+        return ("linear", center - 0.5 - (width - 1) / 2, 255.0 / (width - 1))
+    return ("threshold", center - 0.5)
+
+
+def _apply_linear(values: np.ndarray, low: float, scale: float) -> np.ndarray:
     values -= np.float32(low)
     values *= np.float32(scale)
     np.clip(values, 0, 255, out=values)
@@ -283,35 +352,75 @@ def _min_max(values: np.ndarray) -> np.ndarray:
     if high <= low:
         values[...] = 0
         return values
-    values -= np.float32(low)
-    values *= np.float32(255.0 / (high - low))
-    return values
+    return _apply_linear(values, low, 255.0 / (high - low))
+
+
+def _affine(stored: np.ndarray, ds, step: tuple) -> tuple[float, float] | None:
+    """(a, b) with grey = clip(stored * a + b, 0, 255) when rescale, window and MONOCHROME1
+    together are one affine map ("linear" and "minmax" steps), else None.
+
+    Folding them into one multiply-add is both faster and what encoded_frame's TensorFlow path
+    computes too, so both give the same pixels. The min-max of rescaled values is that of the
+    stored ones, reversed when the slope is negative.
+    """
+    if "ModalityLUTSequence" in ds or step[0] not in ("linear", "minmax"):
+        return None
+    slope, intercept = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
+    if step[0] == "linear":
+        _, low, scale = step
+        a, b = slope * scale, (intercept - low) * scale
+    else:
+        a, b = _min_max_affine(float(stored.min()), float(stored.max()), slope)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        a, b = -a, 255.0 - b
+    return a, b
+
+
+def _min_max_affine(low: float, high: float, slope: float) -> tuple[float, float]:
+    """(a, b) mapping stored values `low`..`high` to 0..255 (255..0 for a negative slope)."""
+    if high <= low or slope == 0:
+        return 0.0, 0.0
+    k = 255.0 / (high - low)
+    return (k, -low * k) if slope > 0 else (-k, high * k)
 
 
 def _grey(stored: np.ndarray, ds, window: Window | None) -> np.ndarray:
-    """Monochrome stored values -> float32 in [0, 255], by the steps of the module docstring."""
+    """Monochrome stored values -> float32 in [0, 255], by the steps of the module docstring,
+    MONOCHROME1 inverted."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    step = _window(ds, window)
+    affine = _affine(stored, ds, step)
+    if affine is not None:
+        values = stored.astype(np.float32)
+        values *= np.float32(affine[0])
+        values += np.float32(affine[1])
+        return np.clip(values, 0, 255, out=values)
     if "ModalityLUTSequence" in ds:
         values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
     else:
         values = stored.astype(np.float32)
-        slope, intercept = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
-        if slope != 1.0:
-            values *= np.float32(slope)
-        if intercept != 0.0:
-            values += np.float32(intercept)
-    function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
-    center, width = _number(ds, "WindowCenter", math.nan), _number(ds, "WindowWidth", math.nan)
-    if window is not None:
-        return _linear(values, window.center, window.width, "LINEAR")
-    if "VOILUTSequence" in ds:
+        values *= np.float32(_number(ds, "RescaleSlope", 1.0))
+        values += np.float32(_number(ds, "RescaleIntercept", 0.0))
+    if step[0] == "linear":
+        values = _apply_linear(values, step[1], step[2])
+    elif step[0] == "threshold":
+        values = np.where(values > step[1], np.float32(255), np.float32(0))
+    elif step[0] == "sigmoid":  # 255 / (1 + exp(-4 (x - c) / w))
+        _, center, width = step
+        np.multiply(values, np.float32(-4.0 / width), out=values)
+        values += np.float32(4.0 * center / width)
+        np.exp(values, out=values)
+        values += np.float32(1.0)
+        np.divide(np.float32(255.0), values, out=values)
+    elif step[0] == "lut":
         # A non-linear table: pydicom applies it; its output range is then scaled to 8 bits.
-        return _min_max(np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float32))
-    if math.isfinite(center) and math.isfinite(width) and width >= 1:
-        return _linear(values, center, width, function if function in (
-            "LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR")
-    return _min_max(values)
+        values = _min_max(np.asarray(apply_voi_lut(values, ds, prefer_lut=True), np.float32))
+    else:
+        values = _min_max(values)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        np.subtract(np.float32(255), values, out=values)
+    return values
 
 
 def _colour(stored: np.ndarray, ds) -> np.ndarray:
@@ -350,22 +459,85 @@ def read_frame(path, frame: int = 0, *, window: Window | None = None) -> np.ndar
     if stored.ndim == 3 and stored.shape[-1] == 3:
         return _colour(stored, header)
     grey = _grey(stored, header, window)
-    if str(header.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-        np.subtract(np.float32(255), grey, out=grey)
     return np.rint(grey, out=grey).astype(np.uint8)
 
 
-def encoded_frame(path, frame, *, window: Window | None = None):
-    """A TensorFlow op: PNG bytes of one frame (read_frame), for the input pipeline's decoder.
+# The columns of recipe_columns, with their dtypes: how encoded_frame reads each example.
+_RECIPE = {"raw": bool, "offset": np.int64, "dtype": np.int32, "rows": np.int32,
+           "columns": np.int32, "a": np.float32, "b": np.float32, "minmax": bool,
+           "slope": np.float64, "invert": bool}
+_DTYPE_CODES = ("uint8", "uint16", "int16")
+
+
+def recipe_columns(infos, window: Window | None = None) -> dict[str, np.ndarray]:
+    """One column per field of _RECIPE, one row per example, for encoded_frame.
+
+    Args:
+      infos: the Info of each example's file (None for a JPEG/PNG).
+      window: the forced window, as for read_frame.
+    """
+    rows = []
+    for info in infos:
+        raw = info.raw if info is not None else None
+        step = raw and (_window({}, window) if window is not None else raw.step)
+        if raw is None or step[0] not in ("linear", "minmax"):
+            rows.append({key: kind(0) for key, kind in _RECIPE.items()})
+            continue
+        header = {"RescaleSlope": raw.slope, "RescaleIntercept": raw.intercept,
+                  "PhotometricInterpretation": "MONOCHROME1" if raw.invert else "MONOCHROME2"}
+        a, b = _affine(np.zeros(1), header, step) if step[0] == "linear" else (0.0, 0.0)
+        rows.append({"raw": True, "offset": raw.offset, "dtype": _DTYPE_CODES.index(raw.dtype),
+                     "rows": raw.rows, "columns": raw.columns, "a": a, "b": b,
+                     "minmax": step[0] == "minmax", "slope": raw.slope, "invert": raw.invert})
+    return {key: np.array([row[key] for row in rows], dtype=kind)
+            for key, kind in _RECIPE.items()}
+
+
+def _raw_frame(path, recipe):
+    """TensorFlow's own reading of a RawLayout frame: read_frame's arithmetic (_affine), with no
+    Python."""
+    import tensorflow as tf
+
+    count = recipe["rows"] * recipe["columns"]
+    itemsize = tf.where(recipe["dtype"] == 0, 1, 2)
+    data = tf.strings.substr(tf.io.read_file(path), recipe["offset"],
+                             tf.cast(count * itemsize, tf.int64))
+    stored = tf.switch_case(recipe["dtype"], [
+        lambda: tf.cast(tf.io.decode_raw(data, tf.uint8), tf.float32),
+        lambda: tf.cast(tf.io.decode_raw(data, tf.uint16, little_endian=True), tf.float32),
+        lambda: tf.cast(tf.io.decode_raw(data, tf.int16, little_endian=True), tf.float32)])
+
+    def min_max():  # _min_max_affine, in float64 as Python computes it
+        low = tf.cast(tf.reduce_min(stored), tf.float64)
+        high = tf.cast(tf.reduce_max(stored), tf.float64)
+        flat = tf.logical_or(high <= low, tf.equal(recipe["slope"], 0.0))
+        zero = tf.constant(0.0, tf.float64)
+        k = 255.0 / tf.where(flat, tf.constant(1.0, tf.float64), high - low)
+        a = tf.where(flat, zero, tf.where(recipe["slope"] > 0, k, -k))
+        b = tf.where(flat, zero, tf.where(recipe["slope"] > 0, -low * k, high * k))
+        a, b = tf.where(recipe["invert"], -a, a), tf.where(recipe["invert"], 255.0 - b, b)
+        return tf.cast(a, tf.float32), tf.cast(b, tf.float32)
+
+    a, b = tf.cond(recipe["minmax"], min_max, lambda: (recipe["a"], recipe["b"]))
+    grey = tf.clip_by_value(stored * a + b, 0.0, 255.0)
+    return tf.reshape(tf.cast(tf.round(grey), tf.uint8), [recipe["rows"], recipe["columns"], 1])
+
+
+def encoded_frame(path, frame, recipe, *, window: Window | None = None):
+    """A TensorFlow op: one frame's 8-bit pixels, serialized for the pipeline's decoder.
+
+    A frame with a raw recipe (recipe_columns) is read by TensorFlow alone, in parallel with no
+    Python lock; any other by read_frame through tf.numpy_function. Either gives the same pixels.
 
     Args:
       path: tf.string scalar, the file.
-      frame: tf.int32/int64 scalar, the frame from 0.
+      frame: tf.int64 scalar, the frame from 0.
+      recipe: one row of recipe_columns, as tensors.
       window: as for read_frame.
 
     Returns:
-      tf.string scalar: an uncompressed PNG (grey or RGB) of the frame's 8-bit pixels, which the
-      pipeline decodes exactly as it decodes any PNG.
+      tf.string scalar: the uint8 [H, W, 1 or 3] pixels as tf.io.serialize_tensor writes them,
+      which decoding.decode recognises (decoding.is_pixels) and expands to RGB.
     """
     import tensorflow as tf
 
@@ -373,10 +545,13 @@ def encoded_frame(path, frame, *, window: Window | None = None):
         pixels = read_frame(path_bytes.decode(), int(index), window=window)
         return pixels if pixels.ndim == 3 else pixels[..., None]
 
-    pixels = tf.numpy_function(read, [path, frame], tf.uint8, stateful=False)
-    pixels.set_shape([None, None, None])
-    # compression=0: the bytes live only until the pipeline decodes them, a moment later.
-    return tf.io.encode_png(pixels, compression=0)
+    def by_pydicom():
+        pixels = tf.numpy_function(read, [path, frame], tf.uint8, stateful=False)
+        pixels.set_shape([None, None, None])
+        return pixels
+
+    pixels = tf.cond(recipe["raw"], lambda: _raw_frame(path, recipe), by_pydicom)
+    return tf.io.serialize_tensor(pixels)
 
 
 def frame_count(path) -> int:

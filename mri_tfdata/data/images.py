@@ -236,7 +236,7 @@ def read_dicom_frames(path, *, dicom_window: dicom.Window | None = None,
       OSError: the file cannot be read.
     """
     try:
-        frames = dicom.inspect(path)
+        frames = dicom.inspect(path).frames
         if only is not None and not 0 <= only < frames:
             raise dicom.DicomError(f"has {frames} frame(s), no frame {only + 1}")
         stored = []
@@ -259,7 +259,7 @@ class FileCheck:
 
     error: str | None = None  # why the file is refused
     replacement: bytes | None = None  # RGB PNG bytes for a file TF cannot decode as intended
-    frames: int = 0  # a DICOM file's number of frames (data.dicom); 0 for JPEG/PNG
+    dicom_info: dicom.Info | None = None  # what data.dicom found in a DICOM file; None for JPEG/PNG
 
 
 # Verdicts already reached by this process, keyed by the file's identity and version, so that a run
@@ -273,7 +273,7 @@ def _check_without_decoding(path) -> tuple[tuple, FileCheck | None]:
         info = os.stat(path)
         key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         try:
-            return key, _verdicts.get(key) or FileCheck(frames=dicom.inspect(path))
+            return key, _verdicts.get(key) or FileCheck(dicom_info=dicom.inspect(path))
         except dicom.DicomError as e:
             return key, FileCheck(error=str(e))
     with _open_regular(path) as f:

@@ -206,9 +206,10 @@ def _usable(selected: list, split: str) -> list:
 def _frames(kept: list) -> list:
     """(example, FileCheck, frame) of every image: a DICOM file gives one per frame, named
     `relpath#N` when it has several (data.dicom.frame_key); other files have frame -1."""
-    return [(dataclasses.replace(e, relpath=dicom.frame_key(e.relpath, i, v.frames)), v, i)
-            if v.frames else (e, v, -1)
-            for e, v in kept for i in range(max(v.frames, 1))]
+    frames = [(e, v, v.dicom_info.frames if v.dicom_info else 0) for e, v in kept]
+    return [(dataclasses.replace(e, relpath=dicom.frame_key(e.relpath, i, count)), v, i)
+            if count else (e, v, -1)
+            for e, v, count in frames for i in range(max(count, 1))]
 
 
 def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
@@ -229,8 +230,8 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str,
       input_context: A tf.distribute.InputContext; pipeline i of n then reads every n-th selected
         file from the i-th, so the workers' shards are disjoint and cover the split.
       dicom_window: the display window of DICOM files (data.dicom), replacing their own; None
-        for each file's own window (or its min-max). Every frame of a DICOM file is an example;
-        the pipeline reads it once, as an uncompressed PNG it decodes like any other.
+        for each file's own window (or its min-max). Every frame of a DICOM file is an example,
+        read once by the pipeline (data.dicom.encoded_frame) before its image cache.
 
     Returns:
       A Source of (encoded image, label).
@@ -281,13 +282,14 @@ def _read_files(kept: list, labels: np.ndarray,
     # all others are read lazily, in parallel.
     contents = [v.replacement or b"" for _, v, _ in kept]
     frames = np.array([frame for _, _, frame in kept], np.int64)
+    recipes = dicom.recipe_columns([v.dicom_info for _, v, _ in kept], dicom_window)
 
-    def read(path, content, frame, label):
+    def read(path, content, frame, recipe, label):
         data = tf.cond(
-            frame >= 0, lambda: dicom.encoded_frame(path, frame, window=dicom_window),
+            frame >= 0, lambda: dicom.encoded_frame(path, frame, recipe, window=dicom_window),
             lambda: tf.cond(tf.strings.length(content) > 0, lambda: content,
                             lambda: tf.io.read_file(path)))
         return data, label
 
-    return tf.data.Dataset.from_tensor_slices((paths, contents, frames, labels)).map(
+    return tf.data.Dataset.from_tensor_slices((paths, contents, frames, recipes, labels)).map(
         read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
