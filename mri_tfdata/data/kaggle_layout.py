@@ -219,7 +219,7 @@ def list_examples(split_dir: Union[str, pathlib.Path]) -> list[LabeledFile]:
             examples.append(LabeledFile(path=path, relpath=relpath, label=label))
     if not examples:
         raise UserError(
-            f"The split folder {split_dir} holds no .jpg/.jpeg/.png/DICOM image in a class folder "
-            f"({', '.join(CLASS_NAMES)}). {DOWNLOAD_HINT}"
+            f"The split folder {split_dir} holds no .jpg/.jpeg/.png image (or DICOM file) in a "
+            f"class folder ({', '.join(CLASS_NAMES)}). {DOWNLOAD_HINT}"
         )
     return sorted(examples, key=lambda e: e.relpath)
