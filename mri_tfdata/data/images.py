@@ -224,6 +224,19 @@ def _png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# data.dicom.inspect's findings by file identity and version: predict reads a multi-frame file
+# one frame at a time, and must not check (for compressed files: decode) the whole file each time.
+_inspections: dict[tuple, dicom.Info] = {}
+
+
+def _inspected(path) -> dicom.Info:
+    info = os.stat(path)
+    key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _inspections:
+        _inspections[key] = dicom.inspect(path)
+    return _inspections[key]
+
+
 def read_dicom_frames(path, *, dicom_window: dicom.Window | None = None,
                       only: int | None = None) -> list[StoredImage]:
     """The frames of a DICOM file (or the one frame `only`, from 0) as lossless PNG StoredImages.
@@ -236,7 +249,7 @@ def read_dicom_frames(path, *, dicom_window: dicom.Window | None = None,
       OSError: the file cannot be read.
     """
     try:
-        frames = dicom.inspect(path).frames
+        frames = _inspected(path).frames
         if only is not None and not 0 <= only < frames:
             raise dicom.DicomError(f"has {frames} frame(s), no frame {only + 1}")
         stored = []
