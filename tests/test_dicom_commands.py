@@ -58,6 +58,18 @@ def test_train_then_predict_a_series_with_summary_leaks_no_identifier(tmp_path):
         if path.is_file() and path.suffix in (".json", ".csv", ".txt", ".html"):
             _no_identifier(path.read_text(errors="replace"), str(path))
 
+    evaluation = tmp_path / "eval"
+    code, out, err = _run("mri_tfdata.evaluate", f"--model={workdir / 'model.keras'}",
+                          "--source=folder", f"--data_dir={data}", "--split=test",
+                          "--batch_size=4", "--dicom_window=800,3000",
+                          "--bootstrap_resamples=10", f"--out={evaluation}")
+    assert code == 0, err[-3000:]
+    assert "truncated.dcm" in err
+    for path in evaluation.glob("*"):
+        if path.is_file() and path.suffix in (".json", ".csv", ".html"):
+            _no_identifier(path.read_text(errors="replace"), str(path))
+    _no_identifier(out + err, "mri-evaluate's log")
+
     # A series folder: a multi-frame file and single slices of one SeriesInstanceUID, a second
     # series, a damaged slice.
     scans = tmp_path / "scans"
