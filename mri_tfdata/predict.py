@@ -1,7 +1,10 @@
 """Classifies image files and folders: `mri-predict --model=runs/demo/model.keras scans/ a.jpg`.
 
-Folders are searched recursively for .jpg, .jpeg and .png files, skipping junk as the dataset
-builder does (hidden files and folders, Thumbs.db, ...). Each file gets one JSON line on stdout,
+Folders are searched recursively for .jpg, .jpeg, .png and DICOM files, skipping junk as the
+dataset builder does (hidden files and folders, Thumbs.db, ...). Each frame of a multi-frame
+DICOM file is classified on its own, as `path#N`; --dicom_window replaces the files' own
+display window. With --series_summary each series (DICOM SeriesInstanceUID, else the folder)
+also gets one line: the class of highest mean probability and each class's votes. Each file gets one JSON line on stdout,
 {"file", "class", "probabilities": {class: p}}, or a line or row of --output (.jsonl or .csv). A
 file that cannot be read gets {"file", "error"} instead, saying why in words; the other files are
 still classified, and the exit status is 1. With --gradcam=DIR each image also gets an overlay PNG
@@ -35,7 +38,7 @@ from mri_tfdata.cli import runner, shared_flags  # noqa: E402
 from mri_tfdata.cli.runner import require  # noqa: E402
 from mri_tfdata.core import atomic  # noqa: E402
 from mri_tfdata.core.errors import UserError  # noqa: E402
-from mri_tfdata.data import kaggle_layout  # noqa: E402
+from mri_tfdata.data import dicom, kaggle_layout  # noqa: E402
 
 if TYPE_CHECKING:
     from mri_tfdata.serving import model_file
@@ -55,15 +58,33 @@ def find_images(paths: Sequence) -> list[pathlib.Path]:
     return found
 
 
-def _read(path: pathlib.Path, image_size: int) -> np.ndarray | str:
+def expand_frames(files: Sequence) -> list:
+    """`files` with each multi-frame DICOM file replaced by its frames, `path#1` ... `path#N`
+    (a file whose header cannot be read stays as it is, to get its error line)."""
+    expanded = []
+    for path in files:
+        frames = 1
+        if pathlib.Path(path).is_file() and dicom.is_dicom_path(path):
+            try:
+                frames = dicom.frame_count(path)
+            except (dicom.DicomError, OSError):
+                pass
+        expanded += [path] if frames == 1 else [
+            pathlib.Path(dicom.frame_key(path, i, frames)) for i in range(frames)]
+    return expanded
+
+
+def _read(path: pathlib.Path, image_size: int,
+          dicom_window: dicom.Window | None = None) -> np.ndarray | str:
     """The image as the model takes it, or why it cannot be read, in words."""
     from mri_tfdata.data import images
     from mri_tfdata.serving import model_file
 
     if path.is_dir():
-        return f"a folder with no {', '.join(kaggle_layout.IMAGE_SUFFIXES)} file in it"
+        return (f"a folder with no {', '.join(kaggle_layout.IMAGE_SUFFIXES)} or DICOM file "
+                "in it")
     try:
-        return model_file.load_image(path, image_size=image_size)
+        return model_file.load_image(path, image_size=image_size, dicom_window=dicom_window)
     except images.CorruptImageError as e:
         return str(e)
     except OSError as e:
@@ -94,7 +115,8 @@ def overlay_paths(files: Sequence, gradcam_dir) -> list[pathlib.Path]:
 
 
 def classify_files(saved: model_file.SavedClassifier, files: Sequence,
-                   *, batch_size: int = 32, gradcam_dir=None) -> Iterator[dict]:
+                   *, batch_size: int = 32, gradcam_dir=None,
+                   dicom_window: dicom.Window | None = None) -> Iterator[dict]:
     """Classifies image files, `batch_size` at a time; yields one result per file, in order.
 
     Args:
@@ -103,6 +125,7 @@ def classify_files(saved: model_file.SavedClassifier, files: Sequence,
       batch_size: images per forward pass.
       gradcam_dir: an existing folder for the Grad-CAM overlay of every readable image, at
         overlay_paths (replaced if there), explaining its predicted class; None for none.
+      dicom_window: the display window of DICOM files, replacing their own; None for theirs.
 
     Yields:
       {"file", "class", "probabilities": {class name: p}} (and prediction_set's keys for a
@@ -120,7 +143,7 @@ def classify_files(saved: model_file.SavedClassifier, files: Sequence,
     overlays = overlay_paths(files, gradcam_dir) if gradcam_dir is not None else None
     for start in range(0, len(files), batch_size):
         chunk = [pathlib.Path(f) for f in files[start:start + batch_size]]
-        read = [_read(path, saved.image_size) for path in chunk]
+        read = [_read(path, saved.image_size, dicom_window) for path in chunk]
         good = [i for i, image in enumerate(read) if not isinstance(image, str)]
         batch = np.stack([read[i] for i in good]) if good else None
         probabilities = dict(zip(good, saved.model.predict_on_batch(batch) if good else []))
@@ -185,6 +208,31 @@ def _define_flags() -> None:
                         "missing): the image, where the model found its evidence for the "
                         "predicted class, the class and its probability.")
     flags.DEFINE_bool("overwrite", False, "Replace --output and --gradcam overlays that exist.")
+    flags.DEFINE_bool("series_summary", False,
+                      "Also give one line per series (DICOM SeriesInstanceUID, else the folder): "
+                      "the class of highest mean probability over its slices and how many slices "
+                      "vote for each class; on stdout after the slices, or in "
+                      "<output>_series.jsonl/.csv next to --output.")
+    shared_flags.define_dicom_window_flag()
+
+
+def series_output(output: pathlib.Path) -> pathlib.Path:
+    """Where --series_summary goes when the slices go to --output: `<stem>_series<suffix>`."""
+    return output.with_name(f"{output.stem}_series{output.suffix}")
+
+
+def summarize_series(results: list[dict], class_names: Sequence[str]) -> list[dict]:
+    """The per-series summaries of `results` (evaluation.series), keyed by series_key."""
+    from mri_tfdata.evaluation import series
+
+    keys = {}
+
+    def series_of(file: str) -> str:
+        if file not in keys:
+            keys[file] = dicom.series_key(file)
+        return keys[file]
+
+    return series.summarize(results, series_of, class_names)
 
 
 def _prepare_gradcam_dir(folder: pathlib.Path, paths: list[pathlib.Path], *,
@@ -212,6 +260,10 @@ def main(argv):
         require(output.suffix.lower() in _OUTPUT_SUFFIXES,
                 f"--output={output} must end in .jsonl or .csv.")
         runner.refuse_existing(output, "output")
+        if FLAGS.series_summary and series_output(output).exists() and not FLAGS.overwrite:
+            raise UserError(f"{series_output(output)} (the --series_summary file of --output) "
+                            "already exists; pass another --output, or --overwrite.")
+    dicom_window = shared_flags.dicom_window_from_flags()
     gradcam_dir = pathlib.Path(FLAGS.gradcam).expanduser() if FLAGS.gradcam else None
     if gradcam_dir:
         require(not gradcam_dir.exists() or gradcam_dir.is_dir(),
@@ -222,7 +274,7 @@ def main(argv):
     from mri_tfdata.serving import model_file
 
     saved = model_file.load_classifier(FLAGS.model)
-    files = find_images(argv[1:])
+    files = expand_frames(find_images(argv[1:]))
     if gradcam_dir:
         _prepare_gradcam_dir(gradcam_dir, overlay_paths(files, gradcam_dir),
                              overwrite=FLAGS.overwrite)
@@ -232,7 +284,7 @@ def main(argv):
            if output and sys.stdout.isatty() and len(files) > FLAGS.batch_size else None)
     results = []
     for result in classify_files(saved, files, batch_size=FLAGS.batch_size,
-                                 gradcam_dir=gradcam_dir):
+                                 gradcam_dir=gradcam_dir, dicom_window=dicom_window):
         results.append(result)
         if output is None:
             print(json.dumps(result), flush=True)
@@ -246,12 +298,33 @@ def main(argv):
                             if output.suffix.lower() == ".csv"
                             else "".join(json.dumps(r) + "\n" for r in results))
         print(output)
+    if FLAGS.series_summary:
+        _write_series(summarize_series(results, saved.class_names), saved.class_names, output)
     logging.info("Classified %d files, %d could not be read.", len(results) - failures, failures)
     if gradcam_dir:
         logging.info("Wrote %d Grad-CAM overlays into %s; %d could not be drawn.",
                      len(results) - failures - no_overlay, gradcam_dir, no_overlay)
     if failures or no_overlay:
         sys.exit(1)
+
+
+def _write_series(summaries: list[dict], class_names, output: pathlib.Path | None) -> None:
+    """The series summaries on stdout, or next to --output in its format."""
+    from mri_tfdata.evaluation import series
+
+    if output is None:
+        for summary in summaries:
+            print(json.dumps(summary), flush=True)
+        return
+    target = series_output(output)
+    if output.suffix.lower() == ".csv":
+        out = io.StringIO()
+        csv.writer(out).writerows(series.to_csv_rows(summaries, class_names))
+        text = out.getvalue()
+    else:
+        text = "".join(json.dumps(s) + "\n" for s in summaries)
+    atomic.write_atomic(target, text)
+    print(target)
 
 
 def console_main():

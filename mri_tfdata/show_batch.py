@@ -77,6 +77,7 @@ def _define_flags() -> None:
                       "default the Training/ subfolders, sorted (Kaggle order for Kaggle names).")
     flags.DEFINE_string("split", "train", "Split, TFDS syntax (e.g. train[:90%]).")
     flags.DEFINE_integer("image_size", 256, "Side of the images in pixels, as the model gets them.")
+    shared_flags.define_dicom_window_flag()
     flags.DEFINE_integer("batch_size", 16, "Images in the grid.")
     flags.DEFINE_integer("seed", None, "Shuffle seed; omit for a different batch every run.")
     shared_flags.define_path("out", "batch.png", "The PNG to write.")
@@ -97,8 +98,8 @@ def main(argv: list[str]) -> None:
 
     source = DataSpec(source=FLAGS.source, data_dir=FLAGS.data_dir,
                       tfds_data_dir=FLAGS.tfds_data_dir, tfds_config=FLAGS.tfds_config,
-                      class_names=tuple(FLAGS.classes) if FLAGS.classes else None
-                      ).open(FLAGS.split)
+                      class_names=tuple(FLAGS.classes) if FLAGS.classes else None,
+                      dicom_window=shared_flags.dicom_window_from_flags()).open(FLAGS.split)
     batch_size = min(FLAGS.batch_size, source.num_examples)
     # The training pipeline itself (shuffled, uint8, resized), so the picture shows what the
     # model gets; augmentation, if enabled, happens later inside the model.

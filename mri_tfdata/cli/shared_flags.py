@@ -86,6 +86,7 @@ def define_data_flags() -> None:
                          "source=synthetic: Testing images per class.")
     flags.DEFINE_integer("image_size", 224,
                          "Side of the square model input in pixels (images are resized).")
+    define_dicom_window_flag()
     flags.DEFINE_integer("batch_size", 32, "GLOBAL batch size, split evenly across the replicas.")
     define_path(
         "cache", "memory",
@@ -100,6 +101,31 @@ def define_data_flags() -> None:
     flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the training split's shuffle "
                          "buffer. A file cache shuffles the whole split instead.")
     flags.DEFINE_integer("seed", 0, "Seed for shuffling, weight initialisation and dropout.")
+
+
+def define_dicom_window_flag() -> None:
+    """Defines --dicom_window (call once, at import; define_data_flags calls it)."""
+    flags.DEFINE_string(
+        "dicom_window", None,
+        "center,width (e.g. 40,400, in rescaled units): the display window every DICOM file is "
+        "read with. Default: each file's own window (VOI LUT or WindowCenter/WindowWidth), "
+        "else the minimum to maximum of each slice.")
+
+
+def dicom_window_from_flags():
+    """--dicom_window as a data.dicom.Window, or None when unset.
+
+    Raises:
+      ParameterError: not two numbers center,width with a width of at least 1 (exit code 2).
+    """
+    if FLAGS.dicom_window is None:
+        return None
+    from mri_tfdata.data import dicom  # TensorFlow-free
+
+    try:
+        return dicom.parse_window(FLAGS.dicom_window)
+    except ValueError as e:
+        require(False, f"--dicom_window: {e}; pass center,width, e.g. --dicom_window=40,400.")
 
 
 def define_model_flags() -> None:
@@ -184,7 +210,8 @@ def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
         tfds_config=FLAGS.tfds_config, synthetic_train_per_class=FLAGS.synthetic_train_per_class,
         synthetic_test_per_class=FLAGS.synthetic_test_per_class,
         synthetic_image_size=image_size or FLAGS.image_size,
-        class_names=tuple(FLAGS.classes) if FLAGS.classes else None)
+        class_names=tuple(FLAGS.classes) if FLAGS.classes else None,
+        dicom_window=dicom_window_from_flags())
 
 
 def model_spec_from_flags() -> ModelSpec:

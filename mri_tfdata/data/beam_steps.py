@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from mri_tfdata.data import images, kaggle_layout
+from mri_tfdata.data import dicom, images, kaggle_layout
 
 # Earlier splits win when de-duplicating: an image of train is dropped from validation and test.
 SPLIT_ORDER = ("train", "validation", "test")
@@ -61,6 +61,25 @@ def read_and_check(split: str, file: kaggle_layout.LabeledFile) -> CheckedFile:
     return dataclasses.replace(checked, sha256=stored.sha256, image=stored.data)
 
 
+def read_and_check_frames(split: str, file: kaggle_layout.LabeledFile) -> Iterator[CheckedFile]:
+    """read_and_check, except that a DICOM file gives one CheckedFile per frame: its pixels as a
+    lossless PNG (images.read_dicom_frames; no header value is stored), keyed `relpath#N` when it
+    has several frames (dicom.frame_key)."""
+    if not dicom.is_dicom_path(file.path):
+        yield read_and_check(split, file)
+        return
+    checked = CheckedFile(split, file.relpath, file.label)
+    try:
+        frames = images.read_dicom_frames(file.path)
+    except (images.CorruptImageError, OSError) as e:
+        yield dataclasses.replace(checked, corrupt=str(e) if isinstance(e, images.CorruptImageError)
+                                  else f"cannot read it ({e.strerror or e})")
+        return
+    for i, stored in enumerate(frames):
+        yield dataclasses.replace(checked, relpath=dicom.frame_key(file.relpath, i, len(frames)),
+                                  sha256=stored.sha256, image=stored.data)
+
+
 def content_key(file: CheckedFile) -> str:
     """The de-duplication key; a file that could not be read has no hash and is its own group."""
     return file.sha256 or f"unread:{file.relpath}"
@@ -104,7 +123,7 @@ def check_files(pipeline, files: Sequence[tuple[str, kaggle_layout.LabeledFile]]
     # hash and a full decode per image) runs on every core or machine the runner has.
     checked = (pipeline
                | "ListFiles" >> beam.Create(files)
-               | "ReadAndCheck" >> beam.MapTuple(read_and_check))
+               | "ReadAndCheck" >> beam.FlatMapTuple(read_and_check_frames))
     if dedup:
         checked = (checked
                    | "GroupByContent" >> beam.GroupBy(content_key)

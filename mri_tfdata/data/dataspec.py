@@ -9,7 +9,7 @@ from absl import logging
 from mri_tfdata.core import caches
 from mri_tfdata.core.choices import SOURCES
 from mri_tfdata.core.errors import ParameterError, UserError
-from mri_tfdata.data import sources, synthetic
+from mri_tfdata.data import dicom, sources, synthetic
 
 
 # Synthetic roots already generated or checked by this process; every split opens through prepare().
@@ -33,6 +33,8 @@ class DataSpec:
       synthetic_image_size: side of the generated images in pixels ("synthetic").
       class_names: the classes in label order ("folder", "synthetic"); None takes them from the
         training split's class folders, sorted (the Kaggle classes for a Kaggle tree).
+      dicom_window: the display window DICOM files of a folder are read with, replacing their
+        own (data.dicom); None for each file's own.
     """
 
     source: str
@@ -43,6 +45,7 @@ class DataSpec:
     synthetic_test_per_class: int = 10
     synthetic_image_size: int = 64
     class_names: tuple | None = None
+    dicom_window: dicom.Window | None = None
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -102,7 +105,8 @@ class DataSpec:
                                      source=self.source)
             root = pathlib.Path(self.data_dir).expanduser()
         return sources.load_folder_source(root, split=split, class_names=self.class_names,
-                                          input_context=input_context)
+                                          input_context=input_context,
+                                          dicom_window=self.dicom_window)
 
     def describe(self) -> str:
         """A one-line description for logs."""

@@ -72,12 +72,42 @@ def _decode_jpeg(encoded: tf.Tensor, ratio: int) -> tf.Tensor:
     return _checked_complete(image, shape[0], shape[1], ratio)
 
 
+# How tf.io.serialize_tensor starts a uint8 tensor (dtype field 1 = DT_UINT8, then the shape):
+# the form in which data.dicom hands its already decoded frames to the pipeline. No JPEG
+# (FF D8) or PNG (89 50) starts so.
+_PIXELS_PREFIX = b"\x08\x04\x12"
+
+
+def is_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """True for decoded 8-bit pixels serialized by data.dicom.encoded_frame."""
+    return tf.equal(tf.strings.substr(encoded, 0, len(_PIXELS_PREFIX)), _PIXELS_PREFIX)
+
+
+def _parse_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 1 or 3] pixels serialized by data.dicom."""
+    pixels = tf.io.parse_tensor(encoded, tf.uint8)
+    pixels = tf.reshape(pixels, tf.concat([tf.shape(pixels)[:2], [-1]], 0))
+    pixels.set_shape([None, None, None])
+    return pixels
+
+
+def _to_rgb(pixels: tf.Tensor) -> tf.Tensor:
+    """[H, W, 1 or 3] -> [H, W, 3], grey repeated on the 3 channels."""
+    return tf.broadcast_to(pixels, tf.concat([tf.shape(pixels)[:2], [3]], 0))
+
+
+def _pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 1 or 3] pixels serialized by data.dicom, as RGB (grey repeated)."""
+    return _to_rgb(_parse_pixels(encoded))
+
+
 def _decode_at(encoded: tf.Tensor, jpeg_ratio: int) -> tf.Tensor:
-    """Decodes JPEG (at 1/jpeg_ratio scale) or PNG bytes (in full) to uint8 RGB [h, w, 3]."""
-    image = tf.cond(
-        tf.io.is_jpeg(encoded),
-        lambda: _decode_jpeg(encoded, jpeg_ratio),
-        lambda: tf.io.decode_png(encoded, channels=3))
+    """Decodes JPEG (at 1/jpeg_ratio scale) or PNG bytes (in full) to uint8 RGB [h, w, 3]; the
+    input pipeline's DICOM frames arrive already decoded (is_pixels) and are only expanded."""
+    image = tf.case([
+        (tf.io.is_jpeg(encoded), lambda: _decode_jpeg(encoded, jpeg_ratio)),
+        (is_pixels(encoded), lambda: _pixels(encoded))],
+        default=lambda: tf.io.decode_png(encoded, channels=3), exclusive=True)
     image.set_shape([None, None, 3])
     return image
 
@@ -104,7 +134,6 @@ def check(encoded: tf.Tensor) -> tf.Tensor:
       uint8 tensor [h, w, 3], a thumbnail for JPEGs; callers only need it to exist.
     """
     def jpeg():
-        shape = tf.io.extract_jpeg_shape(encoded)
         thumbnail = tf.io.decode_jpeg(_checked_jpeg_size(encoded), channels=3, ratio=8,
                                       dct_method=_DCT_METHOD)
         suspect = tf.reduce_all(tf.equal(thumbnail[-1, -1], _MISSING_BLOCK_VALUE))
@@ -132,12 +161,17 @@ def decode_and_resize(encoded: tf.Tensor, *, image_size: int) -> tf.Tensor:
     """Decodes a JPEG or PNG strictly and in full, then resizes it by INPUT_CONTRACT.
 
     Args:
-      encoded: tf.string scalar with JPEG or PNG bytes.
+      encoded: tf.string scalar with JPEG or PNG bytes, or a DICOM frame's 8-bit pixels as the
+        input pipeline carries them (is_pixels).
       image_size: side of the output in pixels.
 
     Returns:
       uint8 tensor [image_size, image_size, 3].
     """
-    image = resize(decode(encoded), image_size)
+    # Serialized pixels are resized before grey is repeated to RGB: the same values (the resize
+    # treats each channel alone) for a third of the work.
+    image = tf.cond(is_pixels(encoded),
+                    lambda: _to_rgb(resize(_parse_pixels(encoded), image_size)),
+                    lambda: resize(decode(encoded), image_size))
     image.set_shape([image_size, image_size, 3])
     return image

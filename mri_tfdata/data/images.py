@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from mri_tfdata.data import decoding
+from mri_tfdata.data import decoding, dicom
 
 # 8192 x 8192: far above any MRI slice (the Kaggle ones are mostly 512 x 512); decoding more than
 # this as uint8 RGB would take > 200 MB for a single image, the signature of a decompression bomb.
@@ -202,14 +202,68 @@ def prepare_image(data: bytes, *, verify: bool = True) -> StoredImage:
     return StoredImage(_convert_to_png(data), "png", reencoded=True, sha256=digest)
 
 
-def read_image(path) -> StoredImage:
+def read_image(path, *, dicom_window: dicom.Window | None = None) -> StoredImage:
     """Reads and checks one image file (see read_file and prepare_image).
+
+    A DICOM file, or one frame of it named `path#N`, gives its frame as a lossless PNG
+    (data.dicom: rescaled, windowed by `dicom_window` or the file's own window, 8-bit).
 
     Raises:
       CorruptImageError: the file is not a usable image; the message says why.
       OSError: the file cannot be read.
     """
+    file, frame = dicom.split_key(path)
+    if dicom.is_dicom_path(file):
+        return read_dicom_frames(file, dicom_window=dicom_window, only=frame)[0]
     return prepare_image(read_file(pathlib.Path(path)))
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# data.dicom.inspect's findings by file identity and version: predict reads a multi-frame file
+# one frame at a time, and must not check (for compressed files: decode) the whole file each time.
+_inspections: dict[tuple, dicom.Info] = {}
+
+
+def _inspected(path) -> dicom.Info:
+    info = os.stat(path)
+    key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _inspections:
+        _inspections[key] = dicom.inspect(path)
+    return _inspections[key]
+
+
+def read_dicom_frames(path, *, dicom_window: dicom.Window | None = None,
+                      only: int | None = None) -> list[StoredImage]:
+    """The frames of a DICOM file (or the one frame `only`, from 0) as lossless PNG StoredImages.
+
+    Their sha256 is that of the 8-bit pixels, so two frames are duplicates when they show the
+    same image; no header value is kept.
+
+    Raises:
+      CorruptImageError: not a usable DICOM file, or no frame `only`; the message says why.
+      OSError: the file cannot be read.
+    """
+    try:
+        frames = _inspected(path).frames
+        if only is not None and not 0 <= only < frames:
+            raise dicom.DicomError(f"has {frames} frame(s), no frame {only + 1}")
+        stored = []
+        for frame in range(frames) if only is None else (only,):
+            try:
+                pixels = dicom.read_frame(path, frame, window=dicom_window)
+            except Exception as e:  # noqa: BLE001 -- decoder plugins raise many types.
+                raise dicom.DicomError(f"damaged DICOM pixel data (frame {frame + 1}: "
+                                       f"{type(e).__name__})") from None
+            stored.append(StoredImage(_png(pixels), "png", reencoded=True,
+                                      sha256=hashlib.sha256(pixels.tobytes()).hexdigest()))
+        return stored
+    except dicom.DicomError as e:
+        raise CorruptImageError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +272,7 @@ class FileCheck:
 
     error: str | None = None  # why the file is refused
     replacement: bytes | None = None  # RGB PNG bytes for a file TF cannot decode as intended
+    dicom_info: dicom.Info | None = None  # what data.dicom found in a DICOM file; None for JPEG/PNG
 
 
 # Verdicts already reached by this process, keyed by the file's identity and version, so that a run
@@ -227,6 +282,13 @@ _verdicts: dict[tuple, FileCheck] = {}
 
 def _check_without_decoding(path) -> tuple[tuple, FileCheck | None]:
     """The header and conversion part of read_image; None means "decode it to be sure"."""
+    if dicom.is_dicom_path(path):  # Before _open_regular: a multi-frame file may be larger.
+        info = os.stat(path)
+        key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        try:
+            return key, _verdicts.get(key) or FileCheck(dicom_info=dicom.inspect(path))
+        except dicom.DicomError as e:
+            return key, FileCheck(error=str(e))
     with _open_regular(path) as f:
         info = os.fstat(f.fileno())
         key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)

@@ -8,6 +8,7 @@ from typing import Union
 from absl import logging
 
 from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import dicom
 
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -203,9 +204,14 @@ def infer_class_names(train_dir: Union[str, pathlib.Path], class_names=None) -> 
     return tuple(folders)
 
 
+def is_image_file(path: pathlib.Path) -> bool:
+    """A .jpg/.jpeg/.png file, or a DICOM file (.dcm, or the DICM marker: data.dicom)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom_path(path)
+
+
 def _image_files(folder: pathlib.Path, seen: set):
-    """Yields the .jpg/.jpeg/.png files under `folder`, nested folders too, never entering hidden
-    ones, and no file or folder whose (device, inode) is in `seen` (which it extends)."""
+    """Yields the image files (is_image_file) under `folder`, nested folders too, never entering
+    hidden ones, and no file or folder whose (device, inode) is in `seen` (which it extends)."""
     stack = [folder]
     while stack:
         current = stack.pop()
@@ -215,7 +221,7 @@ def _image_files(folder: pathlib.Path, seen: set):
         for path in _visible_children(current):
             if path.is_dir():
                 stack.append(path)
-            elif path.suffix.lower() in IMAGE_SUFFIXES and _first_visit(path, seen):
+            elif is_image_file(path) and _first_visit(path, seen):
                 yield path
 
 
@@ -229,7 +235,7 @@ def list_examples(split_dir: Union[str, pathlib.Path],
                   class_names=CLASS_NAMES) -> list[LabeledFile]:
     """Lists the image files of one split folder, labelled by their class folder.
 
-    Hidden files and folders, OS junk and files that are not .jpg/.jpeg/.png are skipped, and no
+    Hidden files and folders, OS junk and files that are not .jpg/.jpeg/.png or DICOM are skipped, and no
     file or folder is listed twice (symlink loops, hard or soft links to the same file); the files
     are not opened here (see mri_tfdata.data.images), so corrupt images are still listed.
 
@@ -251,7 +257,7 @@ def list_examples(split_dir: Union[str, pathlib.Path],
     seen = set()
     for child in _visible_children(split_dir):
         if not child.is_dir():
-            if child.suffix.lower() in IMAGE_SUFFIXES:
+            if is_image_file(child):
                 logging.warning("Ignoring %r: images must sit in a class folder.", str(child))
             continue
         try:
@@ -269,7 +275,7 @@ def list_examples(split_dir: Union[str, pathlib.Path],
             examples.append(LabeledFile(path=path, relpath=relpath, label=label))
     if not examples:
         raise UserError(
-            f"The split folder {split_dir} holds no .jpg/.jpeg/.png image in a class folder "
-            f"({', '.join(class_names)}). {DOWNLOAD_HINT}"
+            f"The split folder {split_dir} holds no .jpg/.jpeg/.png image (or DICOM file) in a "
+            f"class folder ({', '.join(class_names)}). {DOWNLOAD_HINT}"
         )
     return sorted(examples, key=lambda e: e.relpath)

@@ -15,7 +15,7 @@ from tensorflow_datasets.core import constants as tfds_constants
 from absl import logging
 
 from mri_tfdata.core.errors import UserError
-from mri_tfdata.data import images, kaggle_layout
+from mri_tfdata.data import dicom, images, kaggle_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,11 +200,20 @@ def _usable(selected: list, split: str) -> list:
     if skipped:
         logging.warning("%s: skipped %d unusable image file(s) of %d.", split, len(skipped),
                         len(selected))
-    return [(e, v) for e, v in zip(selected, verdicts) if not v.error]
+    return _frames([(e, v) for e, v in zip(selected, verdicts) if not v.error])
+
+
+def _frames(kept: list) -> list:
+    """(example, FileCheck, frame) of every image: a DICOM file gives one per frame, named
+    `relpath#N` when it has several (data.dicom.frame_key); other files have frame -1."""
+    frames = [(e, v, v.dicom_info.frames if v.dicom_info else 0) for e, v in kept]
+    return [(dataclasses.replace(e, relpath=dicom.frame_key(e.relpath, i, count)), v, i)
+            if count else (e, v, -1)
+            for e, v, count in frames for i in range(max(count, 1))]
 
 
 def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_names=None,
-                       input_context=None) -> Source:
+                       input_context=None, dicom_window: Optional[dicom.Window] = None) -> Source:
     """Opens a split of a Kaggle-layout folder (Training/<class>/*.jpg, Testing/<class>/*.jpg).
 
     Junk (hidden files, .ipynb_checkpoints, non-images) is ignored as the TFDS builder ignores it.
@@ -223,6 +232,9 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_name
         A class folder of any split that is not among them is refused.
       input_context: A tf.distribute.InputContext; pipeline i of n then reads every n-th selected
         file from the i-th, so the workers' shards are disjoint and cover the split.
+      dicom_window: the display window of DICOM files (data.dicom), replacing their own; None
+        for each file's own window (or its min-max). Every frame of a DICOM file is an example,
+        read once by the pipeline (data.dicom.encoded_frame) before its image cache.
 
     Returns:
       A Source of (encoded image, label).
@@ -244,35 +256,44 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_name
     if not kept:
         raise UserError(f"Split {split!r} of {root} holds no readable image (after slicing and "
                         "sharding); check the folder and the split string.")
-    labels = np.array([e.label for e, _ in kept], np.int64)
+    labels = np.array([e.label for e, _, _ in kept], np.int64)
     # The content key: relative paths, sizes and modification times of the files read, so that
-    # editing, adding or removing an image gives a new cache_id.
+    # editing, adding or removing an image gives a new cache_id; and the window DICOM files
+    # are read with, which changes their pixels.
     listing = "\n".join(f"{e.relpath}:{e.path.stat().st_size}:{e.path.stat().st_mtime_ns}"
-                        for e, _ in kept)
+                        for e, _, _ in kept)
+    if dicom_window is not None and any(frame >= 0 for _, _, frame in kept):
+        listing += f"\ndicom_window={dicom_window}"
     cache_id = (f"folder/{root.resolve().name}/{split}{_shard_suffix(input_context)}"
                 f"/{_short_hash(str(root.resolve()) + listing)}")
-    names = tuple(e.relpath for e, _ in kept)
-    return Source(dataset=_read_files(kept, labels), num_examples=len(kept),
+    names = tuple(e.relpath for e, _, _ in kept)
+    return Source(dataset=_read_files(kept, labels, dicom_window), num_examples=len(kept),
                   class_names=class_names, cache_id=cache_id,
                   description=f"folder {root} {split} ({len(kept)} images)",
                   index=lambda: (names, labels))
 
 
-def _read_files(kept: list, labels: np.ndarray) -> tf.data.Dataset:
-    """(encoded bytes, label) of the (example, FileCheck) pairs `kept`, in order."""
-    paths = [str(e.path) for e, _ in kept]
-    if not any(v.replacement for _, v in kept):
+def _read_files(kept: list, labels: np.ndarray,
+                dicom_window: Optional[dicom.Window] = None) -> tf.data.Dataset:
+    """(encoded bytes, label) of the (example, FileCheck, frame) triples `kept`, in order."""
+    paths = [str(e.path) for e, _, _ in kept]
+    if not any(v.replacement or frame >= 0 for _, v, frame in kept):
         # The usual case: every file is read as it is, with no per-element branch.
         return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
             lambda path, label: (tf.io.read_file(path), label),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # Converted images travel inline (rare); all others are read lazily, in parallel.
-    contents = [v.replacement or b"" for _, v in kept]
+    # Converted images travel inline (rare), DICOM frames are read to PNG bytes by data.dicom;
+    # all others are read lazily, in parallel.
+    contents = [v.replacement or b"" for _, v, _ in kept]
+    frames = np.array([frame for _, _, frame in kept], np.int64)
+    recipes = dicom.recipe_columns([v.dicom_info for _, v, _ in kept], dicom_window)
 
-    def read(path, content, label):
-        data = tf.cond(tf.strings.length(content) > 0, lambda: content,
-                       lambda: tf.io.read_file(path))
+    def read(path, content, frame, recipe, label):
+        data = tf.cond(
+            frame >= 0, lambda: dicom.encoded_frame(path, frame, recipe, window=dicom_window),
+            lambda: tf.cond(tf.strings.length(content) > 0, lambda: content,
+                            lambda: tf.io.read_file(path)))
         return data, label
 
-    return tf.data.Dataset.from_tensor_slices((paths, contents, labels)).map(
+    return tf.data.Dataset.from_tensor_slices((paths, contents, frames, recipes, labels)).map(
         read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -193,7 +193,7 @@ def load_classifier(model_path) -> SavedClassifier:
                            conformal=metadata["conformal"])
 
 
-def load_image(path, *, image_size: int) -> np.ndarray:
+def load_image(path, *, image_size: int, dicom_window=None) -> np.ndarray:
     """Reads an image file as training data is read: checked, RGB, resized to a uint8 square.
 
     The file is checked as the dataset builder checks it (mri_tfdata.data.images): a regular file of
@@ -202,8 +202,9 @@ def load_image(path, *, image_size: int) -> np.ndarray:
     files are converted to 8-bit RGB as the builder converts them.
 
     Args:
-      path: the image file (JPEG or PNG).
+      path: the image file (JPEG, PNG or DICOM; `path#N` for frame N of a multi-frame DICOM).
       image_size: the side of the output.
+      dicom_window: a data.dicom.Window replacing a DICOM file's own display window, or None.
 
     Returns:
       uint8 [image_size, image_size, 3].
@@ -212,7 +213,7 @@ def load_image(path, *, image_size: int) -> np.ndarray:
       images.CorruptImageError: not a usable image; the message says why.
       OSError: the file cannot be read.
     """
-    stored = images.read_image(path)
+    stored = images.read_image(path, dicom_window=dicom_window)
     return decoding.decode_and_resize(tf.constant(stored.data), image_size=image_size).numpy()
 
 

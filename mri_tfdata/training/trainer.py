@@ -15,7 +15,7 @@ from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import dataspec, input_pipeline
 from mri_tfdata.data.dataspec import DataSpec
 from mri_tfdata.data.sources import Source
-from mri_tfdata.evaluation import bootstrap, conformal, evaluator, reports, run_report
+from mri_tfdata.evaluation import evaluator, reports, run_report
 from mri_tfdata.model import architecture, feature_cache, features, head_fit, optimization
 from mri_tfdata.model import training_plan
 from mri_tfdata.model.architecture import ModelSpec
