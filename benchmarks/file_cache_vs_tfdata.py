@@ -144,8 +144,8 @@ def main(argv):
         for method in METHODS:
             rows[method]["after_kill"] = after_kill(argv[0], method, scratch)
             print(method, rows[method]["after_kill"], flush=True)
-    print(f"\n| cache | images | cold epoch s | warm epoch s | disk MB | kill while writing, "
-          f"then read |\n|---|---:|---:|---:|---:|---|")
+    print("\n| cache | images | cold epoch s | warm epoch s | disk MB | kill while writing, "
+          "then read |\n|---|---:|---:|---:|---:|---|")
     for method, r in rows.items():
         print(f"| {method} | {r['images']} | {r['cold_s']} | {r['warm_s']} | {r['disk_mb']} | "
               f"{r['after_kill']} |")
