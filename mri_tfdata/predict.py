@@ -172,6 +172,27 @@ def _csv_cell(value) -> str:
     return str(value).lower() if isinstance(value, bool) else value
 
 
+def write_output(output: pathlib.Path, results: list[dict], class_names: Sequence[str]) -> None:
+    """Writes the results to `output` (.csv or .jsonl) and prints its path.
+
+    Raises:
+      atomic.DiskError: `output` cannot be written (say the disk filled up meanwhile); the
+        results are then printed on stdout as JSON lines, so that no classification is lost.
+    """
+    text = (to_csv(results, class_names) if output.suffix.lower() == ".csv"
+            else "".join(json.dumps(r) + "\n" for r in results))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_atomic(output, text)
+    except (atomic.DiskError, OSError) as e:
+        error = e if isinstance(e, atomic.DiskError) else atomic.disk_error(output, e)
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in results))
+        sys.stdout.flush()
+        raise atomic.DiskError(f"{error} The {len(results)} results are printed above on stdout "
+                               "instead, one JSON line per file.") from None
+    print(output)
+
+
 FLAGS = flags.FLAGS
 _OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
@@ -212,6 +233,8 @@ def main(argv):
         require(output.suffix.lower() in _OUTPUT_SUFFIXES,
                 f"--output={output} must end in .jsonl or .csv.")
         runner.refuse_existing(output, "output")
+        # Found now, not after every file has been classified.
+        atomic.check_writable(output)
     gradcam_dir = pathlib.Path(FLAGS.gradcam).expanduser() if FLAGS.gradcam else None
     if gradcam_dir:
         require(not gradcam_dir.exists() or gradcam_dir.is_dir(),
@@ -241,11 +264,7 @@ def main(argv):
     failures = sum("error" in r for r in results)
     no_overlay = sum("gradcam_error" in r for r in results)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_atomic(output, to_csv(results, saved.class_names)
-                            if output.suffix.lower() == ".csv"
-                            else "".join(json.dumps(r) + "\n" for r in results))
-        print(output)
+        write_output(output, results, saved.class_names)
     logging.info("Classified %d files, %d could not be read.", len(results) - failures, failures)
     if gradcam_dir:
         logging.info("Wrote %d Grad-CAM overlays into %s; %d could not be drawn.",
