@@ -195,6 +195,27 @@ def _csv_cell(value) -> str:
     return str(value).lower() if isinstance(value, bool) else value
 
 
+def write_output(output: pathlib.Path, results: list[dict], class_names: Sequence[str]) -> None:
+    """Writes the results to `output` (.csv or .jsonl) and prints its path.
+
+    Raises:
+      atomic.DiskError: `output` cannot be written (say the disk filled up meanwhile); the
+        results are then printed on stdout as JSON lines, so that no classification is lost.
+    """
+    text = (to_csv(results, class_names) if output.suffix.lower() == ".csv"
+            else "".join(json.dumps(r) + "\n" for r in results))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_atomic(output, text)
+    except (atomic.DiskError, OSError) as e:
+        error = e if isinstance(e, atomic.DiskError) else atomic.disk_error(output, e)
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in results))
+        sys.stdout.flush()
+        raise atomic.DiskError(f"{error} The {len(results)} results are printed above on stdout "
+                               "instead, one JSON line per file.") from None
+    print(output)
+
+
 FLAGS = flags.FLAGS
 _OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
@@ -263,6 +284,8 @@ def main(argv):
         if FLAGS.series_summary and series_output(output).exists() and not FLAGS.overwrite:
             raise UserError(f"{series_output(output)} (the --series_summary file of --output) "
                             "already exists; pass another --output, or --overwrite.")
+        # Found now, not after every file has been classified.
+        atomic.check_writable(output)
     dicom_window = shared_flags.dicom_window_from_flags()
     gradcam_dir = pathlib.Path(FLAGS.gradcam).expanduser() if FLAGS.gradcam else None
     if gradcam_dir:
@@ -293,11 +316,7 @@ def main(argv):
     failures = sum("error" in r for r in results)
     no_overlay = sum("gradcam_error" in r for r in results)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_atomic(output, to_csv(results, saved.class_names)
-                            if output.suffix.lower() == ".csv"
-                            else "".join(json.dumps(r) + "\n" for r in results))
-        print(output)
+        write_output(output, results, saved.class_names)
     if FLAGS.series_summary:
         _write_series(summarize_series(results, saved.class_names), saved.class_names, output)
     logging.info("Classified %d files, %d could not be read.", len(results) - failures, failures)

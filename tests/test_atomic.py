@@ -33,3 +33,25 @@ def test_the_synthetic_dataset_folder_gets_the_umask_permissions(tmp_path, umask
     root = synthetic.write_synthetic_dataset(tmp_path / "synthetic", train_per_class=2,
                                              test_per_class=1, image_size=16)
     assert stat.S_IMODE(root.stat().st_mode) == 0o777 & ~umask
+
+
+def test_check_writable_creates_the_folder_or_names_the_path_it_cannot_write(tmp_path,
+                                                                              monkeypatch):
+    import errno
+    import tempfile
+
+    import pytest
+
+    out = tmp_path / "new" / "deeper" / "out.csv"
+    atomic.check_writable(out)
+    assert out.parent.is_dir() and list(out.parent.iterdir()) == []  # the probe is gone
+    (tmp_path / "a_file").write_text("")
+    blocked = tmp_path / "a_file" / "out.csv"
+    with pytest.raises(atomic.DiskError, match=f"Cannot write {blocked}: Not a directory"):
+        atomic.check_writable(blocked)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    with pytest.raises(atomic.DiskError, match=f"Cannot write {out}: No space left on device"):
+        atomic.check_writable(out)

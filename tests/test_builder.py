@@ -265,3 +265,25 @@ def test_folders_config_takes_the_classes_from_manual_dir_and_loads_them_from_th
     source = sources.load_tfds_source(split="test", data_dir=str(tmp_path / "data"),
                                       config="folders")
     assert source.class_names == ("ant", "bee")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("missing", ["Testing", "Training"])
+def test_tfds_build_on_a_tree_without_a_split_is_one_paragraph_not_a_traceback(tmp_path, missing):
+    import shutil
+
+    root = image_trees.write_tree(tmp_path / "manual", train_per_class=1, test_per_class=1)
+    shutil.rmtree(root / missing)
+    command = [str(pathlib.Path(sys.executable).with_name("tfds")), "build", str(BUILDER_DIR),
+               f"--manual_dir={root}", f"--data_dir={tmp_path / 'data'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    err = " ".join(result.stderr.split())
+    split = "test" if missing == "Testing" else "train"
+    assert result.returncode == 1, err[-3000:]
+    # One paragraph, the last thing printed (TensorFlow's C++ start-up lines may come before it,
+    # see docs/data.md).
+    assert "Traceback" not in err and err[err.index("error: No "):].count("error: ") == 1, err
+    assert result.stderr.rstrip().splitlines()[-1].endswith("pituitary."), err[-3000:]
+    # What was expected, what was found, and the fix.
+    assert f"error: No {split} split folder in {root}" in err, err[-3000:]
+    assert "(it holds: " in err and "expected" in err and "kaggle" in err.lower(), err[-3000:]

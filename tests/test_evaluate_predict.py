@@ -294,3 +294,37 @@ def test_load_classifier_explains_every_refusal(tiny, tmp_path):
 def test_predict_refuses_missing_model(tmp_path):
     code, _, err = _run("mri_tfdata.predict", f"--model={tmp_path / 'nope.keras'}", "x.jpg")
     assert code == 1 and "is not a file" in err and "Traceback" not in err
+
+
+def test_predict_keeps_every_result_when_the_output_cannot_be_written(tmp_path, monkeypatch,
+                                                                       capsys):
+    import errno
+
+    from mri_tfdata import predict
+    from mri_tfdata.core import atomic
+
+    results = [{"file": "a.jpg", "class": "glioma", "probabilities": {"glioma": 1.0}},
+               {"file": "b.png", "error": "not an image"}]
+
+    def full(path, content):
+        raise atomic.disk_error(path, OSError(errno.ENOSPC, "No space left on device"))
+    monkeypatch.setattr(atomic, "write_atomic", full)
+    out = tmp_path / "out.csv"
+    with pytest.raises(atomic.DiskError) as error:
+        predict.write_output(out, results, ["glioma"])
+    message = str(error.value)
+    assert f"Cannot write {out}: No space left on device" in message
+    assert "2 results are printed above on stdout" in message
+    # Nothing already classified is lost: every result is on stdout.
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == results
+
+
+@pytest.mark.integration
+def test_predict_refuses_an_output_it_cannot_write_before_classifying(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "out.jsonl"
+    # The model does not exist: the output is checked first, before any work.
+    code, stdout, err = _run("mri_tfdata.predict", f"--model={tmp_path / 'none.keras'}",
+                             f"--output={out}", str(tmp_path))
+    assert code == 1 and stdout == "", err
+    assert err.startswith(f"error: Cannot write {out}: Not a directory") and "Traceback" not in err

@@ -184,8 +184,8 @@ def test_overlays_and_grid_are_written_and_a_failed_overlay_is_reported(tmp_path
     explainer = gradcam.Explainer(_small_classifier())
     titles = []
     write_overlay = gradcam.write_overlay
-    monkeypatch.setattr(gradcam, "write_overlay", lambda path, image, heatmap, *, title: (
-        titles.append(title) or write_overlay(path, image, heatmap, title=title)))
+    monkeypatch.setattr(gradcam, "write_overlay", lambda path, image, heatmap, *, title, **kw: (
+        titles.append(title) or write_overlay(path, image, heatmap, title=title, **kw)))
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
     files = ["a/scan.jpg", "b/scan.jpg", "other.png"]
     (tmp_path / "cams").mkdir()
@@ -204,10 +204,59 @@ def test_overlays_and_grid_are_written_and_a_failed_overlay_is_reported(tmp_path
     for title, file, p in zip(titles, files, result.probabilities):
         assert title == f"{file.split('/')[-1]}: predicted {names[p.argmax()]} ({p.max():.3f})"
     grid = gradcam.plot_grid(tmp_path / "grid.png", [
-        ("correct", [(images[0], result.heatmaps[0], "one")]),
-        ("wrong", [(images[1], result.heatmaps[1], "two"), (images[2], result.heatmaps[2], "3")]),
+        ("correct", [(images[0], result.heatmaps[0], "one", "glioma")]),
+        ("wrong", [(images[1], result.heatmaps[1], "two", "glioma"),
+                   (images[2], result.heatmaps[2], "3", "notumor")]),
         ("empty", [])])
     assert grid.stat().st_size > 10_000
+
+
+def _keep_figures(monkeypatch) -> list:
+    """The figures gradcam saves from now on, still written but kept open for inspection."""
+    figures = []
+
+    def keep(fig, path):
+        figures.append(fig)
+        fig.savefig(path, format="png")
+        return path
+    monkeypatch.setattr(gradcam, "save_figure", keep)
+    return figures
+
+
+def _texts(ax):
+    return [t.get_text() for t in ax.texts]
+
+
+def _colour_bars(fig):
+    return [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+
+
+def test_a_heatmap_without_positive_evidence_says_so_and_every_figure_has_a_scale(
+        tmp_path, monkeypatch):
+    figures = _keep_figures(monkeypatch)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+    evidence = np.array([[0.0, 0.3], [1.0, 0.1]], np.float32)
+    nothing = np.zeros((2, 2), np.float32)
+    gradcam.plot_grid(tmp_path / "grid.png", [
+        ("correct", [(images[0], evidence, "a.jpg", "glioma")]),
+        ("wrong", [(images[1], nothing, "b.jpg", "pituitary")])])
+    gradcam.write_overlay(tmp_path / "one.png", images[1], nothing, title="b.jpg",
+                          explained="meningioma")
+    grid, single = figures
+    panels = [ax for ax in grid.axes if ax not in _colour_bars(grid)]
+    # The all-zero map says so in words, naming the class it explains; the other panel does not.
+    assert [_texts(ax) for ax in panels] == [[], ["no positive evidence\nfor pituitary"]]
+    assert "no positive evidence\nfor meningioma" in sum((_texts(ax) for ax in single.axes), [])
+    # Only the image is drawn on the empty panel: no uniformly dark heatmap over it.
+    assert [len(ax.images) for ax in panels] == [2, 1]
+    # One shared colour bar (every heatmap is on the same 0..1 scale), saying what it means.
+    for fig in (grid, single):
+        [bar] = _colour_bars(fig)
+        assert "own peak" in bar.get_ylabel() and bar.get_ylim() == (0.0, 1.0)
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    for fig in figures:
+        gradcam.plt.close(fig)
 
 
 def test_a_model_that_is_not_ours_is_refused_in_one_paragraph():
@@ -280,8 +329,9 @@ def test_evaluation_writes_the_gradcam_grid_errors_and_tensorboard(tmp_path, mon
         assert list(image_trees.ids_from_pixels([p[0] for p in panels])) == list(ids[picked])
         expected = gradcam.gradcam(classifier, pictures[picked], class_index=predictions[picked])
         np.testing.assert_allclose(np.stack([p[1] for p in panels]), expected.heatmaps, atol=1e-5)
-        for i, (_, _, caption) in zip(picked, panels):
+        for i, (_, _, caption, explained) in zip(picked, panels):
             assert f"predicted {source.class_names[predictions[i]]}" in caption
+            assert explained == source.class_names[predictions[i]]
     for plot in evaluator.PLOTS:
         assert (out / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / f"{plot}.png").stat().st_size > 10_000

@@ -168,3 +168,32 @@ def test_a_file_name_with_a_newline_cannot_forge_a_log_line(tmp_path, caplog):
         sources.load_folder_source(root, split="train")
     skipped = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
     assert len(skipped) == 1 and "\n" not in skipped[0] and "\\n" in skipped[0]
+
+
+@pytest.mark.parametrize("error, reason", [
+    (tf.errors.ResourceExhaustedError, "No space left on device"),
+    (tf.errors.PermissionDeniedError, "Read-only file system")])
+def test_an_export_onto_a_full_or_read_only_disk_is_one_paragraph_naming_the_folder(
+        tmp_path, monkeypatch, error, reason):
+    import types
+
+    from mri_tfdata.serving import export, model_file
+
+    inputs = keras.Input((8, 8, 3), dtype="uint8")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    tiny = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    monkeypatch.setattr(model_file, "load_classifier", lambda path: types.SimpleNamespace(
+        model=tiny, class_names=("a", "b"), conformal=None))
+
+    def fail(archive, path, **kwargs):
+        raise error(None, None, f"{path}/variables/variables_temp/part-00000-of-00001.data-00000"
+                    f"-of-00001; {reason}\n\t [[{{{{node SaveV2}}}}]]")
+    # ExportArchive() is the backend's subclass, whose write_out runs SaveV2.
+    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", fail)
+    out = tmp_path / "export"
+    with pytest.raises(atomic.DiskError) as raised:
+        export.export_model(tmp_path / "model.keras", out)
+    message = str(raised.value)
+    assert message.startswith(f"Cannot write {out}: ") and reason in message, message
+    assert "\n" not in message and "[[" not in message
+    assert list(tmp_path.iterdir()) == []  # no export, and no temp folder left behind

@@ -76,3 +76,26 @@ def test_path_flags_expand_the_home_folder_and_variables(monkeypatch, tmp_path):
     # Listed under the module that defined them, as --help groups them.
     assert {f.name for f in values.get_flags_for_module(__name__)} == {
         "data_dir", "workdir", "cache", "out"}
+
+
+def test_an_unset_variable_in_a_path_flag_is_a_usage_error_naming_flag_and_variable(
+        monkeypatch, tmp_path, capsys):
+    from absl import flags
+
+    from mri_tfdata.cli import shared_flags
+
+    monkeypatch.setenv("RUNS", str(tmp_path))
+    monkeypatch.delenv("NO_SUCH_RUNS_DIR", raising=False)
+    values = flags.FlagValues()
+    shared_flags.define_path("workdir", None, "", flag_values=values)
+    monkeypatch.setattr(runner, "FLAGS", values)
+    # Set, ${braced} or bare: expanded.
+    runner.parse_flags(["prog", "--workdir=${RUNS}/a/$RUNS"])
+    assert values.workdir == f"{tmp_path}/a/{tmp_path}"
+    for spelling in ("$NO_SUCH_RUNS_DIR/demo", "${NO_SUCH_RUNS_DIR}/demo"):
+        with pytest.raises(SystemExit) as exit:
+            runner.parse_flags(["prog", f"--workdir={spelling}"])
+        err = " ".join(capsys.readouterr().err.split())
+        assert exit.value.code == 2, err
+        assert err.startswith("error: ") and "Traceback" not in err
+        assert f"--workdir={spelling}" in err and "$NO_SUCH_RUNS_DIR is not set" in err, err

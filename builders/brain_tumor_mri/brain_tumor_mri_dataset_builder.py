@@ -13,7 +13,9 @@ from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import beam_steps, kaggle_layout
 from mri_tfdata.runtime import log_noise
 
-if os.path.basename(sys.argv[0]) == "tfds":
+# Run by TFDS's own `tfds build` CLI, which prints a traceback around any exception.
+UNDER_TFDS_CLI = os.path.basename(sys.argv[0]) == "tfds"
+if UNDER_TFDS_CLI:
     # Imported by `tfds build`: quiet before Beam runs (see runtime.log_noise).
     log_noise.quiet_tfds_build(sys.argv)
 
@@ -116,7 +118,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             download_config = dataclasses.replace(
                 download_config, beam_runner=fn_api_runner.FnApiRunner(),
                 beam_options=beam.options.pipeline_options.PipelineOptions(flags=[]))
-        return super()._download_and_prepare(dl_manager, download_config)
+        try:
+            return super()._download_and_prepare(dl_manager, download_config)
+        except UserError as e:
+            if not UNDER_TFDS_CLI:
+                raise
+            # A mistake the user can fix (the manual_dir's tree): one paragraph, no traceback.
+            sys.stderr.write(f"error: {' '.join(str(e).split())}\n")
+            sys.exit(1)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
         # With a `pipeline` argument TFDS builds with Apache Beam: reading and checking the files

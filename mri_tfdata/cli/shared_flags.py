@@ -7,6 +7,7 @@ TensorFlow loads; the library types are imported when the flags are turned into 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -22,11 +23,24 @@ if TYPE_CHECKING:
 FLAGS = flags.FLAGS
 
 
+# $NAME or ${NAME}, as os.path.expandvars reads them.
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
 def expand_path(value: str) -> str:
     """`value` with a leading ~ and $VARIABLES expanded, as a shell would if it saw them.
 
     A shell expands neither after `--flag=` nor inside a flagfile, so a path flag does it itself.
+
+    Raises:
+      ValueError: a $VARIABLE in `value` is not set (kept literally, it would name a folder
+        called "$VARIABLE").
     """
+    unset = [m.group(1).strip("{}") for m in _VARIABLE.finditer(value)
+             if m.group(1).strip("{}") not in os.environ]
+    if unset:
+        raise ValueError(f"the environment variable ${unset[0]} is not set; set it (export "
+                         f"{unset[0]}=...) or write the path out")
     return os.path.expandvars(os.path.expanduser(value))
 
 

@@ -1,5 +1,6 @@
 """Writes files whole or not at all: a reader, or a rerun after a kill, never sees half a file."""
 
+import errno
 import json
 import os
 import pathlib
@@ -82,6 +83,29 @@ def write_atomic(path, content: Content) -> pathlib.Path:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable(path) -> None:
+    """Checks, before long work, that the file `path` can be written: its folder is created if
+    missing and a probe file is made (and removed) in it.
+
+    Raises:
+      DiskError: the folder cannot be created or written into (read-only, no permission, full),
+        naming `path`.
+    """
+    path = pathlib.Path(path)
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            # mkdir's own words ("File exists") would not say that a folder is a file.
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory") from None
+        with tempfile.TemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise disk_error(path, e) from None
 
 
 def write_json(path, obj) -> pathlib.Path:

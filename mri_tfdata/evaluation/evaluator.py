@@ -115,7 +115,8 @@ def write_gradcam_examples(classifier: keras.Model, source: Source, *, labels, p
     names, classes = source.names, source.class_names
     panels = [(pictures[k], heatmaps[k],
                (f"{pathlib.Path(names[i]).name}\ntrue {classes[labels[i]]}\n"
-                f"predicted {classes[predictions[i]]} {confidence[i]:.2f}"))
+                f"predicted {classes[predictions[i]]} {confidence[i]:.2f}"),
+               classes[predictions[i]])
               for k, i in enumerate(picked)]
     split = len(correct[:GRADCAM_EXAMPLES])
     return gradcam.plot_grid(path, [("correct", panels[:split]), ("wrong", panels[split:])])

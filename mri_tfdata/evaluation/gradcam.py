@@ -173,24 +173,52 @@ def gradcam(classifier: keras.Model, images, *, class_index=None,
     return Explainer(classifier).explain(images, class_index=class_index, batch_size=batch_size)
 
 
-def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str = "") -> None:
+# What the colour of a heatmap means: each heatmap is divided by its own peak (explain's rule).
+SCALE_LABEL = "Grad-CAM evidence for the class named\n(0 = none, 1 = the image's own peak)"
+
+
+def no_evidence(heatmap: np.ndarray) -> bool:
+    """True when no location speaks for the class: the map is zero everywhere after the ReLU."""
+    return not np.any(np.asarray(heatmap) > 0)
+
+
+def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str = "", *,
+                 explained: str = "the class") -> None:
     """Draws the image with the heatmap over it (jet, half transparent), each cell where it looks.
 
     Cell (i, j) is drawn centred on pixel (STRIDE i, STRIDE j), smoothed bilinearly; beyond the
-    last cells (the right and bottom half cell) the edge values continue.
+    last cells (the right and bottom half cell) the edge values continue. A heatmap with no
+    positive evidence is not drawn (it would be a uniformly dark square): the panel says
+    "no positive evidence for <explained>" over the image instead.
     """
     height, width = image.shape[:2]
-    padded = np.pad(heatmap, ((0, 1), (0, 1)), mode="edge")
-    # In imshow's coordinates pixel p is centred on p, and a cell spans STRIDE pixels.
-    extent = (-STRIDE / 2, STRIDE * padded.shape[1] - STRIDE / 2,
-              STRIDE * padded.shape[0] - STRIDE / 2, -STRIDE / 2)
     ax.imshow(image)
-    ax.imshow(padded, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0, extent=extent,
-              interpolation="bilinear")
+    if no_evidence(heatmap):
+        ax.text(0.5, 0.5, f"no positive evidence\nfor {explained}", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, color="black",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
+    else:
+        padded = np.pad(heatmap, ((0, 1), (0, 1)), mode="edge")
+        # In imshow's coordinates pixel p is centred on p, and a cell spans STRIDE pixels.
+        extent = (-STRIDE / 2, STRIDE * padded.shape[1] - STRIDE / 2,
+                  STRIDE * padded.shape[0] - STRIDE / 2, -STRIDE / 2)
+        ax.imshow(padded, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0, extent=extent,
+                  interpolation="bilinear")
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_title(title, fontsize=9)
     _frameless(ax)
+
+
+def add_scale(fig, axes) -> None:
+    """One colour bar beside `axes` for every heatmap drawn by draw_overlay (all share 0..1)."""
+    import matplotlib.cm
+    import matplotlib.colors
+
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), cmap="jet")
+    bar = fig.colorbar(scale, ax=axes, shrink=0.8, ticks=[0.0, 0.5, 1.0])
+    bar.set_label(SCALE_LABEL, fontsize=8)
+    bar.ax.tick_params(labelsize=8)
 
 
 def _frameless(ax) -> None:
@@ -228,17 +256,20 @@ def overlay_names(files) -> list[str]:
     return names
 
 
-def write_overlay(path, image: np.ndarray, heatmap: np.ndarray, *, title: str) -> pathlib.Path:
-    """Writes one PNG: the image as the model takes it, beside it the Grad-CAM over it, titled.
+def write_overlay(path, image: np.ndarray, heatmap: np.ndarray, *, title: str,
+                  explained: str = "the class") -> pathlib.Path:
+    """Writes one PNG: the image as the model takes it, beside it the Grad-CAM over it, titled,
+    with the heatmap's colour bar; `explained` is the class the heatmap explains.
 
     Raises:
       atomic.DiskError: the file cannot be written.
     """
-    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 3.7), layout="constrained")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.4, 3.7), layout="constrained")
     left.imshow(image)
     left.set_title(f"input ({image.shape[1]} px)", fontsize=9)
     _frameless(left)
-    draw_overlay(right, image, heatmap, "Grad-CAM (red: most evidence)")
+    draw_overlay(right, image, heatmap, f"Grad-CAM of {explained}", explained=explained)
+    add_scale(fig, right)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
@@ -268,7 +299,8 @@ def save_overlays(explainer: Explainer, images, *, files, out_paths, class_names
         try:
             written.append(write_overlay(
                 path, images[i], result.heatmaps[i],
-                title=f"{pathlib.Path(file).name}: {_caption(result, i, class_names)}"))
+                title=f"{pathlib.Path(file).name}: {_caption(result, i, class_names)}",
+                explained=class_names[int(result.classes[i])]))
         except atomic.DiskError as e:
             written.append(str(e))
     return written
@@ -280,7 +312,8 @@ def plot_grid(path, rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str
 
     Args:
       path: the PNG to write.
-      rows: (row label, [(image, heatmap, caption), ...]) per row; empty rows are left out.
+      rows: (row label, [(image, heatmap, caption, explained class name), ...]) per row;
+        empty rows are left out. One colour bar serves every panel (all share the 0..1 scale).
     """
     rows = [(label, panels) for label, panels in rows if panels]
     columns = max((len(panels) for _, panels in rows), default=1)
@@ -290,8 +323,9 @@ def plot_grid(path, rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str
     for ax in axes.ravel():
         ax.axis("off")
     for r, (label, panels) in enumerate(rows):
-        for c, (image, heatmap, caption) in enumerate(panels):
+        for c, (image, heatmap, caption, explained) in enumerate(panels):
             axes[r, c].axis("on")
-            draw_overlay(axes[r, c], image, heatmap, caption)
+            draw_overlay(axes[r, c], image, heatmap, caption, explained=explained)
         axes[r, 0].set_ylabel(label, fontsize=11)
+    add_scale(fig, axes)
     return save_figure(fig, path)

@@ -11,6 +11,7 @@ image's conformal prediction set) at its primary level, the first of --conformal
 default), the sets mri-predict gives.
 """
 
+import errno
 import pathlib
 import tempfile
 
@@ -151,8 +152,29 @@ def export_serving(classifier: keras.Model, export_dir, *, class_names,
         archive.write_out(str(export_dir), verbose=False)
 
 
+# TensorFlow's errors for a SavedModel that cannot be written (full disk: ResourceExhausted from
+# SaveV2; read-only or forbidden folder: PermissionDenied, FailedPrecondition), as an errno.
+_WRITE_ERRORS = {tf.errors.ResourceExhaustedError: errno.ENOSPC,
+                 tf.errors.PermissionDeniedError: errno.EACCES,
+                 tf.errors.FailedPreconditionError: errno.EIO}
+
+
 def export_model(model_path, out_dir) -> pathlib.Path:
-    """Loads a model.keras and writes its serving SavedModel to `out_dir`, whole or not at all."""
+    """Loads a model.keras and writes its serving SavedModel to `out_dir`, whole or not at all.
+
+    Raises:
+      atomic.DiskError: the SavedModel cannot be written (full disk, read-only folder), naming
+        `out_dir`; nothing is left behind.
+    """
     saved = model_file.load_classifier(model_path)
-    return atomic.publish(out_dir, lambda tmp: export_serving(
-        saved.model, tmp, class_names=saved.class_names, calibration=saved.conformal))
+
+    def write(tmp):
+        try:
+            export_serving(saved.model, tmp, class_names=saved.class_names,
+                           calibration=saved.conformal)
+        except tuple(_WRITE_ERRORS) as e:
+            # TensorFlow's message names its op (SaveV2) and shapes; its first line the cause.
+            reason = (e.message or type(e).__name__).strip().splitlines()[0]
+            raise OSError(_WRITE_ERRORS[type(e)], reason) from None
+
+    return atomic.publish(out_dir, write)
