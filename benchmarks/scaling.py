@@ -3,8 +3,9 @@
     python benchmarks/scaling.py --images_dir=/tmp/scaling [--sizes=1000,10000,100000]
 
 For each size N, --images_dir/nN holds a Kaggle-layout tree (Training/ N images, Testing/ N/10),
-made once and reused: real images of --native_dir (mostly 512x512 JPEGs) under new names (hard
-links, else copies), so decoding is real work. Each size runs two commands in a fresh process with
+made once and reused: real images of --native_dir (mostly 512x512 JPEGs) copied under new names
+(copies, not links: the folder source reads a hard-linked file once), so decoding is real work,
+and each run is checked to have read all N training images. Each size runs two commands in a fresh process with
 an empty workdir and cache root (XDG_CACHE_HOME): the default run (`mri-train --source=folder
 --weights=none --image_size=64`, 10 epochs, the feature fast path, --cache=memory) and the end-to-end
 path (the same with --feature_cache=off --epochs=1). For each it prints the wall time, the time
@@ -15,6 +16,7 @@ caches, and, last, one JSON object.
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -43,19 +45,14 @@ def _originals(native: pathlib.Path) -> dict[str, list[pathlib.Path]]:
             for d in sorted((native / "Training").iterdir()) if d.is_dir()}
 
 
-def _place(src: pathlib.Path, dst: pathlib.Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def make_tree(root: pathlib.Path, count: int, native: pathlib.Path) -> pathlib.Path:
     """root/n{count}: Training/ `count` images, Testing/ count // 10, cycling the originals."""
     tree = root / f"n{count}"
-    done = tree / ".complete"
+    done = tree / ".copies"
     if done.exists():
         return tree
+    # A partial or older tree (its files may be hard links to the originals) is made anew.
+    shutil.rmtree(tree, ignore_errors=True)
     originals = _originals(native)
     classes = list(originals)
     for split, n in (("Training", count), ("Testing", max(len(classes), count // 10))):
@@ -65,7 +62,7 @@ def make_tree(root: pathlib.Path, count: int, native: pathlib.Path) -> pathlib.P
             src = files[(i // len(classes)) % len(files)]
             folder = tree / split / label
             folder.mkdir(parents=True, exist_ok=True)
-            _place(src, folder / f"{split[:2]}{i:06d}{src.suffix}")
+            shutil.copyfile(src, folder / f"{split[:2]}{i:06d}{src.suffix}")
     done.write_text("")
     return tree
 
@@ -90,6 +87,11 @@ def run_once(tree: pathlib.Path, extra: list[str], count: int) -> dict:
         if proc.returncode:
             raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
         peak_kib = int(proc.stdout.strip().splitlines()[-1])
+        read = {split: int(n) for split, n in re.findall(
+            r"Features of folder \S+ (train\S*) \((\d+) images\)", proc.stderr)}
+        if sum(read.values()) != count:
+            raise SystemExit(f"The run read {read} training images, not {count}:\n"
+                             f"{proc.stderr[-3000:]}")
         disk = _disk_used(workdir, cache_home)
     return {"seconds": round(seconds, 1), "ms_per_image": round(1000 * seconds / count, 2),
             "peak_rss_gb": round(peak_kib / 2**20, 2), "disk_gb": round(disk / 1e9, 3)}
