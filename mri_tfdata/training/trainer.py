@@ -117,6 +117,7 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
                                    weight_decay=config.weight_decay,
                                    steps_per_execution=plan.steps_per_execution)
     with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate) as callbacks:
+        resumable.replay_data_order(callbacks, train_ds, first_epoch=initial_epoch)
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
                        epochs=epochs, callbacks=callbacks, shuffle=False,
                        verbose=progress.progress_verbose(), **plan.fit_steps())

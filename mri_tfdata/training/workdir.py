@@ -56,6 +56,12 @@ class RunDir:
         self.record.setdefault("phases_done", []).append(phase)
         self._write()
 
+    def mark_phases_undone(self, phases) -> None:
+        """Records that `phases` must be trained again (their saved state is damaged)."""
+        self.record["phases_done"] = [p for p in self.record.get("phases_done", [])
+                                      if p not in phases]
+        self._write()
+
     def mark_finished(self) -> None:
         """Records that every output is written; a rerun then needs --overwrite."""
         self.record["status"] = "finished"
