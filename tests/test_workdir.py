@@ -47,8 +47,11 @@ def test_finished_run_needs_overwrite_which_keeps_foreign_files(tmp_path):
     (run.path / "notes.txt").write_text("the user's own file")
     run.mark_finished()
     run.close()
-    with pytest.raises(UserError, match="already holds a finished run.*overwrite=True"):
+    with pytest.raises(workdir.AlreadyFinished, match="already holds this run, finished"):
         workdir.check(tmp_path / "run", settings=SETTINGS)
+    other = {**SETTINGS, "changed": 1}
+    with pytest.raises(UserError, match="already holds a finished run.*changed.*overwrite=True"):
+        workdir.check(tmp_path / "run", settings=other)
     fresh = _open(tmp_path / "run", settings=SETTINGS, overwrite=True)
     assert not fresh.resuming
     assert not (fresh.path / "model.keras").exists() and not (fresh.path / "logs").exists()
@@ -140,3 +143,27 @@ def test_a_lock_taken_on_a_removed_lock_file_is_taken_again_on_the_new_one(tmp_p
         tmp_path / "run" / workdir.LOCK_FILE).st_ino
     run.close()
     os.close(stale)
+
+
+def test_a_killed_writes_temps_are_removed_on_open_and_a_finished_runs_scratch_on_rerun(tmp_path):
+    run = workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    run.close()
+    # As a kill inside atomic.write_atomic / publish leaves them.
+    (run.path / ".run.json.x1y2z3.tmp").write_text("{")
+    (run.path / "backup" / "head").mkdir(parents=True)
+    (run.path / "backup" / "head" / ".epoch-0001.npz.abc.tmp").write_text("")
+    (run.path / ".my-own.tmp").write_text("the user's")
+    again = workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    assert again.resuming
+    assert not (run.path / ".run.json.x1y2z3.tmp").exists()
+    assert not list((run.path / "backup" / "head").iterdir())
+    assert (run.path / ".my-own.tmp").exists()
+    # Killed after being recorded finished, before its scratch folders went.
+    (run.path / "checkpoints").mkdir()
+    again.mark_finished()
+    again.close()
+    with pytest.raises(workdir.AlreadyFinished):
+        workdir.check(run.path, settings=SETTINGS)
+    workdir.tidy_finished(run.path)
+    assert not (run.path / "checkpoints").exists() and not (run.path / "backup").exists()
+    assert not (run.path / workdir.LOCK_FILE).exists()

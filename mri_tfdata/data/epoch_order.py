@@ -43,3 +43,19 @@ def shuffled_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: in
             .batch(batch_size, drop_remainder=True)
             .map(lambda index: (tf.gather(features, index), tf.gather(labels, index)))
             .apply(tf.data.experimental.assert_cardinality(steps)))
+
+
+def shuffled(dataset: tf.data.Dataset, *, buffer: int, seed: int,
+             order: EpochOrder) -> tf.data.Dataset:
+    """`dataset` shuffled within `buffer` examples, in an order drawn from (seed, order's epoch).
+
+    `dataset` (a cache included) is shared by every epoch; only its order is drawn anew.
+    """
+    def one_epoch(_):
+        # This traced function's graph: the order is (seed, epoch)'s alone. (With the global seed
+        # left in, tf.data compares a tensor seed with 0 in Python, which fails in a graph.)
+        tf.compat.v1.get_default_graph().seed = None
+        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + order.epoch.value()
+        return dataset.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+    return tf.data.Dataset.range(1).flat_map(one_epoch)

@@ -39,23 +39,14 @@ class EpochBackup(keras.callbacks.Callback):
     optimizer variable (step count, hence the schedule's position; moments), in a checksummed
     npz file per epoch (epoch-0007.npz after 7 epochs, state_files), published whole by a rename.
     The newest file whose checksum holds wins; a damaged one is named and an earlier one used. So
-    a kill at any moment, or a damaged file, costs at most the epochs after the backup used. With
-    `replay_data_order`, a resumed fit also draws the same shuffle order for every epoch as the
-    uninterrupted fit (tf.data reshuffles per iterator made from the dataset).
+    a kill at any moment, or a damaged file, costs at most the epochs after the backup used. The data
+    order of each epoch comes from (seed, epoch) (data/epoch_order), not from the fit's history.
     """
 
     def __init__(self, backup_dir: pathlib.Path, *, keep: int = 2):
         super().__init__()
         self._dir = pathlib.Path(backup_dir)
         self._keep = keep
-        self._train_data = None
-        self._first_epoch = 0
-
-    def replay_data_order(self, train_data, *, first_epoch: int = 0) -> None:
-        """On resuming, makes (and drops) one iterator of `train_data` per epoch already done
-        since `first_epoch` (the fit's initial epoch), so each epoch then gets its own order."""
-        self._train_data = train_data
-        self._first_epoch = first_epoch
 
     def on_train_begin(self, logs=None):
         backups = _epochs_backed_up(self._dir)
@@ -68,9 +59,6 @@ class EpochBackup(keras.callbacks.Callback):
                 continue
             logging.info("Resuming from %r: %d epoch(s) already finished.", str(path), epochs)
             self.model._initial_epoch = epochs
-            if self._train_data is not None:
-                for _ in range(epochs - self._first_epoch):
-                    iter(self._train_data)
             return
         if backups:
             logging.warning("No backup in %r is valid; the phase starts afresh.", str(self._dir))
@@ -163,13 +151,6 @@ class HistoryLog(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "phase": self._phase}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self._write([r for r in _history_rows(self._out_dir) if r["epoch"] <= epoch] + [row])
-
-
-def replay_data_order(callbacks, train_data, *, first_epoch: int = 0) -> None:
-    """Has the phase's backup replay `train_data`'s shuffle orders on resuming (EpochBackup)."""
-    for callback in callbacks:
-        if isinstance(callback, EpochBackup):
-            callback.replay_data_order(train_data, first_epoch=first_epoch)
 
 
 def _callbacks(run: workdir.RunDir, phase: str) -> list[keras.callbacks.Callback]:

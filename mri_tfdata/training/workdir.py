@@ -29,6 +29,14 @@ OUTPUTS = (RUN_FILE, "flags.txt", "model.keras", "export", "history.json", "hist
            "checkpoints", "report.html")
 
 
+# Folders of state a run needs only until it is finished.
+SCRATCH = ("backup", "checkpoints")
+
+
+class AlreadyFinished(Exception):
+    """The workdir holds a finished run with the same settings: there is nothing to do."""
+
+
 @dataclasses.dataclass
 class RunDir:
     """An output directory opened for a run, and locked by it.
@@ -141,16 +149,62 @@ def check(path, *, settings: dict, overwrite: bool = False) -> None:
                 "empty directory; existing files are never overwritten.")
     if record is None or overwrite:
         return
-    if record.get("status") == "finished":
-        raise UserError(
-            f"workdir={path} already holds a finished run (see {path / 'metrics.json'}). "
-            "Give another workdir, or overwrite=True to replace its outputs.")
     changed = _differences(record["settings"], json.loads(json.dumps(settings)))
+    if record.get("status") == "finished":
+        if not changed:
+            raise AlreadyFinished(
+                f"workdir={path} already holds this run, finished (see {path / 'metrics.json'}); "
+                "there is nothing to do.")
+        raise UserError(
+            f"workdir={path} already holds a finished run (see {path / 'metrics.json'}) with "
+            f"other settings: {'; '.join(changed)}. Give another workdir, or overwrite=True to "
+            "replace its outputs.")
     if changed:
         raise UserError(
             f"workdir={path} holds an unfinished run with other settings: "
             f"{'; '.join(changed)}. Rerun with its settings to resume it (see "
             f"{path / 'flags.txt'}), give another workdir, or overwrite=True to start afresh.")
+
+
+def _is_stale_temp(name: str) -> bool:
+    """A temp file or folder of atomic.write_atomic/publish, left by a process that was killed."""
+    return name.startswith(".") and (".tmp" in name or name.endswith(".old"))
+
+
+def _remove_stale_temps(path: pathlib.Path) -> None:
+    """Removes the temps of a killed run's state writes, in the workdir and its scratch folders.
+
+    Call under the lock: a live run's temps are its own."""
+    folders = [path] + [d for name in SCRATCH for d in [path / name, *(path / name).glob("*")]
+                        if d.is_dir()]
+    for folder in folders:
+        for leftover in folder.iterdir():
+            if not _is_stale_temp(leftover.name):
+                continue
+            if folder == path and not any(leftover.name.startswith(f".{o}.") for o in OUTPUTS):
+                continue  # Not a file of ours.
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def tidy_finished(path) -> None:
+    """Removes what a run killed after being recorded finished may have left: scratch folders
+    and temps (under the lock; a read-only folder is left as it is)."""
+    path = pathlib.Path(path).expanduser()
+    try:
+        fd = _lock(path)
+    except UserError:
+        return
+    try:
+        _remove_stale_temps(path)
+        for name in SCRATCH:
+            shutil.rmtree(path / name, ignore_errors=True)
+    except OSError:
+        pass
+    finally:
+        _unlock(path, fd)
 
 
 def _lock(path: pathlib.Path) -> int:
@@ -230,6 +284,7 @@ def open_run(path, *, settings: dict, overwrite: bool = False) -> RunDir:
 def _open_locked(path: pathlib.Path, lock_fd: int, *, settings: dict, overwrite: bool) -> RunDir:
     # Checked again under the lock: another run may have started or finished meanwhile.
     check(path, settings=settings, overwrite=overwrite)
+    _remove_stale_temps(path)
     record = _read_record(path, overwrite=overwrite)
     if record is not None and not overwrite:
         logging.info("Resuming the unfinished run in %s.", path)
