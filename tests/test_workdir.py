@@ -70,7 +70,8 @@ def test_non_empty_folder_without_a_run_is_refused(tmp_path):
 def test_a_damaged_run_file_is_refused_by_name_unless_overwritten(tmp_path, content):
     _open(tmp_path / "run", settings=SETTINGS)
     (tmp_path / "run" / workdir.RUN_FILE).write_text(content)
-    with pytest.raises(UserError, match=r"run\.json is damaged.*overwrite=True"):
+    (tmp_path / "run" / workdir.RUN_FILE_COPY).write_text(content)
+    with pytest.raises(UserError, match=r"run\.json is damaged.*copy.*overwrite=True"):
         workdir.check(tmp_path / "run", settings=SETTINGS)
     assert not _open(tmp_path / "run", settings=SETTINGS, overwrite=True).resuming
 
@@ -167,3 +168,16 @@ def test_a_killed_writes_temps_are_removed_on_open_and_a_finished_runs_scratch_o
     workdir.tidy_finished(run.path)
     assert not (run.path / "checkpoints").exists() and not (run.path / "backup").exists()
     assert not (run.path / workdir.LOCK_FILE).exists()
+
+
+def test_a_run_file_damaged_but_readable_is_named_and_its_copy_used(tmp_path, caplog):
+    run = _open(tmp_path / "run", settings=SETTINGS)
+    run.mark_phase_done("head")
+    run.close()
+    run_file = tmp_path / "run" / workdir.RUN_FILE
+    # Still JSON, still a record: only the checksum tells.
+    run_file.write_text(run_file.read_text().replace('"head"', '"hexd"'))
+    with caplog.at_level("WARNING"):
+        again = _open(tmp_path / "run", settings=SETTINGS)
+    assert again.resuming and again.phase_done("head")
+    assert "run.json' is damaged" in caplog.text and "run.json.copy" in caplog.text

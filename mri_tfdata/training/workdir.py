@@ -11,6 +11,7 @@ kernel releases the lock when the process dies, however it dies.
 import dataclasses
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -22,9 +23,12 @@ from mri_tfdata.core import atomic
 from mri_tfdata.core.errors import UserError
 
 RUN_FILE = "run.json"
+# A second copy of the record: a damaged run.json (its sha256 in run.json.sha256 disagrees) is
+# replaced by it.
+RUN_FILE_COPY = "run.json.copy"
 LOCK_FILE = ".lock"
 # Everything a run writes into its workdir; --overwrite removes these and nothing else.
-OUTPUTS = (RUN_FILE, "flags.txt", "model.keras", "export", "history.json", "history.csv",
+OUTPUTS = (RUN_FILE, RUN_FILE + ".sha256", RUN_FILE_COPY, RUN_FILE_COPY + ".sha256", "flags.txt", "model.keras", "export", "history.json", "history.csv",
            "metrics.json", "loss.png", "accuracy.png", "confusion_matrix.png", "logs", "backup",
            "checkpoints", "report.html")
 
@@ -77,7 +81,12 @@ class RunDir:
         self._write()
 
     def _write(self) -> None:
-        atomic.write_json(self.path / RUN_FILE, self.record)
+        content = (json.dumps(self.record, indent=2, allow_nan=True) + "\n").encode()
+        digest = hashlib.sha256(content).hexdigest() + "\n"
+        for name in (RUN_FILE, RUN_FILE_COPY):  # One at a time: a kill leaves one whole.
+            (self.path / f"{name}.sha256").unlink(missing_ok=True)
+            atomic.write_atomic(self.path / name, content)
+            atomic.write_atomic(self.path / f"{name}.sha256", digest)
 
     def close(self) -> None:
         """Releases the workdir's lock and removes its lock file: a run's folder ends without it.
@@ -98,23 +107,53 @@ def _is_worker_dir(name: str) -> bool:
     return name.startswith("worker-")
 
 
+def _verified_record(run_file: pathlib.Path) -> dict:
+    """The record in `run_file`, checked against its sha256 when one was written with it.
+
+    Raises:
+      ValueError: unreadable, not a record, or its checksum disagrees.
+    """
+    try:
+        content = run_file.read_bytes()
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
+    digest = run_file.with_name(run_file.name + ".sha256")
+    if digest.exists():
+        try:
+            expected = digest.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read its checksum ({e.strerror or e})") from None
+        if hashlib.sha256(content).hexdigest() != expected:
+            raise ValueError("its sha256 differs from the one written with it")
+    record = json.loads(content)
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise ValueError("not a run record")
+    return record
+
+
 def _read_record(path: pathlib.Path, *, overwrite: bool) -> dict | None:
-    """run.json's contents, None when there is none; a damaged one is refused by name, unless
-    the run is to be overwritten anyway."""
+    """run.json's contents (else its copy's, naming the damaged file), None when there is none.
+
+    A record that is damaged in both files is refused by name, unless the run is to be
+    overwritten anyway."""
     run_file = path / RUN_FILE
     if not run_file.exists():
         return None
     try:
-        record = json.loads(run_file.read_text())
-        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-            raise ValueError("not a run record")
-    except (OSError, ValueError) as e:
+        return _verified_record(run_file)
+    except ValueError as e:
+        damage = e
+    try:
+        record = _verified_record(path / RUN_FILE_COPY)
+    except ValueError:
         if overwrite:
             return {"status": "damaged", "settings": {}}
         raise UserError(
-            f"{run_file} is damaged ({e}), so the state of the run in workdir={path} is "
-            "unknown. Start that run afresh with overwrite=True, or give another workdir.") \
-            from None
+            f"{run_file} is damaged ({damage}) and so is its copy {path / RUN_FILE_COPY}, so the "
+            f"state of the run in workdir={path} is unknown. Restore one of them, or give another "
+            "workdir (overwrite=True would start this one afresh).") from None
+    logging.warning("%r is damaged (%s); its copy %r is used.", str(run_file), damage,
+                    str(path / RUN_FILE_COPY))
     return record
 
 
