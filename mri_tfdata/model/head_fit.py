@@ -113,7 +113,8 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
         val_ds = make_feature_dataset(*validation, batch_size=batch_size, training=False)
     # shuffle=False: the dataset reshuffles itself every epoch; Keras's flag is for arrays.
     return head.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                    callbacks=[order, *callbacks], shuffle=False, verbose=verbose, **plan.fit_steps())
+                    callbacks=[order, *callbacks], shuffle=False, verbose=verbose,
+                    **plan.fit_steps())
 
 
 def head_plan(*, num_examples: int, batch_size: int, epochs: int, strategy,

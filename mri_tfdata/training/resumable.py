@@ -1,4 +1,4 @@
-"""One training phase's fit, resumable after a kill: backups, history files, TensorBoard, NaN stop."""
+"""One training phase's fit, resumable after a kill: backups, history, TensorBoard, NaN stop."""
 
 import contextlib
 import csv
@@ -36,11 +36,11 @@ class EpochBackup(keras.callbacks.Callback):
     """Backs up the training state after every epoch; a restarted fit resumes from it bitwise.
 
     The state is every model variable (weights, statistics, dropout seed states) and every
-    optimizer variable (step count, hence the schedule's position; moments), in a checksummed
-    npz file per epoch (epoch-0007.npz after 7 epochs, state_files), published whole by a rename.
-    The newest file whose checksum holds wins; a damaged one is named and an earlier one used. So
-    a kill at any moment, or a damaged file, costs at most the epochs after the backup used. The data
-    order of each epoch comes from (seed, epoch) (data/epoch_order), not from the fit's history.
+    optimizer variable (step count, hence the schedule's position; moments), in a checksummed npz
+    file per epoch (epoch-0007.npz after 7 epochs, state_files), published whole by a rename. The
+    newest file whose checksum holds wins; a damaged one is named and an earlier one used. So a
+    kill at any moment, or a damaged file, costs at most the epochs after the backup used. Each
+    epoch's data order comes from (seed, epoch) (data/epoch_order), not from the fit's history.
     """
 
     def __init__(self, backup_dir: pathlib.Path, *, keep: int = 2):

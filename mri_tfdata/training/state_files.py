@@ -1,4 +1,4 @@
-"""Training state as checksummed npz files: a model's variables (and its optimizer's), verified on load."""
+"""Training state as checksummed npz files: model and optimizer variables, verified on load."""
 
 import hashlib
 import io
@@ -88,7 +88,8 @@ def load(model: keras.Model, path, *, with_optimizer: bool) -> None:
     for group, variables in _state_variables(model, with_optimizer=with_optimizer).items():
         keys = sorted(k for k in arrays if k.startswith(group + "/"))
         if len(keys) != len(variables):
-            raise DamagedState(f"it holds {len(keys)} {group} variables, the model {len(variables)}")
+            raise DamagedState(
+                f"it holds {len(keys)} {group} variables, the model {len(variables)}")
         for key, variable in zip(keys, variables):
             if tuple(arrays[key].shape) != tuple(variable.shape):
                 raise DamagedState(f"{key} has shape {arrays[key].shape}, not {variable.shape}")

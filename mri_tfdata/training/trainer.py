@@ -262,15 +262,15 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     settings = _settings(data=data, model_spec=model_spec, config=config, strategy=strategy,
                          precision_policy=precision_policy)
     out = distribute.output_dir(workdir_path, strategy)
-    try:
-        workdir.check(out, settings=settings, overwrite=overwrite)  # Refuses early; writes nothing.
+    try:  # Refuses early; writes nothing.
+        workdir.check(out, settings=settings, overwrite=overwrite)
     except workdir.AlreadyFinished as finished:
         workdir.tidy_finished(out)
         logging.info("%s", finished)
         metrics_file = pathlib.Path(out) / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
         return TrainResult(workdir=pathlib.Path(out), history=resumable.read_history(out),
-                           metrics=json.loads(metrics_file.read_text())
-                           if metrics_file.exists() else None,
+                           metrics=metrics,
                            resumed=False, already_finished=str(finished))
     keras.utils.set_random_seed(config.seed)
     fast = feature_cache.use_fast_path(config.feature_cache,

@@ -28,7 +28,8 @@ RUN_FILE = "run.json"
 RUN_FILE_COPY = "run.json.copy"
 LOCK_FILE = ".lock"
 # Everything a run writes into its workdir; --overwrite removes these and nothing else.
-OUTPUTS = (RUN_FILE, RUN_FILE + ".sha256", RUN_FILE_COPY, RUN_FILE_COPY + ".sha256", "flags.txt", "model.keras", "export", "history.json", "history.csv",
+OUTPUTS = (RUN_FILE, RUN_FILE + ".sha256", RUN_FILE_COPY, RUN_FILE_COPY + ".sha256",
+           "flags.txt", "model.keras", "export", "history.json", "history.csv",
            "metrics.json", "loss.png", "accuracy.png", "confusion_matrix.png", "logs", "backup",
            "checkpoints", "report.html")
 
