@@ -59,6 +59,24 @@ def test_a_head_fit_resumed_after_any_epoch_ends_bitwise_where_the_whole_fit_end
     assert resumed_history["loss"][-1] == whole_history["loss"][-1]
 
 
+def test_a_loaded_state_is_what_the_model_computes_with(tmp_path):
+    # A finished phase's state loaded into a freshly built classifier (as a rerun does): the
+    # standardization in memory must be the loaded one, not the one the model was built with.
+    keras.utils.set_random_seed(7)
+    features = np.random.default_rng(0).normal(3.0, 5.0, size=(16, 2048)).astype(np.float32)
+
+    def head():
+        return architecture.build_head(hidden_units=(8,), standardize=True, num_classes=3)
+
+    trained = head()
+    architecture.adapt_standardization(trained, features)
+    state_files.save(trained, tmp_path / "head.npz", with_optimizer=False)
+    fresh = head()
+    state_files.load(fresh, tmp_path / "head.npz", with_optimizer=False)
+    np.testing.assert_array_equal(fresh.predict(features, verbose=0),
+                                  trained.predict(features, verbose=0))
+
+
 def test_a_damaged_backup_is_named_and_the_one_before_is_used(tmp_path, caplog):
     run = workdir.open_run(tmp_path / "run", settings={})
     _fit(run, stop_after=2)

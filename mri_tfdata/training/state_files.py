@@ -73,7 +73,8 @@ def verified_bytes(path) -> bytes:
 def load(model: keras.Model, path, *, with_optimizer: bool) -> None:
     """Restores what `save` wrote into `model` (and its optimizer), after verifying the file.
 
-    Nothing is assigned unless every array fits.
+    Nothing is assigned unless every array fits. Afterwards the model computes with the loaded
+    state, derived tensors included (_refresh_derived_state), as after Keras's own loading.
 
     Raises:
       DamagedState: the file is damaged or does not fit the model.
@@ -96,6 +97,27 @@ def load(model: keras.Model, path, *, with_optimizer: bool) -> None:
             pairs.append((variable, arrays[key]))
     for variable, value in pairs:
         variable.assign(value)
+    _refresh_derived_state(model)
+
+
+def _layers(layer: keras.layers.Layer):
+    yield layer
+    for sublayer in getattr(layer, "layers", ()):
+        yield from _layers(sublayer)
+
+
+def _refresh_derived_state(model: keras.Model) -> None:
+    """Layers that compute from tensors derived from their variables rederive them.
+
+    A Normalization layer computes with mean and variance tensors made from its variables when it
+    is adapted or loaded by Keras (`finalize_state`), not from the variables themselves: assigned
+    alone, the variables would be saved with the model while the layer in memory computed with
+    the statistics it had before. Keras's own loading calls `finalize_state` after each layer's
+    variables; so does this.
+    """
+    for layer in _layers(model):
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
 
 
 def remove(path) -> None:
