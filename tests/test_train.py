@@ -69,7 +69,7 @@ def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
                   "finished_recorded"):
         killed_at(point)
 
-    (workdir / "checkpoints").mkdir()  # As a kill right after "finished_recorded" leaves it.
+    assert (workdir / "checkpoints").exists()  # A kill right after "finished_recorded" leaves it.
     code, out, err = _run_train(*args)
     assert code == 0 and "already holds this run, finished" in out, err[-2000:]
     assert not (workdir / "checkpoints").exists()

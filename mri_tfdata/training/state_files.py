@@ -101,6 +101,7 @@ def load(model: keras.Model, path, *, with_optimizer: bool) -> None:
 
 
 def _layers(layer: keras.layers.Layer):
+    """`layer` and every layer nested in it, through nested models."""
     yield layer
     for sublayer in getattr(layer, "layers", ()):
         yield from _layers(sublayer)
