@@ -123,9 +123,12 @@ def main(argv):
     strategy = distribute.create_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     policy = precision.apply_precision(FLAGS.precision)
     logging.info("Strategy: %s.", distribute.describe_strategy(strategy))
-    trainer.train(data=data, model_spec=model_spec, config=config, workdir_path=FLAGS.workdir,
-                   strategy=strategy, precision_policy=policy, overwrite=FLAGS.overwrite,
-                   flags_text=shared_flags.flags_as_text([shared_flags, __name__]))
+    result = trainer.train(data=data, model_spec=model_spec, config=config,
+                           workdir_path=FLAGS.workdir, strategy=strategy, precision_policy=policy,
+                           overwrite=FLAGS.overwrite,
+                           flags_text=shared_flags.flags_as_text([shared_flags, __name__]))
+    if result.already_finished:
+        print(result.already_finished)
 
 
 def console_main():

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from mri_tfdata.data import epoch_order
 from mri_tfdata.model import architecture, head_fit, losses, optimization
 from mri_tfdata.training import trainer
 
@@ -100,11 +101,13 @@ def _reference_fit(head, feats, labels, *, epochs, batch_size, **recipe):
     architecture.adapt_standardization(head, feats)
     optimization.compile_model(head, decay_steps=(len(labels) // batch_size) * epochs,
                                steps_per_execution=1, **recipe)
+    order = epoch_order.EpochOrder()  # Each epoch's order from (seed, epoch), as fit_head's.
     train = head_fit.make_feature_dataset(feats, labels, batch_size=batch_size, training=True,
-                                          seed=0)
+                                          seed=0, order=order)
     validation = head_fit.make_feature_dataset(feats, labels, batch_size=batch_size,
                                                training=False)
-    return head.fit(train, validation_data=validation, epochs=epochs, shuffle=False, verbose=0)
+    return head.fit(train, validation_data=validation, epochs=epochs, shuffle=False, verbose=0,
+                    callbacks=[order])
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-3])

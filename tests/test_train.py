@@ -57,20 +57,24 @@ def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
     killed_at("epoch_backed_up@2")  # Mid-phase: epochs 1 and 2 backed up.
     backups = workdir / "backup" / "head"
     assert sorted(p.name for p in backups.iterdir()) == [
-        "epoch-0001.weights.h5", "epoch-0002.weights.h5"]
+        "epoch-0001.npz", "epoch-0001.npz.sha256", "epoch-0002.npz", "epoch-0002.npz.sha256"]
     # Damaged state: the newest backup cut short, history.json garbled (history.csv is intact).
-    newest = backups / "epoch-0002.weights.h5"
+    newest = backups / "epoch-0002.npz"
     newest.write_bytes(newest.read_bytes()[:1000])
     (workdir / "history.json").write_text("{garbled")
     err = killed_at("epoch_backed_up@2")  # Redoes epoch 2, then epoch 3; killed after the last.
-    assert "epoch-0002.weights.h5' is damaged" in err and "Resuming from" in err
+    assert "epoch-0002.npz' is damaged" in err and "Resuming from" in err
     assert "history.json' is damaged" in err
     for point in ("phase_weights_saved", "phase_recorded", "model_saved", "evaluated",
                   "finished_recorded"):
         killed_at(point)
 
-    code, _, err = _run_train(*args)
-    assert code == 1 and "already holds a finished run" in err, err[-2000:]
+    assert (workdir / "checkpoints").exists()  # A kill right after "finished_recorded" leaves it.
+    code, out, err = _run_train(*args)
+    assert code == 0 and "already holds this run, finished" in out, err[-2000:]
+    assert not (workdir / "checkpoints").exists()
+    code, _, err = _run_train(*args[:-1], "--epochs=4")
+    assert code == 1 and "already holds a finished run" in err and "epochs" in err, err[-2000:]
     history = json.loads((workdir / "history.json").read_text())
     assert history["epoch"] == [1, 2, 3] and set(history["phase"]) == {"head"}
     assert all(np.isfinite(history["loss"])) and "val_accuracy" in history
@@ -172,3 +176,38 @@ def test_a_workdir_that_is_a_file_is_named_as_the_flag(tmp_path):
     (tmp_path / "w").write_text("")
     code, _, err = _run_train(*TINY, f"--workdir={tmp_path / 'w'}")
     assert code == 1 and f"--workdir={tmp_path / 'w'} is a file" in err, err[-2000:]
+
+
+@pytest.mark.integration
+def test_a_run_killed_after_any_epoch_of_either_phase_ends_bitwise_as_the_whole_run(tmp_path):
+    """Killed after every epoch of the head and the fine-tuning phase in turn (each rerun resumes
+    from its backup), the run ends with the weights and metrics of the run never killed."""
+    common = ["--source=synthetic", "--synthetic_train_per_class=4",
+              "--synthetic_test_per_class=2", "--image_size=64", "--weights=none",
+              "--head_units=8", "--batch_size=4", "--precision=float32", "--strategy=default",
+              "--cache=memory", "--feature_cache=off", "--epochs=2", "--fine_tune_blocks=1",
+              "--fine_tune_epochs=2", "--dropout=0.5", f"--data_dir={tmp_path / 'synthetic'}"]
+    code, _, err = _run_train(*common, f"--workdir={tmp_path / 'whole'}")
+    assert code == 0, err[-3000:]
+    resumed = tmp_path / "resumed"
+    for kill in range(4):  # After head epochs 1, 2, then fine-tuning epochs 1, 2.
+        proc = _train(*common, f"--workdir={resumed}",
+                      env={**os.environ, "MRI_TFDATA_KILL_AT": "epoch_backed_up"})
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == -signal.SIGKILL, f"kill {kill}: {err[-3000:]}"
+    code, _, err = _run_train(*common, f"--workdir={resumed}")
+    assert code == 0, err[-3000:]
+    assert "Resuming from" in err
+
+    def outcome(workdir):
+        metrics = json.loads((workdir / "metrics.json").read_text())
+        metrics.pop("model", None)
+        return metrics, json.loads((workdir / "history.json").read_text())
+
+    assert outcome(resumed) == outcome(tmp_path / "whole")
+    from mri_tfdata.serving import model_file
+
+    whole = model_file.load_classifier(tmp_path / "whole" / "model.keras").model
+    again = model_file.load_classifier(resumed / "model.keras").model
+    for a, b in zip(whole.weights, again.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)

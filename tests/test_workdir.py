@@ -47,8 +47,11 @@ def test_finished_run_needs_overwrite_which_keeps_foreign_files(tmp_path):
     (run.path / "notes.txt").write_text("the user's own file")
     run.mark_finished()
     run.close()
-    with pytest.raises(UserError, match="already holds a finished run.*overwrite=True"):
+    with pytest.raises(workdir.AlreadyFinished, match="already holds this run, finished"):
         workdir.check(tmp_path / "run", settings=SETTINGS)
+    other = {**SETTINGS, "changed": 1}
+    with pytest.raises(UserError, match="already holds a finished run.*changed.*overwrite=True"):
+        workdir.check(tmp_path / "run", settings=other)
     fresh = _open(tmp_path / "run", settings=SETTINGS, overwrite=True)
     assert not fresh.resuming
     assert not (fresh.path / "model.keras").exists() and not (fresh.path / "logs").exists()
@@ -67,7 +70,8 @@ def test_non_empty_folder_without_a_run_is_refused(tmp_path):
 def test_a_damaged_run_file_is_refused_by_name_unless_overwritten(tmp_path, content):
     _open(tmp_path / "run", settings=SETTINGS)
     (tmp_path / "run" / workdir.RUN_FILE).write_text(content)
-    with pytest.raises(UserError, match=r"run\.json is damaged.*overwrite=True"):
+    (tmp_path / "run" / workdir.RUN_FILE_COPY).write_text(content)
+    with pytest.raises(UserError, match=r"run\.json is damaged.*copy.*overwrite=True"):
         workdir.check(tmp_path / "run", settings=SETTINGS)
     assert not _open(tmp_path / "run", settings=SETTINGS, overwrite=True).resuming
 
@@ -140,3 +144,40 @@ def test_a_lock_taken_on_a_removed_lock_file_is_taken_again_on_the_new_one(tmp_p
         tmp_path / "run" / workdir.LOCK_FILE).st_ino
     run.close()
     os.close(stale)
+
+
+def test_a_killed_writes_temps_are_removed_on_open_and_a_finished_runs_scratch_on_rerun(tmp_path):
+    run = workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    run.close()
+    # As a kill inside atomic.write_atomic / publish leaves them.
+    (run.path / ".run.json.x1y2z3.tmp").write_text("{")
+    (run.path / "backup" / "head").mkdir(parents=True)
+    (run.path / "backup" / "head" / ".epoch-0001.npz.abc.tmp").write_text("")
+    (run.path / ".my-own.tmp").write_text("the user's")
+    again = workdir.open_run(tmp_path / "run", settings=SETTINGS)
+    assert again.resuming
+    assert not (run.path / ".run.json.x1y2z3.tmp").exists()
+    assert not list((run.path / "backup" / "head").iterdir())
+    assert (run.path / ".my-own.tmp").exists()
+    # Killed after being recorded finished, before its scratch folders went.
+    (run.path / "checkpoints").mkdir()
+    again.mark_finished()
+    again.close()
+    with pytest.raises(workdir.AlreadyFinished):
+        workdir.check(run.path, settings=SETTINGS)
+    workdir.tidy_finished(run.path)
+    assert not (run.path / "checkpoints").exists() and not (run.path / "backup").exists()
+    assert not (run.path / workdir.LOCK_FILE).exists()
+
+
+def test_a_run_file_damaged_but_readable_is_named_and_its_copy_used(tmp_path, caplog):
+    run = _open(tmp_path / "run", settings=SETTINGS)
+    run.mark_phase_done("head")
+    run.close()
+    run_file = tmp_path / "run" / workdir.RUN_FILE
+    # Still JSON, still a record: only the checksum tells.
+    run_file.write_text(run_file.read_text().replace('"head"', '"hexd"'))
+    with caplog.at_level("WARNING"):
+        again = _open(tmp_path / "run", settings=SETTINGS)
+    assert again.resuming and again.phase_done("head")
+    assert "run.json' is damaged" in caplog.text and "run.json.copy" in caplog.text

@@ -9,7 +9,7 @@ from absl import logging
 
 from mri_tfdata.core import caches
 from mri_tfdata.core.errors import ParameterError
-from mri_tfdata.data import image_cache
+from mri_tfdata.data import epoch_order, image_cache
 from mri_tfdata.data.decoding import decode_and_resize
 from mri_tfdata.data.sources import Source
 
@@ -58,7 +58,8 @@ def file_cache_key(source: Source, image_size: int) -> str:
 def make_dataset(source: Source, *, image_size: int, batch_size: int, training: bool,
                  cache: str = "none", shuffle_buffer: int = 1024,
                  seed: Optional[int] = None,
-                 memory_limit: Optional[int] = None) -> tf.data.Dataset:
+                 memory_limit: Optional[int] = None,
+                 order: Optional[epoch_order.EpochOrder] = None) -> tf.data.Dataset:
     """Builds the input pipeline of one split for one replica (or one device).
 
     source -> decode + resize (parallel) -> cache -> shuffle -> batch -> prefetch. The cache holds
@@ -83,6 +84,8 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
         without one it differs between runs.
       memory_limit: the memory cache's bound in bytes; None = MEMORY_CACHE_SHARE of the memory
         available now.
+      order: with a seed (and no file cache), the fit's EpochOrder: each epoch's order is drawn
+        from (seed, epoch), so a fit resumed at any epoch goes on with the same orders.
 
     Returns:
       A tf.data.Dataset of (uint8 [batch, image_size, image_size, 3], int32 [batch]).
@@ -115,8 +118,11 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
         if training:
             # Shuffle examples after the cache (a cached order would otherwise repeat every
             # epoch) and before batching, so batches differ in composition, not just in order.
-            dataset = dataset.shuffle(max(1, min(shuffle_buffer, source.num_examples)),
-                                      seed=seed, reshuffle_each_iteration=True)
+            buffer = max(1, min(shuffle_buffer, source.num_examples))
+            if seed is not None and order is not None:
+                dataset = epoch_order.shuffled(dataset, buffer=buffer, seed=seed, order=order)
+            else:
+                dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.batch(batch_size, drop_remainder=training,
                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
@@ -159,7 +165,9 @@ def distribute_dataset(strategy: tf.distribute.Strategy,
                        source_fn: Callable[[tf.distribute.InputContext], Source], *,
                        global_batch_size: int, image_size: int, training: bool,
                        cache: str = "none", shuffle_buffer: int = 1024,
-                       seed: Optional[int] = None) -> tf.distribute.DistributedDataset:
+                       seed: Optional[int] = None,
+                       order: Optional[epoch_order.EpochOrder] = None,
+                       ) -> tf.distribute.DistributedDataset:
     """Builds one pipeline per worker, each batching its own shard at the per-replica batch size.
 
     Args:
@@ -167,7 +175,7 @@ def distribute_dataset(strategy: tf.distribute.Strategy,
       source_fn: Called with each worker's tf.distribute.InputContext; returns that worker's
         Source (e.g. `lambda ctx: load_folder_source(root, split=s, input_context=ctx)`).
       global_batch_size: Batch size summed over all replicas.
-      image_size, training, cache, shuffle_buffer, seed: As for make_dataset.
+      image_size, training, cache, shuffle_buffer, seed, order: As for make_dataset.
 
     Returns:
       A distributed dataset of per-replica (uint8 images, int32 labels) batches.
@@ -185,6 +193,6 @@ def distribute_dataset(strategy: tf.distribute.Strategy,
         return make_dataset(source_fn(input_context), image_size=image_size,
                             batch_size=input_context.get_per_replica_batch_size(global_batch_size),
                             training=training, cache=cache, shuffle_buffer=shuffle_buffer,
-                            seed=seed)
+                            seed=seed, order=order)
 
     return strategy.distribute_datasets_from_function(dataset_fn)

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import epoch_order
 from mri_tfdata.model import architecture, optimization, training_plan
 from mri_tfdata.model.training_plan import TrainingPlan
 
@@ -15,7 +16,8 @@ from mri_tfdata.model.training_plan import TrainingPlan
 
 
 def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size: int,
-                         training: bool, seed: int | None = None) -> tf.data.Dataset:
+                         training: bool, seed: int | None = None,
+                         order: epoch_order.EpochOrder | None = None) -> tf.data.Dataset:
     """Batches features like `input_pipeline` batches images.
 
     Args:
@@ -25,15 +27,24 @@ def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size
       training: shuffle all examples anew each epoch and drop the last partial batch, as the image
         pipeline does; otherwise keep the fixed order and every example.
       seed: the shuffle seed.
+      order: with a seed, the fit's EpochOrder: each epoch's order is drawn from (seed, epoch)
+        (epoch_order), so a fit resumed at any epoch continues with the same orders.
 
     Returns:
       A tf.data.Dataset of (float32 [B, FEATURE_DIM], int32 [B]).
     """
+    if training and seed is not None and order is not None:
+        ds = epoch_order.shuffled_batches(features.astype(np.float32), labels.astype(np.int32),
+                                          batch_size=batch_size, seed=seed, order=order)
+        return _with_options(ds)
     ds = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), labels.astype(np.int32)))
     if training:
         # The split's features are in memory already, so the shuffle is a full one.
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
+    return _with_options(ds.batch(batch_size, drop_remainder=training))
+
+
+def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     # In-memory data has no files to shard by; say so instead of letting AUTO warn and fall back.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -94,14 +105,16 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
                                    weight_decay=weight_decay,
                                    steps_per_execution=plan.steps_per_execution)
         optimization.fuse_adam_update(head.optimizer)
+    order = epoch_order.EpochOrder()
     train_ds = make_feature_dataset(features, labels, batch_size=batch_size, training=True,
-                                    seed=seed)
+                                    seed=seed, order=order)
     val_ds = None
     if validation is not None:
         val_ds = make_feature_dataset(*validation, batch_size=batch_size, training=False)
     # shuffle=False: the dataset reshuffles itself every epoch; Keras's flag is for arrays.
     return head.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                    callbacks=list(callbacks), shuffle=False, verbose=verbose, **plan.fit_steps())
+                    callbacks=[order, *callbacks], shuffle=False, verbose=verbose,
+                    **plan.fit_steps())
 
 
 def head_plan(*, num_examples: int, batch_size: int, epochs: int, strategy,

@@ -1,4 +1,4 @@
-"""One training phase's fit, resumable after a kill: backups, history files, TensorBoard, NaN stop."""
+"""One training phase's fit, resumable after a kill: backups, history, TensorBoard, NaN stop."""
 
 import contextlib
 import csv
@@ -14,32 +14,33 @@ from absl import logging
 from mri_tfdata.core import atomic, faults
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.evaluation import reports
-from mri_tfdata.training import workdir
+from mri_tfdata.training import state_files, workdir
 
 HEAD_PHASE = "head"
 FINE_TUNE_PHASE = "fine_tune"
 PHASES = (HEAD_PHASE, FINE_TUNE_PHASE)  # In their order in a run.
 
-_BACKUP = re.compile(r"epoch-(\d+)\.weights\.h5")
+_BACKUP = re.compile(r"epoch-(\d+)\.npz")
 # A loss this many times the loss of guessing uniformly (ln C) means training diverged.
 _DIVERGED = 10.0
 
 
 def _epochs_backed_up(backup_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
     """(finished epochs, file) of every backup, newest first."""
-    found = [(int(m.group(1)), p) for p in backup_dir.glob("epoch-*.weights.h5")
+    found = [(int(m.group(1)), p) for p in backup_dir.glob("epoch-*.npz")
              if (m := _BACKUP.fullmatch(p.name))]
     return sorted(found, reverse=True)
 
 
 class EpochBackup(keras.callbacks.Callback):
-    """Backs up weights and optimizer state after every epoch; a restarted fit resumes from it.
+    """Backs up the training state after every epoch; a restarted fit resumes from it bitwise.
 
-    Each epoch's state is a file of its own (epoch-0007.weights.h5 after 7 epochs), published
-    whole by a rename, and the newest file that loads wins. So a kill at any moment, or a damaged
-    file, costs at most the epoch in progress. (Keras's BackupAndRestore overwrites one weights
-    file in place and records the epoch in a second file: a kill between the two, or a damaged
-    file, restores the wrong epoch or fails with a traceback.)
+    The state is every model variable (weights, statistics, dropout seed states) and every
+    optimizer variable (step count, hence the schedule's position; moments), in a checksummed npz
+    file per epoch (epoch-0007.npz after 7 epochs, state_files), published whole by a rename. The
+    newest file whose checksum holds wins; a damaged one is named and an earlier one used. So a
+    kill at any moment, or a damaged file, costs at most the epochs after the backup used. Each
+    epoch's data order comes from (seed, epoch) (data/epoch_order), not from the fit's history.
     """
 
     def __init__(self, backup_dir: pathlib.Path, *, keep: int = 2):
@@ -48,21 +49,21 @@ class EpochBackup(keras.callbacks.Callback):
         self._keep = keep
 
     def on_train_begin(self, logs=None):
-        for epochs, path in _epochs_backed_up(self._dir):
+        backups = _epochs_backed_up(self._dir)
+        for epochs, path in backups:
             try:
-                if self.model.optimizer is not None and not self.model.optimizer.built:
-                    self.model.optimizer.build(self.model.trainable_variables)
-                self.model.load_weights(path)
-            except (OSError, ValueError, KeyError) as e:
+                state_files.load(self.model, path, with_optimizer=True)
+            except state_files.DamagedState as e:
                 logging.warning("The backup %r is damaged (%s); trying an earlier one.",
-                                str(path), str(e).splitlines()[0])
+                                str(path), e)
                 continue
             logging.info("Resuming from %r: %d epoch(s) already finished.", str(path), epochs)
             self.model._initial_epoch = epochs
             return
+        if backups:
+            logging.warning("No backup in %r is valid; the phase starts afresh.", str(self._dir))
 
     def _check_space(self) -> None:
-        # HDF5 can crash the process on a full disk instead of raising, so look first.
         newest = _epochs_backed_up(self._dir)
         need = (newest[0][1].stat().st_size if newest else
                 sum(math.prod(v.shape) * 4 for v in self.model.weights) * 3)
@@ -74,16 +75,22 @@ class EpochBackup(keras.callbacks.Callback):
                 "the run resumes from its last backup.")
 
     def on_epoch_end(self, epoch, logs=None):
+        path = self._dir / f"epoch-{epoch + 1:04d}.npz"
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise atomic.disk_error(self._dir, e, what="create the backup folder") from None
         self._check_space()
-        atomic.publish(self._dir / f"epoch-{epoch + 1:04d}.weights.h5", self.model.save_weights,
-                       suffix=".weights.h5")
+        try:
+            state_files.save(self.model, path, with_optimizer=True)
+        except atomic.DiskError as e:
+            state_files.remove(path)
+            raise atomic.DiskError(
+                f"{e} The epochs backed up before in {self._dir} are kept: once there is room, "
+                "rerun the same command and the run resumes from its last backup.") from None
         faults.point("epoch_backed_up")
         for _, old in _epochs_backed_up(self._dir)[self._keep:]:
-            old.unlink(missing_ok=True)
+            state_files.remove(old)
 
 
 def _history_rows(out_dir: pathlib.Path) -> list[dict]:
@@ -198,17 +205,21 @@ def phase(net: keras.Model, run: workdir.RunDir, name: str, *, learning_rate: fl
 
 
 def _checkpoint(run: workdir.RunDir, name: str) -> pathlib.Path:
-    return run.path / "checkpoints" / f"{name}.weights.h5"
+    return run.path / "checkpoints" / f"{name}.npz"
 
 
 def end_phase(net: keras.Model, run: workdir.RunDir, name: str) -> None:
-    """Keeps the phase's final weights and records it as done, so a restart never redoes it.
+    """Keeps the phase's final state and records it as done, so a restart never redoes it.
 
-    Each step is durable before the next removes anything: the weights, then the record, then the
-    phase's backups, which a kill before the record still resumes from (at their last epoch).
+    Each step is durable before the next removes anything: the state (checksummed), then the
+    record, then the phase's backups, which a kill before the record still resumes from (at their
+    last epoch).
     """
-    _checkpoint(run, name).parent.mkdir(exist_ok=True)
-    atomic.publish(_checkpoint(run, name), net.save_weights, suffix=".weights.h5")
+    try:
+        _checkpoint(run, name).parent.mkdir(exist_ok=True)
+    except OSError as e:
+        raise atomic.disk_error(_checkpoint(run, name).parent, e, what="create") from None
+    state_files.save(net, _checkpoint(run, name), with_optimizer=False)
     faults.point("phase_weights_saved")
     run.mark_phase_done(name)
     faults.point("phase_recorded")
@@ -216,19 +227,22 @@ def end_phase(net: keras.Model, run: workdir.RunDir, name: str) -> None:
 
 
 def load_finished_phase(net: keras.Model, run: workdir.RunDir) -> None:
-    """After a restart, loads the weights of the last of PHASES that finished, if any.
+    """After a restart, loads the state of the last of PHASES that finished, if any.
 
-    Raises:
-      UserError: those weights are missing or damaged.
+    A finished phase whose state is missing or damaged is named and recorded as not done (with
+    every phase after it), so it is trained again from the phase before it, or afresh.
     """
     finished = [name for name in PHASES if run.phase_done(name)]
-    if not finished:
+    for name in reversed(finished):
+        path = _checkpoint(run, name)
+        try:
+            state_files.load(net, path, with_optimizer=False)
+        except state_files.DamagedState as e:
+            logging.warning("The state of the finished %r phase, %r, is damaged (%s); that phase "
+                            "is trained again.", name, str(path), e)
+            run.mark_phases_undone(PHASES[PHASES.index(name):])
+            continue
+        logging.info("Phase %s finished earlier; its state is loaded from %s.", name, path)
         return
-    path = _checkpoint(run, finished[-1])
-    try:
-        net.load_weights(path)
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"The weights of the finished {finished[-1]!r} phase, {path}, are missing or damaged "
-            f"({str(e).splitlines()[0]}). Train the run afresh with overwrite=True.") from None
-    logging.info("Phase %s finished earlier; its weights are loaded from %s.", finished[-1], path)
+    if finished:
+        logging.warning("No finished phase's state is valid: training starts afresh.")

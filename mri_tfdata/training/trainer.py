@@ -1,6 +1,7 @@
 """Trains the classifier into a workdir: the phases (resumable), then save and evaluate."""
 
 import dataclasses
+import json
 import pathlib
 import shutil
 import time
@@ -12,7 +13,7 @@ from absl import logging
 
 from mri_tfdata.core import atomic, faults
 from mri_tfdata.core.errors import UserError
-from mri_tfdata.data import dataspec, input_pipeline
+from mri_tfdata.data import dataspec, epoch_order, input_pipeline
 from mri_tfdata.data.dataspec import DataSpec
 from mri_tfdata.data.sources import Source
 from mri_tfdata.evaluation import evaluator, reports, run_report
@@ -36,6 +37,7 @@ class TrainResult:
     history: dict  # column lists, as written to history.json
     metrics: dict | None  # metrics.json, or None without a test split
     resumed: bool  # True when the run continued an interrupted one
+    already_finished: str | None = None  # the message, when the workdir held this run finished
 
 
 @dataclasses.dataclass
@@ -103,10 +105,11 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
             architecture.unfreeze_top_blocks(classifier, config.fine_tune_blocks)
         job.feature_sets.clear()  # The backbone trains from here: its features change.
     pipeline = dict(image_size=job.spec.image_size, cache=config.cache)
+    order = epoch_order.EpochOrder()
     train_ds = input_pipeline.distribute_dataset(
         job.strategy, lambda ctx: job.data.open(config.train_split, input_context=ctx),
         global_batch_size=config.batch_size, training=True, shuffle_buffer=config.shuffle_buffer,
-        seed=config.seed, **pipeline)
+        seed=config.seed, order=order, **pipeline)
     val_ds = (input_pipeline.make_dataset(job.val_source, batch_size=config.batch_size,
                                           training=False, **pipeline) if job.val_source else None)
     plan = job.plans[phase]
@@ -118,7 +121,7 @@ def _fit_end_to_end(classifier: keras.Model, job: _Job, phase: str) -> None:
                                    steps_per_execution=plan.steps_per_execution)
     with resumable.phase(classifier, job.run, phase, learning_rate=learning_rate) as callbacks:
         classifier.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
-                       epochs=epochs, callbacks=callbacks, shuffle=False,
+                       epochs=epochs, callbacks=[order, *callbacks], shuffle=False,
                        verbose=progress.progress_verbose(), **plan.fit_steps())
 
 
@@ -166,7 +169,7 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
     run_report.write_report_or_warn(run.path)
     run.mark_finished()
     faults.point("finished_recorded")
-    for scratch in ("backup", "checkpoints"):
+    for scratch in workdir.SCRATCH:
         shutil.rmtree(run.path / scratch, ignore_errors=True)
     logging.info("Finished in %.0f s; outputs in %s. A SavedModel for TF Serving: "
                  "mri-export --model=%s", time.perf_counter() - start, run.path, saved_path)
@@ -259,7 +262,16 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     settings = _settings(data=data, model_spec=model_spec, config=config, strategy=strategy,
                          precision_policy=precision_policy)
     out = distribute.output_dir(workdir_path, strategy)
-    workdir.check(out, settings=settings, overwrite=overwrite)  # Refuses early; writes nothing.
+    try:  # Refuses early; writes nothing.
+        workdir.check(out, settings=settings, overwrite=overwrite)
+    except workdir.AlreadyFinished as finished:
+        workdir.tidy_finished(out)
+        logging.info("%s", finished)
+        metrics_file = pathlib.Path(out) / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+        return TrainResult(workdir=pathlib.Path(out), history=resumable.read_history(out),
+                           metrics=metrics,
+                           resumed=False, already_finished=str(finished))
     keras.utils.set_random_seed(config.seed)
     fast = feature_cache.use_fast_path(config.feature_cache,
                                        fine_tune_blocks=config.fine_tune_blocks,

@@ -11,6 +11,7 @@ kernel releases the lock when the process dies, however it dies.
 import dataclasses
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -22,11 +23,23 @@ from mri_tfdata.core import atomic
 from mri_tfdata.core.errors import UserError
 
 RUN_FILE = "run.json"
+# A second copy of the record: a damaged run.json (its sha256 in run.json.sha256 disagrees) is
+# replaced by it.
+RUN_FILE_COPY = "run.json.copy"
 LOCK_FILE = ".lock"
 # Everything a run writes into its workdir; --overwrite removes these and nothing else.
-OUTPUTS = (RUN_FILE, "flags.txt", "model.keras", "export", "history.json", "history.csv",
+OUTPUTS = (RUN_FILE, RUN_FILE + ".sha256", RUN_FILE_COPY, RUN_FILE_COPY + ".sha256",
+           "flags.txt", "model.keras", "export", "history.json", "history.csv",
            "metrics.json", "loss.png", "accuracy.png", "confusion_matrix.png", "logs", "backup",
            "checkpoints", "report.html")
+
+
+# Folders of state a run needs only until it is finished.
+SCRATCH = ("backup", "checkpoints")
+
+
+class AlreadyFinished(Exception):
+    """The workdir holds a finished run with the same settings: there is nothing to do."""
 
 
 @dataclasses.dataclass
@@ -56,6 +69,12 @@ class RunDir:
         self.record.setdefault("phases_done", []).append(phase)
         self._write()
 
+    def mark_phases_undone(self, phases) -> None:
+        """Records that `phases` must be trained again (their saved state is damaged)."""
+        self.record["phases_done"] = [p for p in self.record.get("phases_done", [])
+                                      if p not in phases]
+        self._write()
+
     def mark_finished(self) -> None:
         """Records that every output is written; a rerun then needs --overwrite."""
         self.record["status"] = "finished"
@@ -63,7 +82,12 @@ class RunDir:
         self._write()
 
     def _write(self) -> None:
-        atomic.write_json(self.path / RUN_FILE, self.record)
+        content = (json.dumps(self.record, indent=2, allow_nan=True) + "\n").encode()
+        digest = hashlib.sha256(content).hexdigest() + "\n"
+        for name in (RUN_FILE, RUN_FILE_COPY):  # One at a time: a kill leaves one whole.
+            (self.path / f"{name}.sha256").unlink(missing_ok=True)
+            atomic.write_atomic(self.path / name, content)
+            atomic.write_atomic(self.path / f"{name}.sha256", digest)
 
     def close(self) -> None:
         """Releases the workdir's lock and removes its lock file: a run's folder ends without it.
@@ -84,23 +108,53 @@ def _is_worker_dir(name: str) -> bool:
     return name.startswith("worker-")
 
 
+def _verified_record(run_file: pathlib.Path) -> dict:
+    """The record in `run_file`, checked against its sha256 when one was written with it.
+
+    Raises:
+      ValueError: unreadable, not a record, or its checksum disagrees.
+    """
+    try:
+        content = run_file.read_bytes()
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
+    digest = run_file.with_name(run_file.name + ".sha256")
+    if digest.exists():
+        try:
+            expected = digest.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read its checksum ({e.strerror or e})") from None
+        if hashlib.sha256(content).hexdigest() != expected:
+            raise ValueError("its sha256 differs from the one written with it")
+    record = json.loads(content)
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise ValueError("not a run record")
+    return record
+
+
 def _read_record(path: pathlib.Path, *, overwrite: bool) -> dict | None:
-    """run.json's contents, None when there is none; a damaged one is refused by name, unless
-    the run is to be overwritten anyway."""
+    """run.json's contents (else its copy's, naming the damaged file), None when there is none.
+
+    A record that is damaged in both files is refused by name, unless the run is to be
+    overwritten anyway."""
     run_file = path / RUN_FILE
     if not run_file.exists():
         return None
     try:
-        record = json.loads(run_file.read_text())
-        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-            raise ValueError("not a run record")
-    except (OSError, ValueError) as e:
+        return _verified_record(run_file)
+    except ValueError as e:
+        damage = e
+    try:
+        record = _verified_record(path / RUN_FILE_COPY)
+    except ValueError:
         if overwrite:
             return {"status": "damaged", "settings": {}}
         raise UserError(
-            f"{run_file} is damaged ({e}), so the state of the run in workdir={path} is "
-            "unknown. Start that run afresh with overwrite=True, or give another workdir.") \
-            from None
+            f"{run_file} is damaged ({damage}) and so is its copy {path / RUN_FILE_COPY}, so the "
+            f"state of the run in workdir={path} is unknown. Restore one of them, or give another "
+            "workdir (overwrite=True would start this one afresh).") from None
+    logging.warning("%r is damaged (%s); its copy %r is used.", str(run_file), damage,
+                    str(path / RUN_FILE_COPY))
     return record
 
 
@@ -135,16 +189,62 @@ def check(path, *, settings: dict, overwrite: bool = False) -> None:
                 "empty directory; existing files are never overwritten.")
     if record is None or overwrite:
         return
-    if record.get("status") == "finished":
-        raise UserError(
-            f"workdir={path} already holds a finished run (see {path / 'metrics.json'}). "
-            "Give another workdir, or overwrite=True to replace its outputs.")
     changed = _differences(record["settings"], json.loads(json.dumps(settings)))
+    if record.get("status") == "finished":
+        if not changed:
+            raise AlreadyFinished(
+                f"workdir={path} already holds this run, finished (see {path / 'metrics.json'}); "
+                "there is nothing to do.")
+        raise UserError(
+            f"workdir={path} already holds a finished run (see {path / 'metrics.json'}) with "
+            f"other settings: {'; '.join(changed)}. Give another workdir, or overwrite=True to "
+            "replace its outputs.")
     if changed:
         raise UserError(
             f"workdir={path} holds an unfinished run with other settings: "
             f"{'; '.join(changed)}. Rerun with its settings to resume it (see "
             f"{path / 'flags.txt'}), give another workdir, or overwrite=True to start afresh.")
+
+
+def _is_stale_temp(name: str) -> bool:
+    """A temp file or folder of atomic.write_atomic/publish, left by a process that was killed."""
+    return name.startswith(".") and (".tmp" in name or name.endswith(".old"))
+
+
+def _remove_stale_temps(path: pathlib.Path) -> None:
+    """Removes the temps of a killed run's state writes, in the workdir and its scratch folders.
+
+    Call under the lock: a live run's temps are its own."""
+    folders = [path] + [d for name in SCRATCH for d in [path / name, *(path / name).glob("*")]
+                        if d.is_dir()]
+    for folder in folders:
+        for leftover in folder.iterdir():
+            if not _is_stale_temp(leftover.name):
+                continue
+            if folder == path and not any(leftover.name.startswith(f".{o}.") for o in OUTPUTS):
+                continue  # Not a file of ours.
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def tidy_finished(path) -> None:
+    """Removes what a run killed after being recorded finished may have left: scratch folders
+    and temps (under the lock; a read-only folder is left as it is)."""
+    path = pathlib.Path(path).expanduser()
+    try:
+        fd = _lock(path)
+    except UserError:
+        return
+    try:
+        _remove_stale_temps(path)
+        for name in SCRATCH:
+            shutil.rmtree(path / name, ignore_errors=True)
+    except OSError:
+        pass
+    finally:
+        _unlock(path, fd)
 
 
 def _lock(path: pathlib.Path) -> int:
@@ -224,6 +324,7 @@ def open_run(path, *, settings: dict, overwrite: bool = False) -> RunDir:
 def _open_locked(path: pathlib.Path, lock_fd: int, *, settings: dict, overwrite: bool) -> RunDir:
     # Checked again under the lock: another run may have started or finished meanwhile.
     check(path, settings=settings, overwrite=overwrite)
+    _remove_stale_temps(path)
     record = _read_record(path, overwrite=overwrite)
     if record is not None and not overwrite:
         logging.info("Resuming the unfinished run in %s.", path)
