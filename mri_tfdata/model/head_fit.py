@@ -33,11 +33,13 @@ def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size
     Returns:
       A tf.data.Dataset of (float32 [B, FEATURE_DIM], int32 [B]).
     """
+    # No copy of float32 features: a split's features are the run's largest array.
+    features, labels = np.asarray(features, np.float32), np.asarray(labels, np.int32)
     if training and seed is not None and order is not None:
-        ds = epoch_order.shuffled_batches(features.astype(np.float32), labels.astype(np.int32),
-                                          batch_size=batch_size, seed=seed, order=order)
+        ds = epoch_order.shuffled_batches(features, labels, batch_size=batch_size, seed=seed,
+                                          order=order)
         return _with_options(ds)
-    ds = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), labels.astype(np.int32)))
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
     if training:
         # The split's features are in memory already, so the shuffle is a full one.
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
