@@ -15,6 +15,7 @@ from absl import flags
 
 from mri_tfdata.cli.runner import require
 from mri_tfdata.core.choices import PRECISIONS, SOURCES, STRATEGIES
+from mri_tfdata.core.class_names import problem as class_names_problem
 
 if TYPE_CHECKING:
     from mri_tfdata.data.dataspec import DataSpec
@@ -211,8 +212,9 @@ def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
     if FLAGS.classes is not None:
         require(FLAGS.source != "tfds", "--classes is for --source=folder or synthetic; a TFDS "
                 "build holds its class names (choose them when building it).")
-        require(len(FLAGS.classes) >= 2 and len(set(FLAGS.classes)) == len(FLAGS.classes),
-                f"--classes={','.join(FLAGS.classes)} must list at least two distinct classes.")
+        problem = class_names_problem(FLAGS.classes)
+        require(problem is None, f"--classes={','.join(FLAGS.classes)!r}: {problem}; list at "
+                "least two distinct class folder names, e.g. --classes=cat,dog.")
     if FLAGS.source == "synthetic":
         require(FLAGS.synthetic_train_per_class >= 2 and FLAGS.synthetic_test_per_class >= 1,
                 "--synthetic_train_per_class must be at least 2 and --synthetic_test_per_class at "
