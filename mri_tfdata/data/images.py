@@ -1,4 +1,4 @@
-"""Image files: bounded reads, checks (the pipeline's decoder, libjpeg's strict mode), RGB conversion.
+"""Image files: bounded reads, checks (the pipeline's decoder, strict libjpeg), RGB conversion.
 
 The dataset builder, the folder source and predict all read images through `read_image`, so a
 file is accepted, converted or refused by the same rules everywhere, and a file that passes is
