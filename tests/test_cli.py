@@ -71,7 +71,7 @@ def test_console_scripts_point_at_console_main():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"mri-train", "mri-evaluate", "mri-predict", "mri-export", "mri-tune",
-                            "mri-show-batch"}
+                            "mri-show-batch", "mri-build"}
     for target in scripts.values():
         module, function = target.split(":")
         path = ROOT / (module.replace(".", "/") + ".py")
