@@ -164,7 +164,8 @@ def parse_flags(argv: list[str], module=None) -> list[str]:
         # absl's "Did you mean: epochs ?" as a sentence naming the flag.
         message = re.sub(r"Did you mean: ([\w,\s]+?) \?", lambda m: "Did you mean " + ", ".join(
             f"--{name.strip()}" for name in m.group(1).split(",")) + "?", str(e))
-        print_error(f"{message.rstrip('.')}. Run with --helpfull to list the flags and their accepted values.")
+        message = message if message.endswith(("?", ".")) else message + "."
+        print_error(f"{message} Run with --helpfull to list the flags and their accepted values.")
         sys.exit(2)
 
 
