@@ -179,7 +179,10 @@ def test_help_shows_whole_first_sentences():
     text = " ".join(out.split())
     assert code == 0 and "…" not in out
     assert "Examples in the training split's shuffle buffer --seed" in text
-    assert "none (random) or a ResNet50 no-top .h5 file --head_units" in text
+    assert "none (random) or a ResNet50 .h5 file --head_units" in text
+    # Each choice of --source with its meaning, not only the first.
+    assert ("<tfds|folder|synthetic>: A brain_tumor_mri TFDS build, a Kaggle-layout folder "
+            "(--data_dir) or the generated set (no download) --data_dir" in text)
 
 
 @pytest.mark.parametrize("flagfile", ["configs/missing.flags", "~/missing.flags"])
