@@ -52,9 +52,10 @@ flags.DEFINE_bool("overwrite", False,
 flags.DEFINE_integer("max_steps_per_epoch", 0,
                      "Cap on batches per epoch, for smoke runs; 0 = whole splits.")
 flags.DEFINE_list("conformal_alphas", [str(a) for a in _DEFAULTS.conformal_alphas],
-                  "Miscoverage levels of the prediction sets calibrated on the validation split "
-                  "(0.1 = sets holding the true class 90% of the time); the first is the one "
-                  "mri-predict and the SavedModel give; empty for none.")
+                  "Miscoverage levels of the prediction sets (0.1: 90% coverage). They are "
+                  "calibrated on the validation split (0.1 = sets holding the true class 90% of "
+                  "the time); the first is the one mri-predict and the SavedModel give; empty "
+                  "for none.")
 flags.DEFINE_bool("allow_missing_classes", False,
                   "Train even when a class has no training example. Refused by default: the "
                   "model could never predict it.")

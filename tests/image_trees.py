@@ -250,6 +250,14 @@ def jpeg_zeroed_middle(data: bytes, count: int = 2000) -> bytes:
     return data[:middle] + bytes(count) + data[middle + count:]
 
 
+def jpeg_with_bytes_overwritten(data: bytes, fraction: float, count: int = 4) -> bytes:
+    """`data` with `count` bytes zeroed `fraction` of the way into its entropy data: libjpeg
+    loses its place there, decodes garbled blocks to the end and finds bytes left over before
+    the end marker ("Corrupt JPEG data: N extraneous bytes before marker 0xd9")."""
+    at = _entropy_start(data) + int((len(data) - _entropy_start(data)) * fraction)
+    return data[:at] + bytes(count) + data[at + count:]
+
+
 def jpeg_claiming_size(data: bytes, height: int, width: int) -> bytes:
     """`data` with its frame header (SOF0/1/2) declaring height x width pixels."""
     for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
@@ -268,3 +276,14 @@ def damaged_jpegs() -> dict[str, bytes]:
     return {"cut_with_end_marker": jpeg_cut_with_end_marker(slice_),
             "zeros_in_the_middle": jpeg_zeroed_middle(slice_),
             "6kb_claiming_8000x8000": jpeg_claiming_size(small, 8000, 8000)}
+
+
+def garbled_jpegs() -> dict[str, bytes]:
+    """JPEGs whose entropy data is garbled but complete, by name: libjpeg decodes every block
+    (wrong ones after the damage) and warns of bytes left over before the end marker, so no
+    look at the decoded pixels tells them apart from an intact file."""
+    colour = slice_like_jpeg(512, 512, grey=False, seed=2)
+    return {"4_zero_bytes_early": jpeg_with_bytes_overwritten(colour, 0.2),
+            "300_zero_bytes_early": jpeg_with_bytes_overwritten(colour, 0.2, count=300),
+            "4_zero_bytes_late": jpeg_with_bytes_overwritten(
+                slice_like_jpeg(512, 512, grey=True, seed=1), 0.8)}

@@ -55,3 +55,28 @@ def test_check_writable_creates_the_folder_or_names_the_path_it_cannot_write(tmp
     monkeypatch.setattr(tempfile, "TemporaryFile", full)
     with pytest.raises(atomic.DiskError, match=f"Cannot write {out}: No space left on device"):
         atomic.check_writable(out)
+
+
+def test_an_hdf5_file_left_open_by_a_failed_write_is_closed_and_removed(tmp_path):
+    # Keras's save_weights leaves its file open when a write fails (a full disk); the open file
+    # is flushed again at exit, fails again, and HDF5's teardown then crashes the process.
+    import h5py
+    import numpy as np
+
+    message = ("Can't synchronously write data (file write failed: time = ..., filename = 'x', "
+               "file descriptor = 4, errno = 28, error message = 'No space left on device', "
+               "buf = 0x1, total write size = 670880, offset = 20525056)")
+
+    def write_then_fail(tmp):
+        store = h5py.File(tmp, "w")  # never closed, as Keras's H5IOStore on an error
+        store.create_group("layers").create_dataset("kernel", data=np.ones((64, 64)))
+        store.flush()
+        raise OSError(message)
+
+    target = tmp_path / "head.weights.h5"
+    with pytest.raises(atomic.DiskError) as refused:
+        atomic.publish(target, write_then_fail, suffix=".weights.h5")
+    assert str(refused.value).startswith(f"Cannot write {target}: No space left on device. ")
+    assert list(tmp_path.iterdir()) == []
+    still_open = [os.fsdecode(i.name) for i in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)]
+    assert not any(name.startswith(str(tmp_path)) for name in still_open), still_open

@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import os
 import pathlib
 import re
 import shutil
@@ -248,6 +249,59 @@ def test_a_good_tfds_build_prints_only_its_own_lines(tmp_path):
     assert proc.returncode == 0, output[-3000:]
     assert not BUILD_NOISE.search(output), BUILD_NOISE.findall(output)
     assert len(output.splitlines()) <= 80, output
+
+
+# What TensorFlow, CUDA and Beam print while `tfds` imports them, before the builder loads.
+IMPORT_NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|Could not find cuda"
+                          r"|cpu_feature_guard|cuInit|apitools")
+
+
+def _mri_build(*args, cwd, verbosity=None):
+    """Runs `mri-build` as its console script does, with TensorFlow's logging left at its default."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    argv = ["/venv/bin/mri-build", *args] + ([f"--verbosity={verbosity}"] if verbosity else [])
+    return subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.argv = {argv!r}; "
+                               "from mri_tfdata.build import console_main; console_main()"],
+        capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+@pytest.mark.integration
+def test_mri_build_prints_only_the_builds_own_lines_from_any_folder(tmp_path):
+    manual = image_trees.write_tree(tmp_path / "manual", train_per_class=2, test_per_class=1)
+    proc = _mri_build(f"--manual_dir={manual}", f"--data_dir={tmp_path / 'tfds'}",
+                      "--config=default", cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert not IMPORT_NOISE.search(output), IMPORT_NOISE.findall(output)
+    assert not BUILD_NOISE.search(output), BUILD_NOISE.findall(output)
+    assert "train: 8 image files" in output and "skipped 0 corrupt image file(s)" in output
+    got = examples(tmp_path / "tfds", "train", decode_images=False)
+    assert len(got) == 8
+    # A tree without Testing/: the builder's one paragraph, after nothing but the build's lines.
+    shutil.rmtree(manual / "Testing")
+    proc = _mri_build(f"--manual_dir={manual}", f"--data_dir={tmp_path / 'tfds2'}",
+                      "--config=default", cwd=tmp_path)
+    assert proc.returncode == 1 and "error: No test split folder" in proc.stderr, proc.stderr
+    assert not IMPORT_NOISE.search(proc.stderr) and "Traceback" not in proc.stderr
+    # --verbosity=1 shows the libraries' lines again.
+    loud = _mri_build(f"--manual_dir={manual}", f"--data_dir={tmp_path / 'tfds2'}",
+                      "--config=default", cwd=tmp_path, verbosity=1)
+    if not IMPORT_NOISE.search(loud.stderr):
+        pytest.skip("TensorFlow prints no start-up lines on this machine: nothing to hide")
+
+
+def test_mri_build_answers_help_without_importing_tensorflow(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.argv = ['/venv/bin/mri-build', '--help']\n"
+         "try:\n    from mri_tfdata.build import console_main; console_main()\n"
+         "except SystemExit as e:\n    print('EXIT', e.code)\n"
+         "print('TF', 'tensorflow' in sys.modules)"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert proc.stdout.startswith("Builds the brain_tumor_mri TFDS dataset")
+    assert "--manual_dir=DIR" in proc.stdout and "EXIT 0" in proc.stdout
+    assert "TF False" in proc.stdout
 
 
 def test_folders_config_takes_the_classes_from_manual_dir_and_loads_them_from_the_build(

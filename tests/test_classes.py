@@ -1,5 +1,8 @@
 """Tests of the class set taken from the data: inference from Training/, --classes, mismatches."""
 
+import subprocess
+import sys
+
 import image_trees
 import numpy as np
 import pytest
@@ -106,3 +109,33 @@ def test_a_training_folder_without_class_folders_is_refused(tmp_path):
     image_trees.write(tmp_path / "Testing/a/x.jpg", image_trees.jpeg_bytes(0))
     with pytest.raises(UserError, match="holds no class folder"):
         sources.load_folder_source(tmp_path, split="test")
+
+
+@pytest.mark.parametrize("folder", ["bad\tname", "new\nline", " "])
+def test_a_class_folder_that_cannot_name_an_output_is_refused_before_training(tmp_path, folder):
+    # A newline would shift the export's class_names.txt; the model file would refuse it only
+    # after the whole run.
+    image_trees.write_tree(tmp_path, train_per_class=1, test_per_class=1, size=16,
+                           class_names=("good", folder))
+    with pytest.raises(UserError, match="cannot name a classifier's outputs") as refused:
+        sources.load_folder_source(tmp_path, split="train")
+    assert "Rename the class folders" in str(refused.value)
+    with pytest.raises(UserError, match="empty or hold control characters"):
+        kaggle_layout.infer_class_names(tmp_path / "Training", ("good", folder))
+
+
+@pytest.mark.parametrize("classes, words", [
+    ("a,a", "appear more than once"), ("a", "at least 2"), ("a,,b", "empty"),
+    ("a\tb,c", "control characters")])
+def test_classes_that_cannot_name_outputs_are_a_usage_error_naming_the_flag(tmp_path, classes,
+                                                                            words):
+    # Through a flagfile, where a tab can reach the flag.
+    flagfile = tmp_path / "classes.flags"
+    flagfile.write_text(f"--source=folder\n--data_dir={tmp_path}\n--classes={classes}\n")
+    proc = subprocess.run([sys.executable, "-m", "mri_tfdata.train", f"--flagfile={flagfile}",
+                           f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True,
+                          timeout=120)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, err
+    assert err.startswith("error: --classes=") and words in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -71,7 +71,7 @@ def test_console_scripts_point_at_console_main():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"mri-train", "mri-evaluate", "mri-predict", "mri-export", "mri-tune",
-                            "mri-show-batch"}
+                            "mri-show-batch", "mri-build"}
     for target in scripts.values():
         module, function = target.split(":")
         path = ROOT / (module.replace(".", "/") + ".py")
@@ -179,7 +179,10 @@ def test_help_shows_whole_first_sentences():
     text = " ".join(out.split())
     assert code == 0 and "…" not in out
     assert "Examples in the training split's shuffle buffer --seed" in text
-    assert "none (random) or a ResNet50 no-top .h5 file --head_units" in text
+    assert "none (random) or a ResNet50 .h5 file --head_units" in text
+    # Each choice of --source with its meaning, not only the first.
+    assert ("<tfds|folder|synthetic>: A brain_tumor_mri TFDS build, a Kaggle-layout folder "
+            "(--data_dir) or the generated set (no download) --data_dir" in text)
 
 
 @pytest.mark.parametrize("flagfile", ["configs/missing.flags", "~/missing.flags"])
@@ -216,3 +219,23 @@ def test_every_path_flag_expands_the_home_folder_and_variables(module):
     parsers = json.loads(out.splitlines()[-1])
     paths = {name: parser for name, parser in parsers.items() if name in PATH_FLAGS}
     assert paths and set(paths.values()) == {"PathParser"}, paths
+
+
+def test_mri_build_expands_the_home_folder_and_variables_in_tfds_builds_folder_flags(
+        monkeypatch, tmp_path):
+    # `tfds build --data_dir=~/x` writes part of the build into a folder literally named "~".
+    from mri_tfdata import build
+    from mri_tfdata.core.errors import ParameterError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE", "/srv/kaggle")
+    monkeypatch.delenv("NO_SUCH_TFDS_DIR", raising=False)
+    argv = build.tfds_argv(["mri-build", "--manual_dir=$KAGGLE/native", "--data_dir=~/tfds",
+                            "--config=dedup", "--overwrite", "-h"])
+    assert argv == ["tfds", "build", str(ROOT / "builders" / "brain_tumor_mri"),
+                    "--manual_dir=/srv/kaggle/native", f"--data_dir={tmp_path}/tfds",
+                    "--config=dedup", "--overwrite", "--help"]
+    assert (ROOT / "builders" / "brain_tumor_mri" / "brain_tumor_mri_dataset_builder.py").is_file()
+    with pytest.raises(ParameterError, match=r"--data_dir=\$NO_SUCH_TFDS_DIR/x: the environment "
+                                             r"variable \$NO_SUCH_TFDS_DIR is not set"):
+        build.tfds_argv(["mri-build", "--data_dir=$NO_SUCH_TFDS_DIR/x"])

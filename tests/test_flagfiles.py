@@ -83,8 +83,7 @@ def _fresh_clone(tmp_path: pathlib.Path) -> pathlib.Path:
 EXPECTED = {
     "demo.flags": (0, r"resolved \d+"),  # the synthetic set is generated on first use
     "kaggle.flags": (1, r"brain_tumor_mri/dedup is not built in {home}/tensorflow_datasets\. "
-                        r"Build it with `tfds build builders/brain_tumor_mri --config=dedup "
-                        r"--manual_dir=DIR`"),
+                        r"Build it with `mri-build --config=dedup --manual_dir=DIR`"),
     "reference.flags": (1, r"brain_tumor_mri/default is not built in {home}/tensorflow_datasets"),
     "tune.flags": (2, r"--source=folder needs --data_dir=DIR"),
 }

@@ -170,6 +170,22 @@ def test_jpegs_libjpeg_decodes_only_with_a_corrupt_data_warning_are_refused(tmp_
     images._verdicts.clear()
 
 
+@pytest.mark.parametrize("name", sorted(image_trees.garbled_jpegs()))
+def test_jpegs_garbled_but_complete_are_refused_with_libjpegs_warning(tmp_path, name):
+    # Every block decodes (wrongly after the damage), so nothing in the pixels tells; only
+    # libjpeg's "extraneous bytes before marker" warning does.
+    data = image_trees.garbled_jpegs()[name]
+    bad = image_trees.write(tmp_path / f"{name}.jpg", data)
+    with pytest.raises(CorruptImageError, match="damaged JPEG.*extraneous bytes before marker"):
+        images.read_image(bad)  # predict and the TFDS build
+    good = image_trees.write(tmp_path / "good.jpg", image_trees.slice_like_jpeg(512, 512,
+                                                                               grey=False))
+    verdicts = images.check_files([good, bad, good])  # the folder source
+    assert [v.error is None for v in verdicts] == [True, False, True]
+    assert verdicts[1].error.startswith("damaged JPEG") and "extraneous" in verdicts[1].error
+    images._verdicts.clear()
+
+
 @pytest.mark.parametrize("height, width, grey", REAL_SIZES)
 def test_valid_jpegs_of_real_sizes_and_a_grey_corner_are_not_refused(tmp_path, height, width,
                                                                       grey):

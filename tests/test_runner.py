@@ -99,3 +99,17 @@ def test_an_unset_variable_in_a_path_flag_is_a_usage_error_naming_flag_and_varia
         assert exit.value.code == 2, err
         assert err.startswith("error: ") and "Traceback" not in err
         assert f"--workdir={spelling}" in err and "$NO_SUCH_RUNS_DIR is not set" in err, err
+
+
+def test_a_mistyped_flag_is_one_sentence_suggesting_the_flag(monkeypatch, capsys):
+    from absl import flags
+
+    values = flags.FlagValues()
+    flags.DEFINE_integer("epochs", 10, "", flag_values=values)
+    monkeypatch.setattr(runner, "FLAGS", values)
+    with pytest.raises(SystemExit) as exit:
+        runner.parse_flags(["prog", "--epochz=3"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit.value.code == 2
+    assert err == ("error: Unknown command line flag 'epochz'. Did you mean --epochs? Run with "
+                   "--helpfull to list the flags and their accepted values."), err

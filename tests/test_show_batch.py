@@ -51,7 +51,6 @@ def test_cli_names_the_flags_of_a_missing_tfds_build(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     error = " ".join(result.stderr.split())
     assert result.returncode == 1 and "Traceback" not in error, error[-3000:]
-    assert (f"is not built in {tmp_path}. Build it with `tfds build builders/brain_tumor_mri "
-            "--config=default") in error
+    assert f"is not built in {tmp_path}. Build it with `mri-build --config=default" in error
     assert ("or pass the --tfds_data_dir it was built into. Or read the Kaggle folder itself: "
             "--source=folder.") in error

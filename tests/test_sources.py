@@ -166,7 +166,8 @@ def test_tfds_worker_shards_are_disjoint_and_cover_the_split(tfds_dir):
 
 
 def test_tfds_errors_name_the_fix(tfds_dir, tmp_path):
-    with pytest.raises(UserError, match="tfds build.*or pass the data_dir it was built into"):
+    with pytest.raises(UserError, match="mri-build --config=default.*or pass the data_dir it "
+                                        "was built into"):
         sources.load_tfds_source(split="train", data_dir=str(tmp_path))
     # Through a DataSpec, whose own parameter passed the value on.
     spec = dataspec.DataSpec(source="tfds", tfds_data_dir=str(tmp_path))

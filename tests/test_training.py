@@ -112,7 +112,7 @@ def test_dataspec_opens_each_source_and_names_what_is_missing(data, tmp_path, mo
     assert folder.open("test").num_examples == 8
     with pytest.raises(UserError, match="source='folder' needs data_dir"):
         dataspec.DataSpec(source="folder").open("train")
-    with pytest.raises(UserError, match="is not built in .*tfds build builders/brain_tumor_mri"):
+    with pytest.raises(UserError, match="is not built in .*mri-build --config"):
         dataspec.DataSpec(source="tfds", tfds_data_dir=str(tmp_path)).open("train")
     # Without a data_dir the message names TFDS's default folder as a path, and its command
     # runs as printed: no "~" (no shell expands it after --data_dir=), no --data_dir at all.
@@ -121,7 +121,7 @@ def test_dataspec_opens_each_source_and_names_what_is_missing(data, tmp_path, mo
         dataspec.DataSpec(source="tfds").open("train")
     message = str(not_built.value)
     assert f"is not built in {tmp_path / 'default'}." in message
-    assert "`tfds build builders/brain_tumor_mri --config=default --manual_dir=DIR`" in message
+    assert "`mri-build --config=default --manual_dir=DIR`" in message
     assert "~" not in message
     with pytest.raises(ValueError, match="source must be one of"):
         dataspec.DataSpec(source="s3")

@@ -41,7 +41,8 @@ _GENERAL_FLAGS = (
 )
 
 
-def _print_error(message: str) -> None:
+def print_error(message: str) -> None:
+    """Prints `message` as one paragraph: "error: ..." wrapped at 100 columns on stderr."""
     paragraph = " ".join(str(message).split())
     # Paths and flags stay whole (copyable): no breaks at their hyphens or inside them.
     sys.stderr.write(textwrap.fill(f"error: {paragraph}", width=100, break_on_hyphens=False,
@@ -157,13 +158,14 @@ def parse_flags(argv: list[str], module=None) -> list[str]:
     try:
         return FLAGS(_expand_flagfiles(argv))
     except flags.CantOpenFlagFileError as e:
-        _print_error(_unreadable_flagfile(e))
+        print_error(_unreadable_flagfile(e))
         sys.exit(2)
     except flags.Error as e:
         # absl's "Did you mean: epochs ?" as a sentence naming the flag.
         message = re.sub(r"Did you mean: ([\w,\s]+?) \?", lambda m: "Did you mean " + ", ".join(
             f"--{name.strip()}" for name in m.group(1).split(",")) + "?", str(e))
-        _print_error(f"{message.rstrip('.')}. Run with --helpfull to list the flags and their accepted values.")
+        message = message if message.endswith(("?", ".")) else message + "."
+        print_error(f"{message} Run with --helpfull to list the flags and their accepted values.")
         sys.exit(2)
 
 
@@ -250,7 +252,7 @@ def run(main, *, define_flags=None) -> None:
             return main(argv)
         except UserError as e:
             restated = in_flag_terms(e)
-            _print_error(str(restated))
+            print_error(str(restated))
             sys.exit(restated.exit_code)
 
     app.run(guarded_main, flags_parser=lambda argv: parse_flags(argv, module))

@@ -15,6 +15,7 @@ from absl import flags
 
 from mri_tfdata.cli.runner import require
 from mri_tfdata.core.choices import PRECISIONS, SOURCES, STRATEGIES
+from mri_tfdata.core.class_names import problem as class_names_problem
 
 if TYPE_CHECKING:
     from mri_tfdata.data.dataspec import DataSpec
@@ -74,8 +75,9 @@ def define_data_flags() -> None:
     """Defines where the images come from and how they are read (call once, at import)."""
     flags.DEFINE_enum(
         "source", "synthetic", SOURCES,
-        "tfds: a built brain_tumor_mri TFDS dataset; folder: a Kaggle-layout folder (--data_dir); "
-        "synthetic: the embedded generated dataset (no download).")
+        "A brain_tumor_mri TFDS build, a Kaggle-layout folder (--data_dir) or the generated "
+        "set (no download). tfds reads a build made by mri-build; synthetic generates its "
+        "images once and caches them.")
     define_path(
         "data_dir", None,
         "source=folder: the Kaggle-layout root (Training/, Testing/). source=synthetic: where the "
@@ -91,8 +93,8 @@ def define_data_flags() -> None:
         "folders/folders_dedup: a build of your own class folders.")
     flags.DEFINE_list(
         "classes", None,
-        "source=folder or synthetic: the class folders and their label order, e.g. "
-        "cat,dog,other; a class folder not listed is refused. Default: the Training/ subfolders, "
+        "source=folder or synthetic: the class folders in label order. E.g. cat,dog,other; "
+        "a class folder not listed is refused. Default: the Training/ subfolders, "
         "sorted (the Kaggle order for the Kaggle class names).")
     flags.DEFINE_integer("synthetic_train_per_class", 40,
                          "source=synthetic: Training images per class.")
@@ -121,8 +123,8 @@ def define_dicom_window_flag() -> None:
     """Defines --dicom_window (call once, at import; define_data_flags calls it)."""
     flags.DEFINE_string(
         "dicom_window", None,
-        "center,width (e.g. 40,400, in rescaled units): the display window every DICOM file is "
-        "read with. Default: each file's own window (VOI LUT or WindowCenter/WindowWidth), "
+        "center,width of the display window DICOM files are read with. E.g. 40,400, in "
+        "rescaled units. Default: each file's own window (VOI LUT or WindowCenter/WindowWidth), "
         "else the minimum to maximum of each slice.")
 
 
@@ -146,8 +148,8 @@ def define_model_flags() -> None:
     """Defines the model's shape and the hardware it runs on (call once, at import)."""
     define_path(
         "weights", "imagenet",
-        "Backbone weights: imagenet, none (random) or a ResNet50 no-top .h5 file. imagenet is "
-        "Keras's download, cached in $HOME/.keras.")
+        "Backbone weights: imagenet, none (random) or a ResNet50 .h5 file. imagenet is "
+        "Keras's download, cached in $HOME/.keras; the file holds ResNet50's no-top weights.")
     flags.DEFINE_list("head_units", ["512", "128"],
                       "Hidden Dense layer sizes of the head, e.g. 512,128.")
     flags.DEFINE_enum("head_activation", "relu", _ACTIVATIONS,
@@ -169,8 +171,8 @@ def define_model_flags() -> None:
 def define_evaluation_flags() -> None:
     """Defines how metrics.json states its uncertainty (call once, at import)."""
     flags.DEFINE_integer("bootstrap_resamples", 1000,
-                         "Resamples of the stratified bootstrap behind the 95% intervals of the "
-                         "metrics in metrics.json (at least 1).")
+                         "Bootstrap resamples behind metrics.json's 95% intervals. The "
+                         "bootstrap is stratified by class; at least 1.")
 
 
 def bootstrap_resamples_from_flags() -> int:
@@ -211,8 +213,9 @@ def data_spec_from_flags(*, image_size: int | None = None) -> DataSpec:
     if FLAGS.classes is not None:
         require(FLAGS.source != "tfds", "--classes is for --source=folder or synthetic; a TFDS "
                 "build holds its class names (choose them when building it).")
-        require(len(FLAGS.classes) >= 2 and len(set(FLAGS.classes)) == len(FLAGS.classes),
-                f"--classes={','.join(FLAGS.classes)} must list at least two distinct classes.")
+        problem = class_names_problem(FLAGS.classes)
+        require(problem is None, f"--classes={','.join(FLAGS.classes)!r}: {problem}; list at "
+                "least two distinct class folder names, e.g. --classes=cat,dog.")
     if FLAGS.source == "synthetic":
         require(FLAGS.synthetic_train_per_class >= 2 and FLAGS.synthetic_test_per_class >= 1,
                 "--synthetic_train_per_class must be at least 2 and --synthetic_test_per_class at "

@@ -4,7 +4,9 @@ import errno
 import json
 import os
 import pathlib
+import re
 import shutil
+import sys
 import tempfile
 from typing import BinaryIO, Callable, Union
 
@@ -20,6 +22,9 @@ class DiskError(UserError):
 def disk_error(path, error: OSError, what: str = "write") -> DiskError:
     """The one-paragraph error for an OSError while writing `path`, naming the path and the fix."""
     reason = error.strerror or str(error)
+    # HDF5 (Keras's .weights.h5) wraps the system's reason in a line of buffers and offsets.
+    system = re.search(r"error message = '([^']+)'", reason)
+    reason = system.group(1) if system else reason
     return DiskError(f"Cannot {what} {path}: {reason}. Free disk space, fix the folder's "
                      "permissions, or point the run at another folder.")
 
@@ -148,9 +153,38 @@ def publish(path, write: Callable[[pathlib.Path], None], *, suffix: str = "") ->
         else:
             os.replace(tmp, path)
     except OSError as e:
+        _close_hdf5_files(tmp)
         _remove(tmp)
         raise disk_error(path, e) from None
     except BaseException:
+        _close_hdf5_files(tmp)
         _remove(tmp)
         raise
     return path
+
+
+def _close_hdf5_files(path: pathlib.Path) -> None:
+    """Closes the HDF5 files a failed write left open at `path` (Keras's save_weights does not
+    close its file when a write fails).
+
+    Left open, such a file is flushed again when its objects are freed or the process exits: on a
+    full disk every flush fails, HDF5 cannot release the file and the process ends in a
+    segmentation fault after the error paragraph. The file is being removed anyway, so its last
+    writes go to /dev/null (its descriptor replaced), and then it closes. Imports nothing: only a
+    process that already uses h5py can have such a file.
+    """
+    h5py = sys.modules.get("h5py")
+    if h5py is None:
+        return
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            if os.fsdecode(file_id.name) != str(path):
+                continue
+            sink = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(sink, file_id.get_vfd_handle())
+            finally:
+                os.close(sink)
+            h5py.File(file_id).close()  # its datasets and groups, then the file
+        except Exception:  # noqa: BLE001 -- a file that will not close stays as it was.
+            pass

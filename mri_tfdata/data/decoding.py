@@ -6,9 +6,11 @@ docs/serving.md) is how pixels of any size become the model's input: decode the 
 centres, no antialiasing, aspect ratio not kept) and round to uint8. Training, evaluation,
 predict and both serving signatures all go through `resize`, so one image gets one answer.
 
-Decoding is strict: a JPEG that libjpeg decodes only with a "corrupt data" warning (its entropy
-data ends early, so libjpeg fills the missing blocks with mid grey) is refused with an error in
-words, as is a JPEG whose header declares far more pixels than its bytes could hold.
+Decoding is strict as far as a TensorFlow graph can see: a JPEG whose entropy data ends early
+(libjpeg warns "corrupt data" and fills the missing blocks with mid grey) is refused with an error
+in words, as is a JPEG whose header declares far more pixels than its bytes could hold. A JPEG
+garbled but complete (libjpeg warns only of bytes left over before its end marker) decodes here;
+image files are also checked by libjpeg's strict mode (data.images), which refuses it.
 """
 
 import tensorflow as tf

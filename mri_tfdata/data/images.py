@@ -1,4 +1,4 @@
-"""Image files: bounded reads, checks with the pipeline's own decoder, RGB conversion.
+"""Image files: bounded reads, checks (the pipeline's decoder, strict libjpeg), RGB conversion.
 
 The dataset builder, the folder source and predict all read images through `read_image`, so a
 file is accepted, converted or refused by the same rules everywhere, and a file that passes is
@@ -14,6 +14,7 @@ import re
 import stat
 
 import numpy as np
+import simplejpeg
 import tensorflow as tf
 from PIL import Image
 
@@ -150,11 +151,37 @@ def _convert_to_png(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def check_decodes(data: bytes) -> None:
-    """Decodes `data` once with the pipeline's decoder, as far as finding its errors needs.
+# How decoding's own strictness checks start their messages (a damaged JPEG libjpeg would accept).
+_STRICT_REFUSAL = "damaged JPEG"
+
+
+def _check_libjpeg_warnings(data: bytes) -> None:
+    """Refuses a JPEG that libjpeg decodes only with a corrupt-data warning.
+
+    libjpeg recovers from damaged entropy data (a cut file with its end marker put back, zeros or
+    flipped bytes in the middle) by guessing: grey fill, or garbled blocks up to where it finds
+    its place again; it only warns ("Corrupt JPEG data: ..."), and TensorFlow's decoder drops the
+    warning. libjpeg-turbo's own strict mode (simplejpeg) turns it into an error; decoding at
+    1/8 scale still reads every coefficient.
 
     Raises:
-      CorruptImageError: TF cannot decode it (bad checksum, cut-short or garbled data).
+      CorruptImageError: libjpeg warned or failed; the message quotes it.
+    """
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as e:
+        raise CorruptImageError(f"{_STRICT_REFUSAL}: libjpeg can decode it only by guessing the "
+                                f"damaged part ({e}); the file was cut short or overwritten") \
+            from None
+
+
+def check_decodes(data: bytes) -> None:
+    """Decodes `data` once with the pipeline's decoder, as far as finding its errors needs, and
+    a JPEG strictly (_check_libjpeg_warnings).
+
+    Raises:
+      CorruptImageError: TF cannot decode it (bad checksum, cut-short or garbled data), or
+        libjpeg decodes it only with a corrupt-data warning.
     """
     try:
         decoding.check(tf.constant(data))
@@ -162,10 +189,8 @@ def check_decodes(data: bytes) -> None:
         reason = _decoder_reason(e)
         raise CorruptImageError(reason if reason.startswith(_STRICT_REFUSAL)
                                 else f"TensorFlow cannot decode it ({reason})") from None
-
-
-# How decoding's own strictness checks start their messages (a damaged JPEG libjpeg would accept).
-_STRICT_REFUSAL = "damaged JPEG"
+    if data[:2] == b"\xff\xd8":  # JPEG
+        _check_libjpeg_warnings(data)
 
 
 def _decoder_reason(error: tf.errors.OpError) -> str:
@@ -298,6 +323,16 @@ def _check_without_decoding(path) -> tuple[tuple, FileCheck | None]:
         f.seek(0)
         head = f.read(26)
         if _decoded_as_is(image_format, mode, head):
+            if image_format == "JPEG":
+                f.seek(0)
+                data = f.read(MAX_FILE_BYTES)
+                try:
+                    _check_libjpeg_warnings(data)
+                except CorruptImageError:
+                    try:  # Rare: TF's decoder first, for its own reason when it fails too.
+                        check_decodes(data)
+                    except CorruptImageError as e:
+                        return key, FileCheck(error=str(e))
             return key, None
         f.seek(0)
         return key, FileCheck(replacement=_convert_to_png(f.read(MAX_FILE_BYTES)))

@@ -7,6 +7,7 @@ from typing import Union
 
 from absl import logging
 
+from mri_tfdata.core.class_names import problem as class_names_problem
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import dicom
 
@@ -188,20 +189,28 @@ def infer_class_names(train_dir: Union[str, pathlib.Path], class_names=None) -> 
 
     Raises:
       UserError: `class_names` is given and a class folder is not among them (the message names
-        it), or `train_dir` holds no class folder.
+        it), `train_dir` holds no class folder, or the classes cannot name a classifier's outputs
+        (core.class_names: e.g. a folder name holding a newline), refused here before any
+        training rather than when the model is saved.
     """
     folders = class_folders(train_dir)
     if class_names is not None:
         class_names = tuple(class_names)
         for folder in folders:
             class_label(folder, class_names)
-        return class_names
-    if not folders:
+    elif not folders:
         raise UserError(f"The training folder {train_dir} holds no class folder; put the images "
                         f"in {train_dir}/<class>/*.jpg, one folder per class.")
-    if all(folder.lower() in CLASS_ALIASES for folder in folders):
-        return CLASS_NAMES
-    return tuple(folders)
+    elif all(folder.lower() in CLASS_ALIASES for folder in folders):
+        class_names = CLASS_NAMES
+    else:
+        class_names = tuple(folders)
+    problem = class_names_problem(class_names)
+    if problem:
+        raise UserError(f"The classes of {train_dir} cannot name a classifier's outputs: "
+                        f"{problem}. Rename the class folders, or list the classes "
+                        "(--classes).")
+    return class_names
 
 
 def is_image_file(path: pathlib.Path) -> bool:

@@ -95,14 +95,14 @@ def _not_built(name: str, config: str, data_dir: Optional[str]) -> UserError:
     """The error for a dataset missing from `data_dir`, or from TFDS's default folder when None.
 
     The suggested command must run as printed: a path, never "~" (no shell expands it after
-    `--data_dir=`), and no --data_dir at all for the default, which `tfds build` uses too.
+    `--data_dir=`), and no --data_dir at all for the default, which `mri-build` uses too.
     """
     where = data_dir or tfds_constants.get_default_data_dir()
     target = f" --data_dir={data_dir}" if data_dir else ""
     return UserError(
-        "The TFDS dataset {dataset!s} is not built in {where!s}. Build it with `tfds build "
-        "builders/brain_tumor_mri --config={config!s}{target!s} --manual_dir=DIR` (DIR holding "
-        "the Kaggle download), or pass the {data_dir!n} it was built into.",
+        "The TFDS dataset {dataset!s} is not built in {where!s}. Build it with `mri-build "
+        "--config={config!s}{target!s} --manual_dir=DIR` (DIR holding the Kaggle download), or "
+        "pass the {data_dir!n} it was built into.",
         dataset=f"{name}/{config}", where=where, config=config, target=target)
 
 
@@ -123,7 +123,7 @@ def load_tfds_source(*, split: str, data_dir: Optional[str] = None, config: str 
       A Source of (encoded image, label).
 
     Raises:
-      UserError: The dataset is not built in `data_dir` (the fix: a `tfds build` command), or
+      UserError: The dataset is not built in `data_dir` (the fix: an `mri-build` command), or
         the split does not exist.
     """
     if data_dir is not None and "://" not in str(data_dir):

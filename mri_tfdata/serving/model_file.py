@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import mri_tfdata
 from mri_tfdata.core import atomic
+from mri_tfdata.core.class_names import problem as class_names_problem
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import decoding, images
 from mri_tfdata.evaluation import conformal
@@ -56,7 +57,7 @@ def save_classifier(classifier: keras.Model, path, *, class_names,
                 "class_names": [str(n) for n in class_names],
                 "image_size": int(classifier.input_shape[1]),
                 "input_contract": decoding.INPUT_CONTRACT}
-    problem = _class_names_problem(metadata["class_names"], int(classifier.output_shape[-1]))
+    problem = class_names_problem(metadata["class_names"], int(classifier.output_shape[-1]))
     if problem:
         raise ValueError(f"class_names={list(class_names)!r}: {problem}")
     if conformal and conformal.get("alphas"):
@@ -75,24 +76,6 @@ def save_classifier(classifier: keras.Model, path, *, class_names,
             archive.writestr(METADATA_FILE, json.dumps(metadata, indent=1))
 
     return atomic.publish(path, write, suffix=".keras")
-
-
-def _class_names_problem(names, num_outputs: int | None = None) -> str | None:
-    """Why `names` cannot name a classifier's outputs (None when they can): each must be
-    non-empty, unique and free of control characters (a newline would shift the lines of the
-    export's class_names.txt), and there must be one per output."""
-    if num_outputs is not None and len(names) != num_outputs:
-        return f"{len(names)} class names for a model with {num_outputs} outputs"
-    if len(names) < 2:
-        return f"class names {list(names)!r}: a classifier needs at least 2"
-    bad = [n for n in names if not n.strip() or any(ord(c) < 32 or ord(c) == 127 for c in n)]
-    if bad:
-        return (f"class names {bad!r} are empty or hold control characters (newlines, tabs); "
-                "each must be printable text on one line")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        return f"class names {repeated!r} appear more than once; each class needs its own name"
-    return None
 
 
 def _not_ours(path, why: str) -> UserError:
@@ -141,7 +124,7 @@ def _read_metadata(path: pathlib.Path) -> dict:
         metadata["conformal"] = _conformal(metadata.get("conformal"))
     except (ValueError, KeyError, TypeError) as e:
         raise _not_ours(path, f"has a damaged {METADATA_FILE} ({type(e).__name__}: {e})") from None
-    problem = _class_names_problem(metadata["class_names"])
+    problem = class_names_problem(metadata["class_names"])
     if problem:
         raise _not_ours(path, f"has a damaged or edited {METADATA_FILE}: {problem}")
     if version > FORMAT_VERSION:
