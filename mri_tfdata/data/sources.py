@@ -27,6 +27,8 @@ class Undecoded:
     paths: tuple  # each example's file, in order
     without: Callable[[Sequence[int]], "Source"]  # the source without the examples at these positions
     split: str  # the split string it was opened with, for the log
+    refused: tuple  # (file, reason) of each file refused when the split was opened
+    total: int  # the files the split selected, refused ones included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,20 +207,27 @@ def _select(files_by_split: dict, split: str) -> list:
     return selected
 
 
-def _log_skipped(skipped: Sequence[tuple[str, str]], split: str, total: int) -> None:
-    """Names each (file, reason) refused, then their count out of `total`."""
+def _name_skipped(skipped: Sequence[tuple[str, str]]) -> None:
+    """Names each (file, reason) refused in a warning."""
     for path, reason in skipped:
         logging.warning("Skipping %r: %s", path, reason)
-    if skipped:
-        logging.warning("%s: skipped %d unusable image file(s) of %d.", split, len(skipped), total)
 
 
-def _usable(selected: list, split: str, *, decode: bool = True) -> list:
-    """(example, FileCheck) of the files that pass mri_tfdata.data.images' checks; logs the rest."""
+def _count_skipped(count: int, split: str, total: int) -> None:
+    if count:
+        logging.warning("%s: skipped %d unusable image file(s) of %d.", split, count, total)
+
+
+def _usable(selected: list, split: str, *, decode: bool = True) -> tuple[list, list]:
+    """(example, FileCheck, frame) of the files that pass mri_tfdata.data.images' checks, and the
+    (file, reason) of the rest, each named in a warning; with `decode`, also their count (else
+    the pass that decodes the files counts them with its own, `replay_skipped`)."""
     verdicts = images.check_files([e.path for e in selected], decode=decode)
-    _log_skipped([(str(e.path), v.error) for e, v in zip(selected, verdicts) if v.error], split,
-                 len(selected))
-    return _frames([(e, v) for e, v in zip(selected, verdicts) if not v.error])
+    refused = [(str(e.path), v.error) for e, v in zip(selected, verdicts) if v.error]
+    _name_skipped(refused)
+    if decode:
+        _count_skipped(len(refused), split, len(selected))
+    return _frames([(e, v) for e, v in zip(selected, verdicts) if not v.error]), refused
 
 
 def _frames(kept: list) -> list:
@@ -275,12 +284,13 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_name
     if input_context is not None:
         selected = selected[input_context.input_pipeline_id::input_context.num_input_pipelines]
 
-    kept = _usable(selected, split, decode=check_decoding)
+    kept, refused = _usable(selected, split, decode=check_decoding)
     if not kept:
         raise _no_readable_image(root, split)
+    undecoded = None if check_decoding else dict(refused=tuple(refused), total=len(selected))
     return _folder_source(kept, root=root, split=split, class_names=class_names,
                           input_context=input_context, dicom_window=dicom_window,
-                          undecoded=not check_decoding)
+                          undecoded=undecoded)
 
 
 def _no_readable_image(root: pathlib.Path, split: str) -> UserError:
@@ -289,10 +299,11 @@ def _no_readable_image(root: pathlib.Path, split: str) -> UserError:
 
 
 def _folder_source(kept: list, *, root: pathlib.Path, split: str, class_names,
-                   input_context, dicom_window: Optional[dicom.Window], undecoded: bool,
-                   cache_id: Optional[str] = None) -> Source:
-    """The Source of the (example, FileCheck, frame) triples `kept`; `cache_id` None computes it
-    from their listing."""
+                   input_context, dicom_window: Optional[dicom.Window],
+                   undecoded: Optional[dict] = None, cache_id: Optional[str] = None) -> Source:
+    """The Source of the (example, FileCheck, frame) triples `kept`; `undecoded` (the refused
+    files and the total) when they are still to be decoded; `cache_id` None computes it from
+    their listing."""
     labels = np.array([e.label for e, _, _ in kept], np.int64)
     # The content key: relative paths, sizes and modification times of the files read, so that
     # editing, adding or removing an image gives a new cache_id; and the window DICOM files
@@ -313,14 +324,14 @@ def _folder_source(kept: list, *, root: pathlib.Path, split: str, class_names,
             raise _no_readable_image(root, split)
         return _folder_source(rest, root=root, split=split, class_names=class_names,
                               input_context=input_context, dicom_window=dicom_window,
-                              undecoded=False, cache_id=cache_id)
+                              cache_id=cache_id)
 
     return Source(dataset=_read_files(kept, labels, dicom_window), num_examples=len(kept),
                   class_names=class_names, cache_id=cache_id,
                   description=f"folder {root} {split} ({len(kept)} images)",
                   index=lambda: (names, labels),
-                  undecoded=Undecoded(tuple(str(e.path) for e, _, _ in kept), without, split)
-                  if undecoded else None)
+                  undecoded=Undecoded(tuple(str(e.path) for e, _, _ in kept), without, split,
+                                      **undecoded) if undecoded is not None else None)
 
 
 def skip_undecodable(source: Source, decoded: Sequence[int]
@@ -352,15 +363,17 @@ def skip_undecodable(source: Source, decoded: Sequence[int]
 
 def replay_skipped(source: Source, skipped: Sequence[tuple[int, str, str]]) -> Source:
     """The source without the examples `skipped` ((position, file, reason), as
-    skip_undecodable found them), each named in a warning again; `source` when there is none
-    to skip or it has no undecoded files."""
-    if source.undecoded is None:
+    skip_undecodable found them), each named in a warning again, then counted with those
+    refused at opening, as load_folder_source counts them; `source` itself when it has no
+    undecoded files."""
+    undecoded = source.undecoded
+    if undecoded is None:
         return source
+    _name_skipped([(path, reason) for _, path, reason in skipped])
+    _count_skipped(len(undecoded.refused) + len(skipped), undecoded.split, undecoded.total)
     if not skipped:
         return dataclasses.replace(source, undecoded=None)
-    _log_skipped([(path, reason) for _, path, reason in skipped], source.undecoded.split,
-                 source.num_examples)
-    return source.undecoded.without([position for position, _, _ in skipped])
+    return undecoded.without([position for position, _, _ in skipped])
 
 
 def _read_files(kept: list, labels: np.ndarray,

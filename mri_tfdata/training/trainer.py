@@ -148,6 +148,7 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
     faults.point("model_saved")
     history = resumable.read_history(run.path)
     reports.plot_history(history, run.path)
+    logging.info("Saved the model in %s, its training curves beside it.", saved_path)
     metrics = None
     if job.test_source is not None:
         # The probabilities come from the trained head on the test features; the model as saved
