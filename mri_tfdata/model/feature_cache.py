@@ -126,7 +126,7 @@ def _checksum(vectors: np.ndarray, labels: np.ndarray) -> str:
 
 
 def _write_cache_file(path: Path, vectors: np.ndarray, labels: np.ndarray, key: CacheKey,
-                      skipped: list) -> None:
+                      skipped=()) -> None:
     meta = json.dumps({"digest": key.digest, "name": key.name, "count": int(len(labels)),
                        "feature_dim": int(vectors.shape[1]),
                        "checksum": _checksum(vectors, labels),
@@ -140,9 +140,10 @@ def _write_cache_file(path: Path, vectors: np.ndarray, labels: np.ndarray, key: 
 
 
 def _read_valid(path: Path, key: CacheKey,
-                num_examples: int) -> tuple[np.ndarray, np.ndarray, list] | None:
-    """Reads a cache file: (features, labels, the (position, file, reason) of each example left
-    out as undecodable); None (with the reason logged) when absent, unreadable or inconsistent."""
+                expected_count: int) -> tuple[np.ndarray, np.ndarray, list] | None:
+    """Reads a cache file of a split of `expected_count` examples: (features, labels, the
+    (position, file, reason) of each example left out as undecodable, which the features lack);
+    None (with the reason logged) when absent, unreadable or inconsistent."""
     if not path.exists():
         return None
     try:
@@ -162,9 +163,9 @@ def _read_valid(path: Path, key: CacheKey,
         problems.append(f"shapes {vectors.shape}/{labels.shape} != recorded count {count}")
     elif meta.get("checksum") != _checksum(vectors, labels):
         problems.append("its arrays do not match their recorded checksum")
-    expected_count = num_examples - len(skipped)
-    if count != expected_count or not all(0 <= i < num_examples for i, _, _ in skipped):
-        problems.append(f"{count} examples, the split has {expected_count}")
+    kept = expected_count - len(skipped)
+    if count != kept or not all(0 <= i < expected_count for i, _, _ in skipped):
+        problems.append(f"{count} examples, the split has {kept}")
     if problems:
         logging.warning("Feature cache %r is inconsistent (%s); extracting the features again.",
                         str(path), "; ".join(problems))
