@@ -25,7 +25,7 @@ class Undecoded:
     decode leave the source (`skip_undecodable`)."""
 
     paths: tuple  # each example's file, in order
-    without: Callable[[Sequence[int]], "Source"]  # the source without the examples at these positions
+    without: Callable[[Sequence[int]], "Source"]  # the source without the examples at positions
     split: str  # the split string it was opened with, for the log
     refused: tuple  # (file, reason) of each file refused when the split was opened
     total: int  # the files the split selected, refused ones included
