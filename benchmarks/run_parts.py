@@ -13,10 +13,13 @@ def breakdown(lines: list[tuple[float, str]], wall: float) -> dict[str, float]:
 
     start-up: Python, TensorFlow and Keras imports, up to the precision line; opening/checking:
     building the classifier, opening the splits and checking every file, up to the first split's
-    features; extraction: every "Features of ..." block up to its cache write (the backbone
-    passes); head epochs: from the last features before the first epoch to the last epoch's
-    summary; saving: calibration, model.keras, history plot, up to the test split's features;
-    evaluation: reloading and checking the saved model, the metrics, up to the accuracy line;
+    features (a run that opens its splits without decoding them decodes each file in
+    extraction, so its opening is header checks only); extraction: every "Features of ..." block
+    up to its cache write (the backbone passes); head epochs: from the last features before the
+    first epoch to the last epoch's summary; saving: calibration, model.keras, history plot, up
+    to the test split's features or, when every split's features came before the epochs, the
+    "Saved the model" line; evaluation: checking the saved model, the metrics, up to the
+    accuracy line;
     reports: the run report, up to "Finished"; exit: interpreter shutdown.
     """
     times = [t for t, _ in lines]
@@ -46,10 +49,15 @@ def breakdown(lines: list[tuple[float, str]], wall: float) -> dict[str, float]:
     last_epoch = max(i for i, (_, line) in enumerate(lines) if re.search(r"/step - .*loss", line))
     parts["head epochs"] = times[last_epoch] - times[head_start]
     test = next(((i, end) for i, end in blocks if i > last_epoch), None)
+    saved = _first(lines, last_epoch, r"^Saved the model in ")
     accuracy = _first(lines, last_epoch, r": accuracy .* on \d+ images\.")
     if test is not None and accuracy is not None:
         parts["saving"] = times[test[0]] - times[last_epoch]
         parts["evaluation"] = times[accuracy] - times[test[1]]
+        parts["reports"] = times[finished] - times[accuracy]
+    elif saved is not None and accuracy is not None:  # every split's features came first
+        parts["saving"] = times[saved] - times[last_epoch]
+        parts["evaluation"] = times[accuracy] - times[saved]
         parts["reports"] = times[finished] - times[accuracy]
     else:
         parts["saving, evaluation, reports"] = times[finished] - times[last_epoch]

@@ -1,5 +1,8 @@
 """Tests of the frozen-feature fast path: cache keys, cache files, extraction and equivalence."""
 
+import collections
+import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -9,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mri_tfdata.data import input_pipeline, sources
+import image_trees
+from mri_tfdata.core.errors import UserError
+from mri_tfdata.data import images, input_pipeline, sources
 from mri_tfdata.model import architecture, feature_cache, features, head_fit, optimization
 
 IMAGE_SIZE = 32
@@ -256,3 +261,100 @@ def test_extraction_under_mirrored_strategy_keeps_every_example_in_order():
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("OK 2")
+
+
+def _counting_decoders(monkeypatch) -> collections.Counter:
+    """Counts every JPEG and PNG decode, anywhere (eager, tf.function or tf.data), by the sha256
+    of the bytes decoded."""
+    counts = collections.Counter()
+
+    def counting(original):
+        def decode(contents, *args, **kwargs):
+            def note(data):
+                counts[hashlib.sha256(data.numpy()).hexdigest()] += 1
+                return np.int32(0)
+            noted = tf.py_function(note, [contents], tf.int32)
+            with tf.control_dependencies([noted]):
+                return original(tf.identity(contents), *args, **kwargs)
+        return decode
+
+    monkeypatch.setattr(tf.io, "decode_jpeg", counting(tf.io.decode_jpeg))
+    monkeypatch.setattr(tf.io, "decode_png", counting(tf.io.decode_png))
+    return counts
+
+
+def _warnings(log: str) -> list[str]:
+    """The messages of a captured log's warnings, sorted (their order may differ)."""
+    return sorted(line.split(" ", 2)[2].split(" ", 1)[1] for line in log.splitlines()
+                  if line.startswith("WARNING"))
+
+
+def _pooling_backbone() -> keras.Model:
+    """A backbone's shape and contract (uint8 images in, FEATURE_DIM vectors out), built in
+    milliseconds."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(architecture.FEATURE_DIM)(pooled))
+
+
+def test_a_split_opened_without_decoding_is_decoded_once_and_skips_what_the_check_skips(
+        tmp_path, caplog, monkeypatch):
+    root = image_trees.write_tree(tmp_path / "data", train_per_class=2, test_per_class=1,
+                                  fmt="jpg")
+    glioma = root / "Training" / "glioma"
+    good = (glioma / "Tr-000.jpg").read_bytes()
+    # Only a decode tells these two, the second only a strict one.
+    (glioma / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (glioma / "cut.jpg").write_bytes(image_trees.damaged_jpegs()["cut_with_end_marker"])
+    (glioma / "not_an_image.jpg").write_text("hello")  # Its header tells.
+    with caplog.at_level(logging.WARNING):
+        checked = sources.load_folder_source(root, split="train")
+    told_by_the_check = caplog.text
+    caplog.clear()
+    monkeypatch.setattr(images, "_verdicts", {})  # As in a new process.
+    decodes = _counting_decoders(monkeypatch)
+    backbone = _pooling_backbone()
+    with caplog.at_level(logging.WARNING):
+        opened = sources.load_folder_source(root, split="train", check_decoding=False)
+        assert not decodes  # Opening decodes nothing ...
+        found = feature_cache.load_or_extract(opened, backbone=backbone, image_size=IMAGE_SIZE,
+                                              cache_dir=tmp_path / "features", batch_size=4)
+    # ... and the extraction decodes every usable file once; the bad ones alone once more, for
+    # the decoder's reason.
+    bad = {hashlib.sha256((glioma / n).read_bytes()).hexdigest()
+           for n in ("truncated.jpg", "cut.jpg")}
+    usable = [hashlib.sha256((root / name).read_bytes()).hexdigest()
+              for name in checked.names]
+    assert [decodes[digest] for digest in usable] == [1] * len(usable)
+    assert set(usable) < set(decodes) <= set(usable) | bad
+    # The same files named for the same reasons, and the same split as the checked one.
+    assert _warnings(caplog.text) == _warnings(told_by_the_check)
+    split = found.source
+    assert (split.num_examples, split.names, split.undecoded) == (8, checked.names, None)
+    np.testing.assert_array_equal(found.labels, checked.labels)
+    np.testing.assert_array_equal(split.labels, checked.labels)
+    assert len(found.features) == 8
+    # From the cache: nothing decoded, the same files named, the same split.
+    decodes.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = feature_cache.load_or_extract(
+            sources.load_folder_source(root, split="train", check_decoding=False),
+            backbone=backbone, image_size=IMAGE_SIZE, cache_dir=tmp_path / "features",
+            batch_size=4)
+    assert again.from_cache and not decodes
+    assert _warnings(caplog.text) == _warnings(told_by_the_check)
+    assert again.source.names == checked.names
+    np.testing.assert_array_equal(again.features, found.features)
+
+
+def test_a_split_whose_files_all_fail_to_decode_is_one_paragraph(tmp_path):
+    root = image_trees.write_tree(tmp_path / "data", train_per_class=1, test_per_class=1,
+                                  fmt="jpg")
+    for path in (root / "Testing").rglob("*.jpg"):
+        path.write_bytes(image_trees.jpeg_cut_with_end_marker(path.read_bytes()))
+    opened = sources.load_folder_source(root, split="test", check_decoding=False)
+    with pytest.raises(UserError, match="holds no readable image"):
+        feature_cache.load_or_extract(opened, backbone=_pooling_backbone(),
+                                      image_size=IMAGE_SIZE, cache_dir=None, batch_size=4)

@@ -1,4 +1,4 @@
-"""Fast tests of mri_tfdata.serving.model_file without a model: image reading and refusals.
+"""Fast tests of mri_tfdata.serving.model_file without a ResNet: image reading, refusals, saving.
 
 The round trip of a real classifier is in test_export.py and test_evaluate_predict.py.
 """
@@ -6,6 +6,7 @@ The round trip of a real classifier is in test_export.py and test_evaluate_predi
 import zipfile
 
 import image_trees
+import keras
 import numpy as np
 import pytest
 
@@ -115,3 +116,30 @@ def test_metadata_that_disagrees_with_the_model_is_refused(trained_classifier, t
         with pytest.raises(UserError, match=words) as refused:
             model_file.load_classifier(tampered)
         assert str(tampered) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_model_as_saved_is_built_once_and_predicts_as_the_trained_one(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), dtype="uint8")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    backbone = keras.Model(inputs, pooled, name="backbone")
+    features = keras.Input((3,))
+    standardize = keras.layers.Normalization()
+    head = keras.Model(features, keras.layers.Dense(2, activation="softmax")(
+        standardize(features)), name="head")
+    standardize.adapt(np.random.default_rng(0).normal(5, 3, (64, 3)).astype("float32"))
+    head.compile(optimizer="adam", loss="sparse_categorical_crossentropy")  # as training does
+    trained = keras.Model(inputs, head(backbone(inputs)))
+    images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), np.uint8)
+    builds = []
+    clone = keras.models.clone_model
+    monkeypatch.setattr(keras.models, "clone_model", lambda *a, **k: builds.append(1) or clone(
+        *a, **k))
+    saved = model_file.without_training_state(trained)
+    assert saved is not trained and len(builds) == 1  # the optimizer is not saved ...
+    # ... and the copy computes as the trained model does, standardisation included.
+    np.testing.assert_array_equal(saved(images), trained(images))
+    path = model_file.save_classifier(saved, tmp_path / "model.keras", class_names=("a", "b"))
+    assert len(builds) == 1  # saving the copy builds nothing more
+    assert model_file.without_training_state(saved) is saved
+    np.testing.assert_array_equal(model_file.load_classifier(path).model(images), trained(images))

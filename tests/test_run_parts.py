@@ -34,3 +34,18 @@ def test_breakdown_splits_the_run_at_its_log_lines():
 
 def test_breakdown_of_a_log_without_the_milestones_is_empty():
     assert run_parts.breakdown(_LOG[:3], wall=5.0) == {}
+
+
+def test_breakdown_of_a_run_that_extracts_every_split_before_the_epochs():
+    # The test split's features come before the epochs; saving ends at its own line.
+    log = _LOG[:8] + [
+        (8.7, "Features of folder x test (12 images): extracting 12 images at 64 px.\n"),
+        (9.0, "Extracted 12 feature vectors in 0.3 s (40.0 images/s).\n"),
+        (9.1, "Wrote feature cache /c/test.npz (0.1 MB).\n"),
+        (9.5, "Epoch 1/2\n"), (10.0, _LOG[9][1]), (10.1, "Epoch 2/2\n"), (12.5, _LOG[11][1]),
+        (14.0, "Saved the model in /r/model.keras, its training curves beside it.\n"),
+        _LOG[13], _LOG[14]]
+    parts = run_parts.breakdown(log, wall=19.0)
+    assert parts == {"start-up": 3.0, "opening/checking": 2.0, "extraction": 3.4,
+                     "head epochs": 3.4, "saving": 1.5, "evaluation": 3.0, "reports": 0.5,
+                     "exit": 1.5}

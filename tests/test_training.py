@@ -142,6 +142,10 @@ def test_each_split_is_extracted_at_most_once_per_run(data, tmp_path, monkeypatc
 
     monkeypatch.setattr(feature_cache, "load_or_extract", counted_load)
     monkeypatch.setattr(features, "extract_features", counted_extract)
+    # The saved model is checked as it was written, never loaded back: one model built to save.
+    reloads, load_model = [], keras.saving.load_model
+    monkeypatch.setattr(keras.saving, "load_model",
+                        lambda *a, **k: reloads.append(a) or load_model(*a, **k))
     # The fine-tuned run fits the head end to end; its standardisation reads the training features.
     extra = ({} if path == "fast" else dict(epochs=1, fine_tune_blocks=1, fine_tune_epochs=1,
                                             max_steps_per_epoch=1))
@@ -152,3 +156,4 @@ def test_each_split_is_extracted_at_most_once_per_run(data, tmp_path, monkeypatc
     splits = ("train", "validation", "test")
     assert sorted(loads.values()) == [1] * len(splits), loads  # each split once, none again
     assert len(extractions) == len(splits)  # a fresh cache: every load was an extraction
+    assert reloads == []

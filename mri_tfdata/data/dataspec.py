@@ -72,12 +72,16 @@ class DataSpec:
                 image_size=self.synthetic_image_size, seed=0)
             _prepared.add(root)
 
-    def open(self, split: str, *, input_context=None) -> sources.Source:
+    def open(self, split: str, *, input_context=None, check_decoding: bool = True
+             ) -> sources.Source:
         """Opens one split (a TFDS split string such as "train[:90%]") as a sources.Source.
 
         Args:
           split: the split string.
           input_context: a tf.distribute.InputContext when a strategy shards the input.
+          check_decoding: for a folder, decode its files now to refuse those that fail; False
+            leaves that to the first pass over the images (sources.load_folder_source). A TFDS
+            build's files were checked when it was built.
 
         Returns:
           The Source of encoded images and labels.
@@ -106,7 +110,8 @@ class DataSpec:
             root = pathlib.Path(self.data_dir).expanduser()
         return sources.load_folder_source(root, split=split, class_names=self.class_names,
                                           input_context=input_context,
-                                          dicom_window=self.dicom_window)
+                                          dicom_window=self.dicom_window,
+                                          check_decoding=check_decoding)
 
     def describe(self) -> str:
         """A one-line description for logs."""

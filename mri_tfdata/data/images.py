@@ -353,11 +353,15 @@ def _decodable(paths: list[str]) -> list[bool]:
     return [i in decoded for i in range(len(paths))]
 
 
-def check_files(paths) -> list[FileCheck]:
+def check_files(paths, *, decode: bool = True) -> list[FileCheck]:
     """Checks many files as read_image checks one, decoding the kept ones in parallel.
 
     Args:
       paths: the image files.
+      decode: decode the files TF decodes as they are; False checks them only up to their
+        headers (size, format, dimensions), for a caller whose first pass decodes every file
+        anyway and refuses those that fail (decode_failure names why). Files that need
+        converting, and DICOM files, are checked in full either way.
 
     Returns:
       One FileCheck per path, in order.
@@ -371,16 +375,27 @@ def check_files(paths) -> list[FileCheck]:
             verdicts[i] = FileCheck(error=str(e) if isinstance(e, CorruptImageError)
                                     else f"cannot read it ({e.strerror or e})")
     pending = [i for i, v in enumerate(verdicts) if v is None]
+    if not decode:
+        # Not remembered: these files are known good only once the caller has decoded them.
+        for i in pending:
+            keys[i], verdicts[i] = None, FileCheck()
+        pending = []
     for i, ok in zip(pending, _decodable([str(paths[i]) for i in pending])):
         if ok:
             verdicts[i] = FileCheck()
         else:  # Rare: decode it once more, alone, for the decoder's own reason.
-            try:
-                check_decodes(read_file(paths[i]))
-                verdicts[i] = FileCheck()
-            except (CorruptImageError, OSError) as e:
-                verdicts[i] = FileCheck(error=str(e))
+            verdicts[i] = FileCheck(error=decode_failure(paths[i]))
     for key, verdict in zip(keys, verdicts):
         if key is not None:
             _verdicts[key] = verdict
     return verdicts
+
+
+def decode_failure(path) -> str | None:
+    """Why the pipeline's decoder refuses the file at `path` (decoded alone), or None if it does
+    not; for files a parallel decoding pass could not decode, which that pass cannot tell."""
+    try:
+        check_decodes(read_file(path))
+    except (CorruptImageError, OSError) as e:
+        return str(e)
+    return None

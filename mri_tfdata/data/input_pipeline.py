@@ -129,6 +129,28 @@ def make_dataset(source: Source, *, image_size: int, batch_size: int, training: 
     return dataset.with_options(options)
 
 
+def decoded_in_order(source: Source, *, image_size: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of every image of `source` that decodes, in the source's order, with its position.
+
+    The pass over a split that runs once (feature extraction): each image is decoded here and
+    nowhere else, and one that fails to decode or read is left out rather than ending the pass,
+    so its position is missing from the batches (sources.skip_undecodable names it).
+
+    Returns:
+      A tf.data.Dataset of (uint8 [batch, image_size, image_size, 3], int32 positions [batch]).
+    """
+    def decode(position, example):
+        return (decode_and_resize(example[0], image_size=image_size),
+                tf.cast(position, tf.int32))
+
+    # enumerate before reading: a file that cannot be read still takes its position.
+    dataset = source.dataset.enumerate().map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                                             deterministic=True)
+    dataset = dataset.ignore_errors().batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE,
+                                            deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic=True))
+
+
 def _from_file_cache(decoded: tf.data.Dataset, source: Source, *, cache: str, image_size: int,
                      batch_size: int, training: bool, seed: Optional[int]) -> tf.data.Dataset:
     """Batches read straight out of the file cache in the folder `cache`, written first if absent

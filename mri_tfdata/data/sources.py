@@ -6,7 +6,7 @@ import hashlib
 import os
 import pathlib
 import types
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +16,19 @@ from absl import logging
 
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import dicom, images, kaggle_layout
+
+
+@dataclasses.dataclass(frozen=True)
+class Undecoded:
+    """The files of a source opened without decoding them (load_folder_source with
+    check_decoding=False): the first pass over its images decodes them, and the files it cannot
+    decode leave the source (`skip_undecodable`)."""
+
+    paths: tuple  # each example's file, in order
+    without: Callable[[Sequence[int]], "Source"]  # the source without the examples at positions
+    split: str  # the split string it was opened with, for the log
+    refused: tuple  # (file, reason) of each file refused when the split was opened
+    total: int  # the files the split selected, refused ones included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +46,8 @@ class Source:
       index: Returns (names, labels) of the examples in `dataset`'s order without decoding an
         image: names are file paths relative to the dataset root (TFDS: the `filename` feature).
         None for a source that has none (names are then the positions).
+      undecoded: for a source whose files no one has decoded yet, what the first pass needs to
+        name and drop those it cannot decode; None when every example is known to decode.
     """
 
     dataset: tf.data.Dataset
@@ -41,6 +56,7 @@ class Source:
     cache_id: str
     description: str
     index: Optional[Callable[[], tuple[tuple, np.ndarray]]] = None
+    undecoded: Optional[Undecoded] = None
 
     @functools.cached_property
     def _names_and_labels(self) -> tuple[tuple, np.ndarray]:
@@ -191,16 +207,27 @@ def _select(files_by_split: dict, split: str) -> list:
     return selected
 
 
-def _usable(selected: list, split: str) -> list:
-    """(example, FileCheck) of the files that pass mri_tfdata.data.images' checks; logs the rest."""
-    verdicts = images.check_files([e.path for e in selected])
-    skipped = [(e, v.error) for e, v in zip(selected, verdicts) if v.error]
-    for example, reason in skipped:
-        logging.warning("Skipping %r: %s", str(example.path), reason)
-    if skipped:
-        logging.warning("%s: skipped %d unusable image file(s) of %d.", split, len(skipped),
-                        len(selected))
-    return _frames([(e, v) for e, v in zip(selected, verdicts) if not v.error])
+def _name_skipped(skipped: Sequence[tuple[str, str]]) -> None:
+    """Names each (file, reason) refused in a warning."""
+    for path, reason in skipped:
+        logging.warning("Skipping %r: %s", path, reason)
+
+
+def _count_skipped(count: int, split: str, total: int) -> None:
+    if count:
+        logging.warning("%s: skipped %d unusable image file(s) of %d.", split, count, total)
+
+
+def _usable(selected: list, split: str, *, decode: bool = True) -> tuple[list, list]:
+    """(example, FileCheck, frame) of the files that pass mri_tfdata.data.images' checks, and the
+    (file, reason) of the rest, each named in a warning; with `decode`, also their count (else
+    the pass that decodes the files counts them with its own, `replay_skipped`)."""
+    verdicts = images.check_files([e.path for e in selected], decode=decode)
+    refused = [(str(e.path), v.error) for e, v in zip(selected, verdicts) if v.error]
+    _name_skipped(refused)
+    if decode:
+        _count_skipped(len(refused), split, len(selected))
+    return _frames([(e, v) for e, v in zip(selected, verdicts) if not v.error]), refused
 
 
 def _frames(kept: list) -> list:
@@ -213,7 +240,8 @@ def _frames(kept: list) -> list:
 
 
 def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_names=None,
-                       input_context=None, dicom_window: Optional[dicom.Window] = None) -> Source:
+                       input_context=None, dicom_window: Optional[dicom.Window] = None,
+                       check_decoding: bool = True) -> Source:
     """Opens a split of a Kaggle-layout folder (Training/<class>/*.jpg, Testing/<class>/*.jpg).
 
     Junk (hidden files, .ipynb_checkpoints, non-images) is ignored as the TFDS builder ignores it.
@@ -235,6 +263,10 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_name
       dicom_window: the display window of DICOM files (data.dicom), replacing their own; None
         for each file's own window (or its min-max). Every frame of a DICOM file is an example,
         read once by the pipeline (data.dicom.encoded_frame) before its image cache.
+      check_decoding: decode every file now (at a reduced scale) to refuse those that fail;
+        False checks them up to their headers only and leaves the decoding to the first pass
+        over the images, which must then drop and name those it cannot decode
+        (`skip_undecodable`): each file is then decoded once.
 
     Returns:
       A Source of (encoded image, label).
@@ -252,10 +284,26 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_name
     if input_context is not None:
         selected = selected[input_context.input_pipeline_id::input_context.num_input_pipelines]
 
-    kept = _usable(selected, split)
+    kept, refused = _usable(selected, split, decode=check_decoding)
     if not kept:
-        raise UserError(f"Split {split!r} of {root} holds no readable image (after slicing and "
-                        "sharding); check the folder and the split string.")
+        raise _no_readable_image(root, split)
+    undecoded = None if check_decoding else dict(refused=tuple(refused), total=len(selected))
+    return _folder_source(kept, root=root, split=split, class_names=class_names,
+                          input_context=input_context, dicom_window=dicom_window,
+                          undecoded=undecoded)
+
+
+def _no_readable_image(root: pathlib.Path, split: str) -> UserError:
+    return UserError(f"Split {split!r} of {root} holds no readable image (after slicing and "
+                     "sharding); check the folder and the split string.")
+
+
+def _folder_source(kept: list, *, root: pathlib.Path, split: str, class_names,
+                   input_context, dicom_window: Optional[dicom.Window],
+                   undecoded: Optional[dict] = None, cache_id: Optional[str] = None) -> Source:
+    """The Source of the (example, FileCheck, frame) triples `kept`; `undecoded` (the refused
+    files and the total) when they are still to be decoded; `cache_id` None computes it from
+    their listing."""
     labels = np.array([e.label for e, _, _ in kept], np.int64)
     # The content key: relative paths, sizes and modification times of the files read, so that
     # editing, adding or removing an image gives a new cache_id; and the window DICOM files
@@ -264,13 +312,68 @@ def load_folder_source(root: Union[str, pathlib.Path], *, split: str, class_name
                         for e, _, _ in kept)
     if dicom_window is not None and any(frame >= 0 for _, _, frame in kept):
         listing += f"\ndicom_window={dicom_window}"
-    cache_id = (f"folder/{root.resolve().name}/{split}{_shard_suffix(input_context)}"
-                f"/{_short_hash(str(root.resolve()) + listing)}")
+    cache_id = cache_id or (f"folder/{root.resolve().name}/{split}{_shard_suffix(input_context)}"
+                            f"/{_short_hash(str(root.resolve()) + listing)}")
     names = tuple(e.relpath for e, _, _ in kept)
+
+    def without(positions: Sequence[int]) -> Source:
+        # The same cache_id: the files are the same, and so is which of them fail to decode.
+        dropped = set(positions)
+        rest = [k for i, k in enumerate(kept) if i not in dropped]
+        if not rest:
+            raise _no_readable_image(root, split)
+        return _folder_source(rest, root=root, split=split, class_names=class_names,
+                              input_context=input_context, dicom_window=dicom_window,
+                              cache_id=cache_id)
+
     return Source(dataset=_read_files(kept, labels, dicom_window), num_examples=len(kept),
                   class_names=class_names, cache_id=cache_id,
                   description=f"folder {root} {split} ({len(kept)} images)",
-                  index=lambda: (names, labels))
+                  index=lambda: (names, labels),
+                  undecoded=Undecoded(tuple(str(e.path) for e, _, _ in kept), without, split,
+                                      **undecoded) if undecoded is not None else None)
+
+
+def skip_undecodable(source: Source, decoded: Sequence[int]
+                     ) -> tuple[Source, list[tuple[int, str, str]]]:
+    """The source without the examples the first pass over its images could not decode.
+
+    Args:
+      source: a source opened with check_decoding=False (`source.undecoded` set); any other is
+        returned as it is.
+      decoded: the positions of the examples that pass decoded.
+
+    Returns:
+      (the source of the decoded examples, known to decode; the (position, file, reason) of
+      each one left out, each named in a warning as load_folder_source names them).
+
+    Raises:
+      UserError: no example decoded.
+    """
+    if source.undecoded is None:
+        return source, []
+    missing = sorted(set(range(source.num_examples)) - set(int(i) for i in decoded))
+    skipped = []
+    for position in missing:
+        path = source.undecoded.paths[position]
+        skipped.append((position, path, images.decode_failure(path)
+                        or "it could not be read or decoded in the pass over the images"))
+    return replay_skipped(source, skipped), skipped
+
+
+def replay_skipped(source: Source, skipped: Sequence[tuple[int, str, str]]) -> Source:
+    """The source without the examples `skipped` ((position, file, reason), as
+    skip_undecodable found them), each named in a warning again, then counted with those
+    refused at opening, as load_folder_source counts them; `source` itself when it has no
+    undecoded files."""
+    undecoded = source.undecoded
+    if undecoded is None:
+        return source
+    _name_skipped([(path, reason) for _, path, reason in skipped])
+    _count_skipped(len(undecoded.refused) + len(skipped), undecoded.split, undecoded.total)
+    if not skipped:
+        return dataclasses.replace(source, undecoded=None)
+    return undecoded.without([position for position, _, _ in skipped])
 
 
 def _read_files(kept: list, labels: np.ndarray,

@@ -171,8 +171,8 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
       cache_dir: the feature cache folder, or None for no caching.
       strategy: the tf.distribute strategy the classifier was built under.
       extra: more keys for metrics.json.
-      checked_model: the model run on the check images, e.g. the model as saved and loaded
-        again; default `classifier`.
+      checked_model: the model run on the check images, e.g. the model as saved (training's
+        model_file.without_training_state); default `classifier`.
       log_dir: the TensorBoard folder for this evaluation (its earlier summaries are replaced),
         e.g. WORKDIR/logs/test; None for none.
       log_step: the step the summaries are written at.
@@ -192,6 +192,7 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
         source, backbone=classifier.get_layer("backbone"),
         image_size=int(classifier.input_shape[1]),
         batch_size=batch_size, cache_dir=cache_dir, strategy=strategy)
+    source = feature_set.source or source  # without files that failed to decode, if any
     check_labels(source, feature_set.labels)
     probabilities = head_probabilities(classifier.get_layer("head"), feature_set.features)
     check_model(checked_model or classifier, source, probabilities)

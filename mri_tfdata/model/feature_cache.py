@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from mri_tfdata.core import atomic, caches
-from mri_tfdata.data import input_pipeline
+from mri_tfdata.data import input_pipeline, sources
 from mri_tfdata.model import architecture, features
 
 
@@ -37,6 +37,9 @@ class FeatureSet:
     key: CacheKey
     path: Path | None  # the cache file, or None when caching is off
     from_cache: bool  # True when read from disk, False when extracted by this call
+    # The split as its features hold it: the source passed in, without the files that failed to
+    # decode when it was opened without decoding them (sources.skip_undecodable).
+    source: object = None
 
 
 def resolve_cache_dir(feature_cache: str) -> Path | None:
@@ -122,10 +125,12 @@ def _checksum(vectors: np.ndarray, labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _write_cache_file(path: Path, vectors: np.ndarray, labels: np.ndarray, key: CacheKey) -> None:
+def _write_cache_file(path: Path, vectors: np.ndarray, labels: np.ndarray, key: CacheKey,
+                      skipped=()) -> None:
     meta = json.dumps({"digest": key.digest, "name": key.name, "count": int(len(labels)),
                        "feature_dim": int(vectors.shape[1]),
-                       "checksum": _checksum(vectors, labels)})
+                       "checksum": _checksum(vectors, labels),
+                       "skipped": [[int(i), str(f), str(r)] for i, f, r in skipped]})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -135,14 +140,17 @@ def _write_cache_file(path: Path, vectors: np.ndarray, labels: np.ndarray, key: 
 
 
 def _read_valid(path: Path, key: CacheKey,
-                expected_count: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Reads a cache file; None (with the reason logged) when absent, unreadable or inconsistent."""
+                expected_count: int) -> tuple[np.ndarray, np.ndarray, list] | None:
+    """Reads a cache file of a split of `expected_count` examples: (features, labels, the
+    (position, file, reason) of each example left out as undecodable, which the features lack);
+    None (with the reason logged) when absent, unreadable or inconsistent."""
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = dict(json.loads(str(data["meta"])))
             vectors, labels = data["features"], data["labels"]
+            skipped = [(int(i), str(f), str(r)) for i, f, r in meta.get("skipped", [])]
     except (OSError, ValueError, TypeError, EOFError, KeyError, zipfile.BadZipFile) as e:
         logging.warning("Feature cache %r is unreadable (%s: %s), probably left half-written; "
                         "extracting the features again.", str(path), type(e).__name__, e)
@@ -155,13 +163,14 @@ def _read_valid(path: Path, key: CacheKey,
         problems.append(f"shapes {vectors.shape}/{labels.shape} != recorded count {count}")
     elif meta.get("checksum") != _checksum(vectors, labels):
         problems.append("its arrays do not match their recorded checksum")
-    if count != expected_count:
-        problems.append(f"{count} examples, the split has {expected_count}")
+    kept = expected_count - len(skipped)
+    if count != kept or not all(0 <= i < expected_count for i, _, _ in skipped):
+        problems.append(f"{count} examples, the split has {kept}")
     if problems:
         logging.warning("Feature cache %r is inconsistent (%s); extracting the features again.",
                         str(path), "; ".join(problems))
         return None
-    return vectors.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
+    return vectors.astype(np.float32, copy=False), labels.astype(np.int32, copy=False), skipped
 
 
 def load_or_extract(source, *, backbone: keras.Model, image_size: int, cache_dir: Path | None,
@@ -177,6 +186,11 @@ def load_or_extract(source, *, backbone: keras.Model, image_size: int, cache_dir
       cache_dir: directory of cache files (`resolve_cache_dir`), or None to extract without caching.
       strategy: the tf.distribute strategy (default: the current one).
 
+    A source opened without decoding its files (`source.undecoded`) is decoded here, once: the
+    files that fail are named, counted and left out (sources.skip_undecodable), and the
+    FeatureSet's `source` is the split without them, which callers use from then on. A cache hit
+    names the same files again, from the cache file.
+
     Returns:
       A FeatureSet; `from_cache` says whether it was read from disk.
     """
@@ -187,19 +201,32 @@ def load_or_extract(source, *, backbone: keras.Model, image_size: int, cache_dir
     if path is not None:
         cached = _read_valid(path, key, source.num_examples)
         if cached is not None:
+            vectors, labels, skipped = cached
             logging.info("Features of %s: %d vectors from cache %s.", source.description,
-                         len(cached[1]), path)
-            return FeatureSet(*cached, key=key, path=path, from_cache=True)
+                         len(labels), path)
+            return FeatureSet(vectors, labels, key=key, path=path, from_cache=True,
+                              source=sources.replay_skipped(source, skipped))
     logging.info("Features of %s: extracting %d images at %d px (cache: %s).", source.description,
                  source.num_examples, image_size, path or "off")
-    dataset = input_pipeline.make_dataset(source, image_size=image_size, batch_size=batch_size,
-                                          training=False)
-    vectors, labels = features.extract_features(backbone, dataset, batch_size=batch_size,
-                                                strategy=strategy, num_examples=source.num_examples)
-    if len(labels) != source.num_examples:
+    skipped, extracted = [], source
+    if source.undecoded is None:
+        dataset = input_pipeline.make_dataset(source, image_size=image_size,
+                                              batch_size=batch_size, training=False)
+        vectors, labels = features.extract_features(backbone, dataset, batch_size=batch_size,
+                                                    strategy=strategy,
+                                                    num_examples=source.num_examples)
+    else:
+        dataset = input_pipeline.decoded_in_order(source, image_size=image_size,
+                                                  batch_size=batch_size)
+        vectors, positions = features.extract_features(backbone, dataset, batch_size=batch_size,
+                                                       strategy=strategy,
+                                                       num_examples=source.num_examples)
+        extracted, skipped = sources.skip_undecodable(source, positions)
+        labels = source.labels[positions].astype(np.int32)
+    if len(labels) != extracted.num_examples:
         raise RuntimeError(f"extracted {len(labels)} feature vectors from {source.description}, "
-                           f"which declares {source.num_examples} examples")
+                           f"which declares {extracted.num_examples} examples")
     if path is not None:
-        _write_cache_file(path, vectors, labels, key)
+        _write_cache_file(path, vectors, labels, key, skipped)
         logging.info("Wrote feature cache %s (%.1f MB).", path, path.stat().st_size / 1e6)
-    return FeatureSet(vectors, labels, key=key, path=path, from_cache=False)
+    return FeatureSet(vectors, labels, key=key, path=path, from_cache=False, source=extracted)

@@ -37,6 +37,41 @@ class SavedClassifier:
     conformal: dict | None = None
 
 
+def _compiled(model: keras.Model) -> bool:
+    """True when `model` or a model nested in it at any depth has an optimizer."""
+    return any(getattr(part, "optimizer", None) is not None
+               for part in [model, *_all_layers(model)])
+
+
+def without_training_state(classifier: keras.Model) -> keras.Model:
+    """`classifier` as save_classifier writes it: itself when no part of it is compiled, else a
+    clone (new layers, the same weights) of an uncompiled view of it.
+
+    Keras saves the optimizer of a compiled model, of a compiled model nested in it (training's
+    fast path compiles the head) even through a view, and clones a compiled model compiled; and
+    save(include_optimizer=False) is silently ignored for .keras files. A caller that wants to
+    run the model as saved (training's check of the saved model) takes this, passes it to
+    save_classifier, and runs it: one copy built, none loaded back.
+    """
+    if not _compiled(classifier):
+        return classifier
+    view = keras.Model(classifier.input, classifier.output, name=classifier.name)
+    clone = keras.models.clone_model(view)
+    clone.set_weights(classifier.get_weights())
+    for layer in _all_layers(clone):
+        # A Normalization layer computes from copies of its statistics taken when they are
+        # set by adapt() or loaded, not by set_weights: take them now, as loading would.
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
+    return clone
+
+
+def _all_layers(model: keras.Model) -> list:
+    """Every layer of `model`, nested models' layers included, at any depth."""
+    return [found for layer in model.layers for found in (
+        [layer, *_all_layers(layer)] if isinstance(layer, keras.Model) else [layer])]
+
+
 def save_classifier(classifier: keras.Model, path, *, class_names,
                     conformal: dict | None = None) -> pathlib.Path:
     """Writes `classifier` to a .keras file with its metadata, whole or not at all.
@@ -63,15 +98,10 @@ def save_classifier(classifier: keras.Model, path, *, class_names,
     if conformal and conformal.get("alphas"):
         metadata["conformal"] = conformal
 
+    saved = without_training_state(classifier)
+
     def write(tmp):
-        # Saved: a clone (new layers, the same weights) of an uncompiled view. Keras saves the
-        # optimizer of a compiled model, of a compiled model nested in it (training's fast path
-        # compiles the head) even through a view, and clones a compiled model compiled; and
-        # save(include_optimizer=False) is silently ignored for .keras files.
-        view = keras.Model(classifier.input, classifier.output, name=classifier.name)
-        clone = keras.models.clone_model(view)
-        clone.set_weights(classifier.get_weights())
-        clone.save(tmp)
+        saved.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_FILE, json.dumps(metadata, indent=1))
 

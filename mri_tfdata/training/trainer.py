@@ -144,15 +144,18 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
     # Every step rewrites its outputs whole, so a rerun after a kill anywhere here redoes the
     # steps from the top; the phase weights go only once the run is recorded as finished.
     calibration = _calibrate_sets(classifier, job)
-    saved_path = model_file.save_classifier(classifier, run.path / model_file.MODEL_FILE,
+    # The model as written, run by the evaluation's check: the file is not loaded back.
+    saved = model_file.without_training_state(classifier)
+    saved_path = model_file.save_classifier(saved, run.path / model_file.MODEL_FILE,
                                            class_names=class_names, conformal=calibration)
     faults.point("model_saved")
     history = resumable.read_history(run.path)
     reports.plot_history(history, run.path)
+    logging.info("Saved the model in %s, its training curves beside it.", saved_path)
     metrics = None
     if job.test_source is not None:
         # The probabilities come from the trained head on the test features; the model as saved
-        # and loaded again must agree with them on a few images.
+        # must agree with them on a few images.
         counts = np.bincount(job.train_source.labels, minlength=len(class_names))
         metrics = evaluator.evaluate_split(
             classifier, job.test_source, out_dir=run.path,
@@ -160,7 +163,7 @@ def _finish(classifier: keras.Model, job: _Job, *, class_names, start: float) ->
             feature_set=_features(classifier, job, job.test_source),
             extra={"split": config.test_split, "model": str(saved_path),
                    "training_examples_per_class": dict(zip(class_names, counts.tolist()))},
-            checked_model=model_file.load_classifier(saved_path).model,
+            checked_model=saved,
             bootstrap_resamples=config.bootstrap_resamples, calibration=calibration,
             # Beside the train/ and validation/ curves, at the last epoch (Keras counts from 0).
             log_dir=run.path / "logs" / "test", log_step=history["epoch"][-1] - 1)
@@ -277,14 +280,32 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
                                        fine_tune_blocks=config.fine_tune_blocks,
                                        augment=model_spec.augment)
     data.prepare()
-    splits = {flag: data.open(getattr(config, flag))
+    # On the fast path the files are decoded once, by their features' extraction, which refuses
+    # the files that fail; the end-to-end path decodes every epoch, so it checks them first.
+    splits = {flag: data.open(getattr(config, flag), check_decoding=not fast)
               for flag in ("train_split", "validation_split", "test_split") if getattr(config, flag)}
-    dataspec.check_splits({flag: (getattr(config, flag), source) for flag, source in splits.items()},
-                          batch_size=config.batch_size,
-                          allow_missing_classes=config.allow_missing_classes)
+
+    def check_splits():
+        dataspec.check_splits(
+            {flag: (getattr(config, flag), source) for flag, source in splits.items()},
+            batch_size=config.batch_size, allow_missing_classes=config.allow_missing_classes)
+
+    check_splits()
     class_names = tuple(splits["train_split"].class_names)
     with strategy.scope():
         classifier = architecture.build_from_spec(model_spec, num_classes=len(class_names))
+    cache_dir = feature_cache.resolve_cache_dir(config.feature_cache)
+    feature_sets = {}
+    if fast:
+        # Every split's features now, before the workdir is written: the splits are known to be
+        # usable only once their files are decoded.
+        for flag, source in splits.items():
+            if source.cache_id not in feature_sets:  # e.g. validating on the test split
+                feature_sets[source.cache_id] = feature_cache.load_or_extract(
+                    source, backbone=classifier.get_layer("backbone"),
+                    image_size=model_spec.image_size, cache_dir=cache_dir, strategy=strategy)
+            splits[flag] = feature_sets[source.cache_id].source
+        check_splits()
     # The data and the weights are good: only now is the workdir written (and locked).
     run = workdir.open_run(out, settings=settings, overwrite=overwrite)
     try:
@@ -293,10 +314,9 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
         return _run_phases(classifier, _Job(
             data=data, spec=model_spec, config=config, strategy=strategy, run=run,
             train_source=splits["train_split"], val_source=splits.get("validation_split"),
-            test_source=splits.get("test_split"),
-            cache_dir=feature_cache.resolve_cache_dir(config.feature_cache),
+            test_source=splits.get("test_split"), cache_dir=cache_dir,
             plans=_plans(config=config, num_examples=splits["train_split"].num_examples,
-                         strategy=strategy, fast=fast)),
+                         strategy=strategy, fast=fast), feature_sets=feature_sets),
             precision_policy=precision_policy, fast=fast, start=start)
     finally:
         run.close()
