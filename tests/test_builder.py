@@ -87,7 +87,7 @@ def test_images_are_converted_to_8bit_rgb_or_kept_as_they_are(messy, default_bui
 
 def test_corrupt_files_are_skipped_logged_and_counted(messy, tmp_path, caplog):
     root, expected = messy
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         builder = build(root, tmp_path)
     assert builder.info.metadata["skipped_corrupt_files"] == {"train": 2, "test": 2}
     log = caplog.text
@@ -101,7 +101,7 @@ def test_corrupt_files_are_skipped_logged_and_counted(messy, tmp_path, caplog):
 
 def test_dedup_config_drops_duplicates_and_leaked_test_images(messy, tmp_path, caplog):
     root, expected = messy
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         builder = build(root, tmp_path, config="dedup")
     train, test = examples(tmp_path, "train", "dedup"), examples(tmp_path, "test", "dedup")
     assert set(train) == set(expected["train"]) - set(expected["train_duplicates"])

@@ -84,7 +84,7 @@ def test_a_damaged_backup_is_named_and_the_one_before_is_used(tmp_path, caplog):
     content = bytearray(newest.read_bytes())
     content[-3000:-1000] = bytes(b ^ 0xFF for b in content[-3000:-1000])  # still a zip
     newest.write_bytes(bytes(content))
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         _fit(run)
     assert "epoch-0002.npz' is damaged" in caplog.text
     assert "epoch-0001.npz'" in caplog.text and "1 epoch(s) already finished" in caplog.text
@@ -94,7 +94,7 @@ def test_no_valid_backup_starts_the_phase_afresh_with_one_line(tmp_path, caplog)
     run = workdir.open_run(tmp_path / "run", settings={})
     _fit(run, stop_after=1)
     state_files.checksum_path(run.backup_dir("head") / "epoch-0001.npz").write_text("0" * 64)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         _fit(run)
     assert "the phase starts afresh" in caplog.text
     assert "overwrite" not in caplog.text
