@@ -30,8 +30,17 @@ def shuffled_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: in
     The last partial batch is dropped; the cardinality is known (Keras counts the steps).
     """
     count = len(labels)
-    features = tf.constant(features)
-    labels = tf.constant(labels)
+    features, labels = np.asarray(features), np.asarray(labels)
+
+    def gathered(index):
+        # The arrays stay where they are: a constant would copy the split's features whole, and
+        # again into the dataset's graph (three more copies of the run's largest array).
+        batch = tf.numpy_function(lambda i: (features[i], labels[i]), [index],
+                                  [tf.as_dtype(features.dtype), tf.as_dtype(labels.dtype)],
+                                  stateful=False)
+        batch[0].set_shape([batch_size, *features.shape[1:]])
+        batch[1].set_shape([batch_size, *labels.shape[1:]])
+        return tuple(batch)
 
     def one_epoch(_):
         permutation = tf.random.experimental.stateless_shuffle(
@@ -41,7 +50,7 @@ def shuffled_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: in
     steps = count // batch_size
     return (tf.data.Dataset.range(1).flat_map(one_epoch)
             .batch(batch_size, drop_remainder=True)
-            .map(lambda index: (tf.gather(features, index), tf.gather(labels, index)))
+            .map(gathered)
             .apply(tf.data.experimental.assert_cardinality(steps)))
 
 
