@@ -176,7 +176,12 @@ def adapt_standardization(head: keras.Model, features) -> bool:
         layer = head.get_layer("standardize")
     except ValueError:
         return False
-    layer.adapt(features)
+    if hasattr(features, "shape"):  # an array (a dataset has no shape)
+        mean, variance = _moments(features)
+        layer.adapt_mean.assign(mean.astype(np.float32))
+        layer.adapt_variance.assign(variance.astype(np.float32))
+    else:
+        layer.adapt(features)
     # A randomly initialised backbone has pooled features that are (almost) constant over the
     # training images; dividing by their ~0 spread turns float noise on new images into inputs
     # of 1e3-1e6 and the head's loss explodes. A floor of 1e-3 of the median variance keeps
@@ -186,6 +191,23 @@ def adapt_standardization(head: keras.Model, features) -> bool:
     layer.adapt_variance.assign(np.maximum(variance, floor))
     layer.finalize_state()
     return True
+
+
+
+def _moments(features, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and (population) variance of [N, D] features, in float64, a block of
+    rows at a time: the features are the run's largest array, and a whole-array variance holds
+    a second copy of it."""
+    features = np.asarray(features)
+    count = max(len(features), 1)
+    mean = np.zeros(features.shape[1:], np.float64)
+    for start in range(0, len(features), rows):
+        mean += features[start:start + rows].sum(axis=0, dtype=np.float64)
+    mean /= count
+    squares = np.zeros_like(mean)
+    for start in range(0, len(features), rows):
+        squares += np.square(features[start:start + rows] - mean).sum(axis=0)
+    return mean, squares / count
 
 
 def _augmentation() -> keras.Sequential:

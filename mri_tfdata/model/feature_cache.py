@@ -120,8 +120,9 @@ def cache_key(*, cache_id: str, image_size: int, weights_fingerprint: str,
 
 def _checksum(vectors: np.ndarray, labels: np.ndarray) -> str:
     """A hash of the arrays' values: a valid .npz that holds other numbers fails it."""
-    digest = hashlib.sha256(np.ascontiguousarray(vectors, np.float32).tobytes())
-    digest.update(np.ascontiguousarray(labels, np.int32).tobytes())
+    # The arrays' own buffers, not bytes copies: the features are the run's largest array.
+    digest = hashlib.sha256(np.ascontiguousarray(vectors, np.float32))
+    digest.update(np.ascontiguousarray(labels, np.int32))
     return digest.hexdigest()
 
 

@@ -108,10 +108,22 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, batch_s
         # Counted, not read back from the device (the last batch may be short).
         done = (index + 1) * batch_size
         progbar.update(min(done, num_examples) if num_examples else done)
-    features = tf.concat(all_features, 0).numpy() if all_features else np.zeros(
-        (0, architecture.FEATURE_DIM), np.float32)
-    labels = tf.concat(all_labels, 0).numpy() if all_labels else np.zeros(0, np.int32)
+    features = _stacked(all_features, np.float32, (architecture.FEATURE_DIM,))
+    labels = _stacked(all_labels, np.int32, ())
     seconds = time.perf_counter() - start
     logging.info("Extracted %d feature vectors in %.1f s (%.1f images/s).",
                  len(labels), seconds, len(labels) / max(seconds, 1e-9))
     return features, labels
+
+
+def _stacked(batches: list, dtype, shape: tuple) -> np.ndarray:
+    """The batches' rows in one array, each batch released once copied: a concatenation would
+    hold the split's largest array twice at the end of extraction."""
+    out = np.empty((sum(int(b.shape[0]) for b in batches), *shape), dtype)
+    row = 0
+    for index, batch in enumerate(batches):
+        rows = int(batch.shape[0])
+        out[row:row + rows] = batch.numpy()
+        batches[index] = None
+        row += rows
+    return out
