@@ -193,7 +193,6 @@ def adapt_standardization(head: keras.Model, features) -> bool:
     return True
 
 
-
 def _moments(features, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and (population) variance of [N, D] features, in float64, a block of
     rows at a time: the features are the run's largest array, and a whole-array variance holds
