@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mri_tfdata.data import epoch_order
-from mri_tfdata.model import architecture, head_fit, losses, optimization
+from mri_tfdata.model import architecture, array_fit, head_fit, losses, optimization
 from mri_tfdata.training import trainer
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -119,7 +119,6 @@ def test_fit_head_gives_the_weights_of_keras_step_by_step_fit(weight_decay):
     head, _, _ = _head_and_data(n=96)
     got = head_fit.fit_head(head, feats, labels, validation=(feats, labels), epochs=3,
                             batch_size=16, seed=0, verbose=0, **recipe)
-    assert head.steps_per_execution == 6  # 96 // 16: a whole epoch per call
     assert int(head.optimizer.iterations.numpy()) == 18
     for key in ("loss", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(got.history[key], want.history[key], rtol=1e-5)
@@ -130,6 +129,22 @@ def test_fit_head_gives_the_weights_of_keras_step_by_step_fit(weight_decay):
         for a, b in zip(head.optimizer.variables, reference.optimizer.variables)]
     for a, b in pairs:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))))
+
+
+def test_a_capped_fit_takes_the_cap_in_steps_and_in_validation_batches():
+    head, feats, labels = _head_and_data(n=96)
+    plan = head_fit.head_plan(num_examples=96, batch_size=16, epochs=2, strategy=_Replicas(1),
+                              max_steps_per_epoch=2)
+    history = head_fit.fit_head(head, feats, labels, validation=(feats, labels),
+                                learning_rate=1e-3, epochs=2, batch_size=16, seed=0, plan=plan,
+                                verbose=0)
+    assert int(head.optimizer.iterations.numpy()) == 4
+    # Validation on the first 2 batches only, as Keras's fit with validation_steps=2.
+    want = head.evaluate(feats[:32], labels[:32], batch_size=16, verbose=0, return_dict=True)
+    np.testing.assert_allclose(history.history["val_loss"][-1], want["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="steps_per_epoch=7"):
+        array_fit.fit_arrays(head, feats, labels, validation=None, batch_size=16, epochs=1,
+                             steps_per_epoch=7)
 
 
 class _Replicas:

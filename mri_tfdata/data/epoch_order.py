@@ -23,6 +23,13 @@ class EpochOrder(keras.callbacks.Callback):
         self.epoch.assign(epoch)
 
 
+def epoch_permutation(count: int, *, seed: int, epoch) -> tf.Tensor:
+    """The order of `count` examples in `epoch` (an int or an int64 tensor): a full shuffle drawn
+    from (seed, epoch) alone."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+
+
 def shuffled_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                      order: EpochOrder) -> tf.data.Dataset:
     """Whole batches of in-memory examples in a full shuffle drawn from (seed, order's epoch).
@@ -43,9 +50,8 @@ def shuffled_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: in
         return tuple(batch)
 
     def one_epoch(_):
-        permutation = tf.random.experimental.stateless_shuffle(
-            tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), order.epoch.value()]))
-        return tf.data.Dataset.from_tensor_slices(permutation)
+        return tf.data.Dataset.from_tensor_slices(
+            epoch_permutation(count, seed=seed, epoch=order.epoch.value()))
 
     steps = count // batch_size
     return (tf.data.Dataset.range(1).flat_map(one_epoch)

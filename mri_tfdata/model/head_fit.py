@@ -6,13 +6,13 @@ import tensorflow as tf
 
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import epoch_order
-from mri_tfdata.model import architecture, optimization, training_plan
+from mri_tfdata.model import architecture, array_fit, optimization, training_plan
 from mri_tfdata.model.training_plan import TrainingPlan
 
-# A head's step on a batch of features is as short as Keras's own per-call overhead, so a fit on
-# one replica runs a whole epoch per call into the graph (training_plan.plan_fit keeps one step
-# per call under several replicas): the same steps in the same order, so the same weights. Keras
-# calls epoch-level callbacks as before; batch-level ones see one batch per epoch.
+# A head's step on a batch of features is as short as Keras's own per-step overhead, so a fit on
+# one replica runs a whole epoch per graph call on the arrays (array_fit); under several replicas
+# Keras's fit runs a dataset of the same batches in the same orders (epoch_order), one step per
+# call (training_plan.plan_fit).
 
 
 def make_feature_dataset(features: np.ndarray, labels: np.ndarray, *, batch_size: int,
@@ -107,6 +107,13 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
                                    weight_decay=weight_decay,
                                    steps_per_execution=plan.steps_per_execution)
         optimization.fuse_adam_update(head.optimizer)
+    if strategy.num_replicas_in_sync == 1:
+        return array_fit.fit_arrays(head, features, labels, validation=validation,
+                                    batch_size=batch_size, epochs=epochs,
+                                    initial_epoch=initial_epoch,
+                                    steps_per_epoch=plan.steps_per_epoch,
+                                    validation_steps=plan.max_steps_per_epoch, seed=seed,
+                                    callbacks=callbacks, verbose=verbose)
     order = epoch_order.EpochOrder()
     train_ds = make_feature_dataset(features, labels, batch_size=batch_size, training=True,
                                     seed=seed, order=order)

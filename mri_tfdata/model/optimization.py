@@ -71,22 +71,29 @@ def compile_model(model: keras.Model, *, learning_rate: float, schedule: str = "
 
 
 
-def _adam_step(variable, m, v, gradient, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
-    """Keras's Adam update of one variable, term for term (keras.optimizers.Adam.update_step)."""
-    m.assign_add((gradient - m) * one_minus_beta_1)
-    v.assign_add((tf.square(gradient) - v) * one_minus_beta_2)
-    variable.assign_sub((m * alpha) / (tf.sqrt(v) + epsilon))
+def _adam_steps(variables, momentums, velocities, gradients, alpha, one_minus_beta_1,
+                one_minus_beta_2, epsilon):
+    """Keras's Adam update of every variable, term for term (keras.optimizers.Adam.update_step)."""
+    for variable, m, v, gradient in zip(variables, momentums, velocities, gradients):
+        m.assign_add((gradient - m) * one_minus_beta_1)
+        v.assign_add((tf.square(gradient) - v) * one_minus_beta_2)
+        variable.assign_sub((m * alpha) / (tf.sqrt(v) + epsilon))
+
+
+def _is_distributed(variable) -> bool:
+    return (isinstance(variable, tf.distribute.DistributedValues)
+            or hasattr(variable, "_distributed_container"))
 
 
 def fuse_adam_update(optimizer) -> None:
-    """Makes a compiled Adam or AdamW update each variable in one fused loop (XLA).
+    """Makes a compiled Adam or AdamW update all variables in one fused call (XLA).
 
-    The loop computes Keras's own update term for term, with the same float32 constants, so the
-    weights are Keras's to the last bit or two; Keras runs each term as a separate full-size
-    operation, which is most of the time of a small head's step. AdamW's decay stays Keras's own
-    step before it. The optimizer's class, config and variables are unchanged (backups and saved
-    models are the same); variables under a multi-device strategy, and AMSGrad, keep Keras's
-    update.
+    The call computes Keras's own update term for term, with the same float32 constants, so the
+    weights are Keras's to the last bit or two; Keras runs each term of each variable as a separate
+    full-size operation, which is most of the time of a small head's step. AdamW's decay stays
+    Keras's own step before it. The optimizer's class, config and variables are unchanged (backups
+    and saved models are the same); variables under a multi-device strategy, of several dtypes, and
+    AMSGrad keep Keras's update.
 
     Args:
       optimizer: `model.optimizer` after `compile_model` (a LossScaleOptimizer's inner one is used).
@@ -94,24 +101,28 @@ def fuse_adam_update(optimizer) -> None:
     adam = getattr(optimizer, "inner_optimizer", optimizer)
     if not isinstance(adam, keras.optimizers.Adam) or adam.amsgrad:
         return
-    keras_update = type(adam).update_step
+    keras_update = type(adam)._backend_update_step
     # One function per optimizer: a traced function holds on to the variables it was traced with.
-    fused_step = tf.function(_adam_step, jit_compile=True, autograph=False)
+    fused_steps = tf.function(_adam_steps, jit_compile=True, autograph=False)
 
-    def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
-        m, v = self._momentums[index].value, self._velocities[index].value
-        if any(isinstance(x, tf.distribute.DistributedValues) or
-               hasattr(x, "_distributed_container") for x in (variable, m, v)):
-            return keras_update(self, gradient, variable, learning_rate)
-        dtype = variable.dtype
+    def backend_update_step(self, gradients, trainable_variables, learning_rate):
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        slots = [self._get_variable_index(v) for v in trainable_variables]
+        momentums = [self._momentums[i].value for i in slots]
+        velocities = [self._velocities[i].value for i in slots]
+        dtypes = {v.dtype for v in variables}
+        if len(dtypes) != 1 or any(map(_is_distributed, [*variables, *momentums, *velocities])):
+            return keras_update(self, gradients, trainable_variables, learning_rate)
+        dtype = dtypes.pop()
+        # Identity on one replica, as in Keras's own update.
+        gradients = [g for g, _ in self._all_reduce_sum_gradients(zip(gradients, variables))]
         step = tf.cast(self.iterations + 1, dtype)
         beta_1_power = tf.pow(tf.cast(self.beta_1, dtype), step)
         beta_2_power = tf.pow(tf.cast(self.beta_2, dtype), step)
         alpha = tf.cast(learning_rate, dtype) * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        fused_step(variable, m, v, tf.cast(gradient, dtype), alpha,
-                   tf.cast(1 - self.beta_1, dtype), tf.cast(1 - self.beta_2, dtype),
-                   tf.cast(self.epsilon, dtype))
+        fused_steps(variables, momentums, velocities, [tf.cast(g, dtype) for g in gradients],
+                    alpha, tf.cast(1 - self.beta_1, dtype), tf.cast(1 - self.beta_2, dtype),
+                    tf.cast(self.epsilon, dtype))
         return None
 
-    adam.update_step = types.MethodType(update_step, adam)
+    adam._backend_update_step = types.MethodType(backend_update_step, adam)
