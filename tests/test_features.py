@@ -15,7 +15,8 @@ import tensorflow as tf
 import image_trees
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import images, input_pipeline, sources
-from mri_tfdata.model import architecture, feature_cache, features, head_fit, optimization
+from mri_tfdata.model import (architecture, feature_cache, features, head_fit, optimization,
+                              shared_arrays)
 
 IMAGE_SIZE = 32
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -99,6 +100,8 @@ def test_features_equal_a_direct_backbone_call(backbone):
     images, labels = images_of(source)
     want = backbone(images, training=False).numpy()
     assert got_features.dtype == np.float32 and got_features.shape == (7, architecture.FEATURE_DIM)
+    # Aligned, so that the head's fit reads the features in place instead of copying them.
+    assert got_features.ctypes.data % shared_arrays.ALIGNMENT == 0
     np.testing.assert_allclose(got_features, want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(got_labels, labels)
     np.testing.assert_array_equal(got_labels, np.arange(7) % 4)

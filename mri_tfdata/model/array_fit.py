@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from mri_tfdata.data import epoch_order
+from mri_tfdata.model import shared_arrays
 
 # Rule: the model's own train_step and test_step do each step, so the loss, metrics, optimizer
 # and logs are Keras's; only the loop moves into the graph. A step on a batch of features is as
@@ -50,8 +51,9 @@ def fit_arrays(model: keras.Model, features: np.ndarray, labels: np.ndarray, *,
                          f"{count // batch_size} (whole batches of {batch_size} in {count})")
     if seed is None:
         seed = int(np.random.randint(2**31 - 1))
-    # Arguments, not captured constants: a constant would copy the split's features into the graph.
-    arrays = (tf.convert_to_tensor(features), tf.convert_to_tensor(labels))
+    # Arguments, not captured constants: a constant would copy the split's features into the
+    # graph. An aligned array (the extraction's) is read in place, not copied.
+    arrays = (shared_arrays.as_tensor(features), tf.convert_to_tensor(labels))
     train_epoch = _train_epoch(model, batch_size=batch_size, steps=steps_per_epoch)
     evaluate = None
     if validation is not None:

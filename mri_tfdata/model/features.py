@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mri_tfdata.model import architecture
+from mri_tfdata.model import architecture, shared_arrays
 from mri_tfdata.runtime import progress
 
 # The global batch of feature extraction, whatever the training batch: large enough to keep the
@@ -118,8 +118,9 @@ def extract_features(backbone: keras.Model, dataset: tf.data.Dataset, *, batch_s
 
 def _stacked(batches: list, dtype, shape: tuple) -> np.ndarray:
     """The batches' rows in one array, each batch released once copied: a concatenation would
-    hold the split's largest array twice at the end of extraction."""
-    out = np.empty((sum(int(b.shape[0]) for b in batches), *shape), dtype)
+    hold the split's largest array twice at the end of extraction. Aligned, so that the head's
+    fit reads it in place (shared_arrays)."""
+    out = shared_arrays.empty((sum(int(b.shape[0]) for b in batches), *shape), dtype)
     row = 0
     for index, batch in enumerate(batches):
         rows = int(batch.shape[0])
