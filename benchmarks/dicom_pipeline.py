@@ -11,8 +11,8 @@ process so that other load hits both alike: opening the split (listing and check
 load_folder_source), the cold epoch (decode, resize, fill the memory cache) and a warm epoch
 from the cache; the cold epoch also in images per CPU second of this process, its cost whatever
 else runs on the host; and the CPU milliseconds per image of the read-decode-resize chain alone,
-one file at a time. Prints one line per round and format, then, as JSON, the best rates, the DICOM/JPEG
-ratios of the best rates, and the median over the rounds of each round's DICOM/JPEG ratio (the
+one file at a time. Prints one line per round and format, then, as JSON, the best rates, the
+DICOM/JPEG ratios of the best rates, and the median over the rounds of each round's DICOM/JPEG ratio (the
 figure to quote: other load hits a round's two formats alike).
 """
 

@@ -6,7 +6,8 @@ import pytest
 from mri_tfdata.model import shared_arrays
 
 
-@pytest.mark.parametrize("shape,dtype", [((7, 2048), np.float32), ((3,), np.int32), ((0, 4), np.float32)])
+@pytest.mark.parametrize("shape,dtype",
+                         [((7, 2048), np.float32), ((3,), np.int32), ((0, 4), np.float32)])
 def test_empty_is_aligned_and_contiguous(shape, dtype):
     array = shared_arrays.empty(shape, dtype)
     assert array.shape == shape and array.dtype == dtype and array.flags.c_contiguous

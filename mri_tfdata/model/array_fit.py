@@ -57,7 +57,8 @@ def fit_arrays(model: keras.Model, features: np.ndarray, labels: np.ndarray, *,
     train_epoch = _train_epoch(model, batch_size=batch_size, steps=steps_per_epoch)
     evaluate = None
     if validation is not None:
-        val_arrays = (tf.convert_to_tensor(validation[0]), tf.convert_to_tensor(validation[1]))
+        val_arrays = (shared_arrays.as_tensor(validation[0]),
+                      tf.convert_to_tensor(validation[1]))
         val_batches = -(-len(validation[1]) // batch_size)
         evaluate = _evaluate(model, batch_size=batch_size,
                              steps=min(val_batches, validation_steps or val_batches))

@@ -108,6 +108,11 @@ def fit_head(head: keras.Model, features: np.ndarray, labels: np.ndarray, *,
                                    steps_per_execution=plan.steps_per_execution)
         optimization.fuse_adam_update(head.optimizer)
     if strategy.num_replicas_in_sync == 1:
+        # The dtypes make_feature_dataset feeds the other path (no copy of float32 features).
+        features, labels = np.asarray(features, np.float32), np.asarray(labels, np.int32)
+        if validation is not None:
+            validation = (np.asarray(validation[0], np.float32),
+                          np.asarray(validation[1], np.int32))
         return array_fit.fit_arrays(head, features, labels, validation=validation,
                                     batch_size=batch_size, epochs=epochs,
                                     initial_epoch=initial_epoch,
