@@ -239,3 +239,32 @@ def test_mri_build_expands_the_home_folder_and_variables_in_tfds_builds_folder_f
     with pytest.raises(ParameterError, match=r"--data_dir=\$NO_SUCH_TFDS_DIR/x: the environment "
                                              r"variable \$NO_SUCH_TFDS_DIR is not set"):
         build.tfds_argv(["mri-build", "--data_dir=$NO_SUCH_TFDS_DIR/x"])
+
+
+_ENDING = """
+import atexit, sys
+from absl import logging
+from mri_tfdata.cli import runner
+
+def main(argv):
+    atexit.register(lambda: print("TEARDOWN", flush=True))
+    sys.stdout.write("printed, not flushed")
+    logging.warning("logged last")
+    return int(sys.argv[1])
+
+runner.run(main)
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_a_command_ends_without_teardown_and_loses_no_output(status):
+    code, out, err = _run("-c", _ENDING, str(status))
+    assert code == status
+    assert out == "printed, not flushed" and "logged last" in err
+
+
+def test_a_multi_worker_command_ends_through_the_normal_teardown():
+    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {}, "task": {}})}
+    code, out, err = _run("-c", _ENDING, "0", env=env)
+    assert code == 0 and "logged last" in err
+    assert out == "printed, not flushedTEARDOWN\n"

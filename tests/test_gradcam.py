@@ -11,7 +11,7 @@ import tensorflow as tf
 from mri_tfdata.core.errors import UserError
 from mri_tfdata.data import decoding, sources
 from mri_tfdata.evaluation import evaluator, gradcam
-from mri_tfdata.model import architecture
+from mri_tfdata.model import architecture, feature_cache
 
 # 128 px gives ResNet50's last block a 4 x 4 map: the smallest size at which "where" means much.
 SIZE, SIDE = 128, 48
@@ -347,3 +347,15 @@ def test_evaluation_writes_the_gradcam_grid_errors_and_tensorboard(tmp_path, mon
                 "calibration/expected_calibration_error", "calibration/brier_score"):
         assert [(step, plugin) for step, plugin, _ in found[tag]] == [(3, "scalars")]
     assert float(found["epoch_accuracy"][0][2]) == pytest.approx(metrics["accuracy"])
+
+    # Features that are not this model's on these images (here: another image's each) are
+    # refused by the pass that draws the Grad-CAMs, before any report is written.
+    features = classifier.get_layer("backbone").predict(pictures, verbose=0)
+    foreign = feature_cache.FeatureSet(features=np.ascontiguousarray(features[::-1]),
+                                       labels=labels, key=None, path=None, from_cache=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(UserError, match=r"predictions on 8 images of .* differ by .* Delete the"):
+        evaluator.evaluate_split(classifier, source, out_dir=elsewhere, batch_size=4,
+                                 cache_dir=None, feature_set=foreign)
+    assert list(elsewhere.iterdir()) == []

@@ -136,10 +136,16 @@ def test_the_model_as_saved_is_built_once_and_predicts_as_the_trained_one(tmp_pa
     monkeypatch.setattr(keras.models, "clone_model", lambda *a, **k: builds.append(1) or clone(
         *a, **k))
     saved = model_file.without_training_state(trained)
-    assert saved is not trained and len(builds) == 1  # the optimizer is not saved ...
-    # ... and the copy computes as the trained model does, standardisation included.
+    # The optimizer is not saved: the compiled head is copied uncompiled; the rest is shared.
+    assert saved is not trained and saved.get_layer("backbone") is backbone
+    assert saved.get_layer("head") is not head and getattr(saved.get_layer("head"), "optimizer", None) is None
+    # The copy computes as the trained model does, standardisation included.
     np.testing.assert_array_equal(saved(images), trained(images))
+    built = len(builds)
     path = model_file.save_classifier(saved, tmp_path / "model.keras", class_names=("a", "b"))
-    assert len(builds) == 1  # saving the copy builds nothing more
+    assert len(builds) == built  # saving the copy builds nothing more
+    with zipfile.ZipFile(path) as archive:
+        assert "optimizer" not in archive.read("config.json").decode()
+        assert b"optimizer" not in archive.read("model.weights.h5")
     assert model_file.without_training_state(saved) is saved
     np.testing.assert_array_equal(model_file.load_classifier(path).model(images), trained(images))

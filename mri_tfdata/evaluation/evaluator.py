@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl import logging
 
 from mri_tfdata.core.errors import UserError
-from mri_tfdata.data import decoding, input_pipeline
+from mri_tfdata.data import decoding
 from mri_tfdata.data.sources import Source
 from mri_tfdata.evaluation import bootstrap, conformal, gradcam, reports, summaries
 from mri_tfdata.model import feature_cache
@@ -39,25 +39,21 @@ def _tolerance(classifier: keras.Model) -> float:
     return 1e-4 if classifier.get_layer("backbone").compute_dtype == "float32" else 5e-2
 
 
-def check_model(classifier: keras.Model, source: Source, probabilities: np.ndarray) -> None:
-    """Runs the whole classifier on the split's first images and compares with `probabilities`.
+def check_agreement(classifier: keras.Model, source: Source, direct: np.ndarray,
+                    from_features: np.ndarray) -> None:
+    """Compares the classifier's own probabilities on a few of the split's images (`direct`)
+    with those the head computed from the split's cached features for the same images.
 
     Raises:
-      UserError: the classifier disagrees with the probabilities computed from cached features.
+      UserError: they differ by more than the classifier's precision explains.
     """
-    image_size = int(classifier.input_shape[1])
-    count = min(CHECK_IMAGES, len(probabilities))
-    dataset = input_pipeline.make_dataset(source, image_size=image_size, batch_size=count,
-                                          training=False)
-    images, _ = next(iter(dataset))
-    direct = keras.ops.convert_to_numpy(classifier(images, training=False))
-    difference = float(np.max(np.abs(direct - probabilities[:count])))
+    difference = float(np.max(np.abs(direct - from_features))) if len(direct) else 0.0
     if difference > _tolerance(classifier):
         raise UserError(
             "The model's predictions on {count!s} images of {description!s} differ by "
             "{difference!s} from those computed from its cached backbone features, so the "
             "feature cache does not belong to this model or the model is damaged. Delete the "
-            "feature cache (or pass {cache_dir:None}) and run again.", count=count,
+            "feature cache (or pass {cache_dir:None}) and run again.", count=len(direct),
             description=source.description, difference=f"{difference:.3g}")
 
 
@@ -93,33 +89,53 @@ def _images_at(source: Source, indices, image_size: int) -> np.ndarray:
     return np.stack([decoded[i] for i in indices])
 
 
-def write_gradcam_examples(classifier: keras.Model, source: Source, *, labels, probabilities,
-                           path) -> pathlib.Path:
-    """Writes a grid of Grad-CAMs: a row of correct predictions and a row of mistakes.
+def gradcam_picks(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> list:
+    """The split's positions shown with their Grad-CAMs: a row of correct predictions, then a row
+    of mistakes (at most GRADCAM_EXAMPLES each).
 
     Correct: the first correctly classified image of each class, in the split's order (a fair
     sample, not the model's best). Mistakes: the most confident ones, what a reviewer most needs
-    to see. Each heatmap explains the predicted class (the one in its caption).
+    to see.
     """
     predictions = probabilities.argmax(axis=1)
     confidence = probabilities[np.arange(len(labels)), predictions]
     right = predictions == labels
     correct = np.concatenate([np.flatnonzero(right & (labels == c))[:1]
-                              for c in range(len(source.class_names))]).tolist()
+                              for c in range(num_classes)]).tolist()
     wrong = np.flatnonzero(~right)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")].tolist()
-    picked = correct[:GRADCAM_EXAMPLES] + wrong[:GRADCAM_EXAMPLES]
-    pictures = _images_at(source, picked, int(classifier.input_shape[1]))
-    heatmaps = (gradcam.gradcam(classifier, pictures, class_index=predictions[picked]).heatmaps
-                if picked else [])
+    return [correct[:GRADCAM_EXAMPLES], wrong[:GRADCAM_EXAMPLES]]
+
+
+def check_and_explain(classifier: keras.Model, source: Source, *, labels,
+                      probabilities, path) -> pathlib.Path:
+    """Runs the classifier on a few of the split's images, once, for two ends: its probabilities
+    must agree with `probabilities` (computed by the head from the cached features) on the first
+    CHECK_IMAGES images (check_agreement), and the Grad-CAMs of the gradcam_picks are drawn into
+    `path`, each heatmap explaining the predicted class (the one in its caption).
+
+    Raises:
+      UserError: the classifier disagrees with `probabilities`.
+    """
+    rows = gradcam_picks(labels, probabilities, len(source.class_names))
+    checked = list(range(min(CHECK_IMAGES, len(labels))))
+    positions = sorted(set(checked).union(*rows))
+    if not positions:
+        return gradcam.plot_grid(path, [])
+    predictions = probabilities.argmax(axis=1)
+    images = _images_at(source, positions, int(classifier.input_shape[1]))
+    explained = gradcam.gradcam(classifier, images, class_index=predictions[positions],
+                                batch_size=len(positions))
+    at = {position: k for k, position in enumerate(positions)}
+    check_agreement(classifier, source, explained.probabilities[[at[i] for i in checked]],
+                    probabilities[checked])
     names, classes = source.names, source.class_names
-    panels = [(pictures[k], heatmaps[k],
-               (f"{pathlib.Path(names[i]).name}\ntrue {classes[labels[i]]}\n"
-                f"predicted {classes[predictions[i]]} {confidence[i]:.2f}"),
-               classes[predictions[i]])
-              for k, i in enumerate(picked)]
-    split = len(correct[:GRADCAM_EXAMPLES])
-    return gradcam.plot_grid(path, [("correct", panels[:split]), ("wrong", panels[split:])])
+    confidence = probabilities[np.arange(len(labels)), predictions]
+    panels = [[(images[at[i]], explained.heatmaps[at[i]],
+                (f"{pathlib.Path(names[i]).name}\ntrue {classes[labels[i]]}\n"
+                 f"predicted {classes[predictions[i]]} {confidence[i]:.2f}"),
+                classes[predictions[i]]) for i in row] for row in rows]
+    return gradcam.plot_grid(path, [("correct", panels[0]), ("wrong", panels[1])])
 
 
 def calibrate_split(head: keras.Model, feature_set: feature_cache.FeatureSet, *, alphas,
@@ -160,8 +176,9 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
 
     The split's backbone features come from the feature cache (extracted and cached when
     absent), so each image is decoded at most once and a second evaluation decodes only the few
-    shown with their Grad-CAMs; the head turns them into probabilities. The whole model is then
-    run on a few images and must agree.
+    shown with their Grad-CAMs and checked; the head turns them into probabilities. The model is
+    then run once on a few images: it must agree, and the same pass gives the Grad-CAMs
+    (check_and_explain).
 
     Args:
       classifier: the trained classifier (its "backbone" and "head" are used).
@@ -171,8 +188,8 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
       cache_dir: the feature cache folder, or None for no caching.
       strategy: the tf.distribute strategy the classifier was built under.
       extra: more keys for metrics.json.
-      checked_model: the model run on the check images, e.g. the model as saved (training's
-        model_file.without_training_state); default `classifier`.
+      checked_model: the model run on the check images and explained by the Grad-CAMs, e.g. the
+        model as saved (training's model_file.without_training_state); default `classifier`.
       log_dir: the TensorBoard folder for this evaluation (its earlier summaries are replaced),
         e.g. WORKDIR/logs/test; None for none.
       log_step: the step the summaries are written at.
@@ -195,15 +212,15 @@ def evaluate_split(classifier: keras.Model, source: Source, *, out_dir, batch_si
     source = feature_set.source or source  # without files that failed to decode, if any
     check_labels(source, feature_set.labels)
     probabilities = head_probabilities(classifier.get_layer("head"), feature_set.features)
-    check_model(checked_model or classifier, source, probabilities)
+    # Before any report is written: a model that disagrees with its features leaves none.
+    check_and_explain(checked_model or classifier, source, labels=feature_set.labels,
+                      probabilities=probabilities,
+                      path=pathlib.Path(out_dir) / "gradcam_examples.png")
     uncertainty = uncertainty_metrics(feature_set.labels, probabilities, source.class_names,
                                       resamples=bootstrap_resamples, calibration=calibration)
     metrics = reports.write_evaluation(out_dir, labels=feature_set.labels,
                                        probabilities=probabilities, class_names=source.class_names,
                                        names=source.names, extra=extra, uncertainty=uncertainty)
-    write_gradcam_examples(classifier, source, labels=feature_set.labels,
-                           probabilities=probabilities,
-                           path=pathlib.Path(out_dir) / "gradcam_examples.png")
     if log_dir is not None:
         summaries.write_evaluation(
             log_dir, step=log_step, metrics=metrics,

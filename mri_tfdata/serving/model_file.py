@@ -45,25 +45,35 @@ def _compiled(model: keras.Model) -> bool:
 
 def without_training_state(classifier: keras.Model) -> keras.Model:
     """`classifier` as save_classifier writes it: itself when no part of it is compiled, else a
-    clone (new layers, the same weights) of an uncompiled view of it.
+    new model over the same layers in which each compiled nested model is replaced by an
+    uncompiled copy (new layers, the same weights).
 
     Keras saves the optimizer of a compiled model, of a compiled model nested in it (training's
     fast path compiles the head) even through a view, and clones a compiled model compiled; and
     save(include_optimizer=False) is silently ignored for .keras files. A caller that wants to
     run the model as saved (training's check of the saved model) takes this, passes it to
-    save_classifier, and runs it: one copy built, none loaded back.
+    save_classifier, and runs it: only the compiled parts are copied (the head, not the
+    backbone), none is loaded back.
     """
     if not _compiled(classifier):
         return classifier
+
+    def uncompiled(layer):
+        if not (isinstance(layer, keras.Model) and _compiled(layer)):
+            return layer  # shared: holds no training state
+        if getattr(layer, "optimizer", None) is None:  # compiled only deeper down
+            return without_training_state(layer)
+        copy = keras.models.clone_model(keras.Model(layer.input, layer.output, name=layer.name))
+        copy.set_weights(layer.get_weights())
+        for part in _all_layers(copy):
+            # A Normalization layer computes from copies of its statistics taken when they are
+            # set by adapt() or loaded, not by set_weights: take them now, as loading would.
+            if hasattr(part, "finalize_state"):
+                part.finalize_state()
+        return copy
+
     view = keras.Model(classifier.input, classifier.output, name=classifier.name)
-    clone = keras.models.clone_model(view)
-    clone.set_weights(classifier.get_weights())
-    for layer in _all_layers(clone):
-        # A Normalization layer computes from copies of its statistics taken when they are
-        # set by adapt() or loaded, not by set_weights: take them now, as loading would.
-        if hasattr(layer, "finalize_state"):
-            layer.finalize_state()
-    return clone
+    return keras.models.clone_model(view, clone_function=uncompiled)
 
 
 def _all_layers(model: keras.Model) -> list:
