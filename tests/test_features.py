@@ -132,6 +132,13 @@ def test_cache_is_reused_and_a_truncated_file_is_rebuilt(backbone, tmp_path):
     assert second.from_cache
     np.testing.assert_array_equal(second.features, first.features)
     np.testing.assert_array_equal(second.labels, first.labels)
+    # A caller's fingerprint of the backbone keys the same file; another one keys another file.
+    fingerprint = feature_cache.weights_fingerprint(backbone)
+    assert feature_cache.load_or_extract(source, **kwargs, fingerprint=fingerprint).path == \
+        first.path
+    other = feature_cache.load_or_extract(source, **kwargs, fingerprint="f" * 32)
+    assert not other.from_cache and other.path != first.path
+    other.path.unlink()
 
     # As if a process had died mid-write without the atomic rename.
     data = first.path.read_bytes()

@@ -68,6 +68,9 @@ def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
     for point in ("phase_weights_saved", "phase_recorded", "model_saved", "evaluated",
                   "finished_recorded"):
         killed_at(point)
+        if point == "phase_recorded":  # The trained head's state, which every rerun loads.
+            kept = np.load(workdir / "checkpoints" / "head.npz")
+            kept = [kept[name] for name in sorted(kept.files)]
 
     assert (workdir / "checkpoints").exists()  # A kill right after "finished_recorded" leaves it.
     code, out, err = _run_train(*args)
@@ -97,6 +100,11 @@ def test_a_kill_at_every_state_transition_resumes_to_a_complete_run(tmp_path):
     saved = model_file.load_classifier(workdir / "model.keras")
     assert saved.class_names == ("glioma", "meningioma", "notumor", "pituitary")
     assert saved.image_size == 32
+    # The reruns after the phase was recorded saved the head it trained, not a new one.
+    head = saved.model.get_layer("head")
+    assert len(kept) == len(head.variables)
+    for state, variable in zip(kept, head.variables):
+        np.testing.assert_array_equal(state, np.asarray(variable), err_msg=variable.path)
 
 
 @pytest.mark.integration

@@ -59,9 +59,10 @@ def load(data, model_spec, *, strategy, seed: int, feature_cache_setting: str, t
     cache_dir = feature_cache.resolve_cache_dir(feature_cache_setting)
     sources = tuple(data.open(split) for split in (train_split, validation_split))
     # At the inference batch, not the head's.
+    fingerprint = feature_cache.weights_fingerprint(backbone)
     train, validation = (feature_cache.load_or_extract(
         source, backbone=backbone, image_size=model_spec.image_size, cache_dir=cache_dir,
-        strategy=strategy) for source in sources)
+        strategy=strategy, fingerprint=fingerprint) for source in sources)
     if len(train.labels) < largest_batch:
         raise UserError(f"batch_sizes holds {largest_batch}, more than the {len(train.labels)} "
                         f"examples of train_split={train_split!r}; use smaller batch_sizes.")

@@ -175,7 +175,8 @@ def _read_valid(path: Path, key: CacheKey,
 
 
 def load_or_extract(source, *, backbone: keras.Model, image_size: int, cache_dir: Path | None,
-                    batch_size: int = features.INFERENCE_BATCH, strategy=None) -> FeatureSet:
+                    batch_size: int = features.INFERENCE_BATCH, strategy=None,
+                    fingerprint: str | None = None) -> FeatureSet:
     """Returns the features of a split, from the disk cache when a valid file exists.
 
     Args:
@@ -186,6 +187,8 @@ def load_or_extract(source, *, backbone: keras.Model, image_size: int, cache_dir
         the training batch).
       cache_dir: directory of cache files (`resolve_cache_dir`), or None to extract without caching.
       strategy: the tf.distribute strategy (default: the current one).
+      fingerprint: `weights_fingerprint(backbone)` when the caller has it for the backbone's
+        current weights (e.g. for several splits in a row); None computes it.
 
     A source opened without decoding its files (`source.undecoded`) is decoded here, once: the
     files that fail are named, counted and left out (sources.skip_undecodable), and the
@@ -196,7 +199,7 @@ def load_or_extract(source, *, backbone: keras.Model, image_size: int, cache_dir
       A FeatureSet; `from_cache` says whether it was read from disk.
     """
     key = cache_key(cache_id=source.cache_id, image_size=image_size,
-                    weights_fingerprint=weights_fingerprint(backbone),
+                    weights_fingerprint=fingerprint or weights_fingerprint(backbone),
                     precision=backbone.dtype_policy.name)
     path = cache_dir / key.filename if cache_dir is not None else None
     if path is not None:

@@ -209,13 +209,16 @@ def _run_phases(classifier: keras.Model, job: _Job, *, precision_policy: str, fa
     """The head phase, the optional fine-tuning phase, then the outputs; each skipped if done."""
     run, config = job.run, job.config
     _log_start(job, precision_policy)
-    resumable.load_finished_phase(classifier, run)
+    # On the fast path only the head trains: the frozen backbone is rebuilt the same by every
+    # run (its weights, or the seed), so the head's state is the whole state a phase keeps.
+    kept = classifier.get_layer("head") if fast else classifier
+    resumable.load_finished_phase(kept, run)
     if not run.phase_done(HEAD_PHASE):
         if fast:
             _fit_head_on_features(classifier, job)
         else:
             _fit_end_to_end(classifier, job, HEAD_PHASE)
-        resumable.end_phase(classifier, run, HEAD_PHASE)
+        resumable.end_phase(kept, run, HEAD_PHASE)
     if config.fine_tune_blocks and not run.phase_done(FINE_TUNE_PHASE):
         _fit_end_to_end(classifier, job, FINE_TUNE_PHASE)
         resumable.end_phase(classifier, run, FINE_TUNE_PHASE)
@@ -299,11 +302,13 @@ def train(*, data: DataSpec, model_spec: ModelSpec, config: TrainConfig, workdir
     if fast:
         # Every split's features now, before the workdir is written: the splits are known to be
         # usable only once their files are decoded.
+        backbone = classifier.get_layer("backbone")
+        fingerprint = feature_cache.weights_fingerprint(backbone)  # the same for every split
         for flag, source in splits.items():
             if source.cache_id not in feature_sets:  # e.g. validating on the test split
                 feature_sets[source.cache_id] = feature_cache.load_or_extract(
-                    source, backbone=classifier.get_layer("backbone"),
-                    image_size=model_spec.image_size, cache_dir=cache_dir, strategy=strategy)
+                    source, backbone=backbone, image_size=model_spec.image_size,
+                    cache_dir=cache_dir, strategy=strategy, fingerprint=fingerprint)
             splits[flag] = feature_sets[source.cache_id].source
         check_splits()
     # The data and the weights are good: only now is the workdir written (and locked).
