@@ -70,6 +70,21 @@ def run_training(work: pathlib.Path, extra: list[str],
     return timed_command.run_with_line_times(command, what="training run")
 
 
+def timed_run(extra: list[str], cache: pathlib.Path | None) -> tuple[float, list, dict]:
+    """(wall seconds, timed log lines, metrics.json) of one run into a fresh workdir, its feature
+    cache `cache` or, for None, a fresh empty one."""
+    with tempfile.TemporaryDirectory(prefix="mri_tfdata-run-") as tmp:
+        wall, lines = run_training(pathlib.Path(tmp), extra,
+                                   cache or pathlib.Path(tmp) / "features")
+        metrics = json.loads((pathlib.Path(tmp) / "run" / "metrics.json").read_text())
+    return wall, lines, metrics
+
+
+def print_parts(parts: dict[str, float]) -> None:
+    print("Where the run's time went (s): " +
+          ", ".join(f"{name} {seconds:.1f}" for name, seconds in parts.items()))
+
+
 def main(argv):
     runner.require(FLAGS.data_dir is not None, "--data_dir is required: the Kaggle dataset root.")
     extra = argv[1:]
@@ -77,15 +92,12 @@ def main(argv):
     policy = precision.apply_precision("auto")
     cache = pathlib.Path(FLAGS.feature_cache) if FLAGS.feature_cache else None
     if cache is not None and any(cache.glob("*.npz")):
-        with tempfile.TemporaryDirectory(prefix="mri_tfdata-run-") as tmp:
-            wall, lines = run_training(pathlib.Path(tmp), extra, cache)
-            metrics = json.loads((pathlib.Path(tmp) / "run" / "metrics.json").read_text())
+        wall, lines, metrics = timed_run(extra, cache)
         parts = run_parts.breakdown(lines, wall)
         rest = wall - parts.get("extraction", 0.0)
         print(f"Warm run (features read from {cache}): {wall:.1f} s wall, {rest:.1f} s outside "
               f"reading the features; test accuracy {metrics['accuracy']:.4f}")
-        print("Where the run's time went (s): " +
-              ", ".join(f"{name} {seconds:.1f}" for name, seconds in parts.items()))
+        print_parts(parts)
         print(json.dumps({"wall_s": round(wall, 1), "all_but_extraction_s": round(rest, 2),
                           "test_accuracy": round(metrics["accuracy"], 4), "precision": policy,
                           "image_size": FLAGS.image_size, "extra_flags": extra,
@@ -93,10 +105,7 @@ def main(argv):
         return
     backbone = architecture.build_backbone(image_size=FLAGS.image_size, weights="none")
     before = bare_rate(backbone, FLAGS.bare_images)
-    with tempfile.TemporaryDirectory(prefix="mri_tfdata-run-") as tmp:
-        wall, lines = run_training(pathlib.Path(tmp), extra,
-                                   cache or pathlib.Path(tmp) / "features")
-        metrics = json.loads((pathlib.Path(tmp) / "run" / "metrics.json").read_text())
+    wall, lines, metrics = timed_run(extra, cache)
     after = bare_rate(backbone, FLAGS.bare_images)
     rate = (before + after) / 2
     log = "".join(line for _, line in lines)
@@ -113,8 +122,7 @@ def main(argv):
     print(f"Bare backbone: {rate:.1f} img/s (before {before:.1f}, after {after:.1f}), one pass "
           f"over the {images} images {bare_s:.1f} s; the run takes {wall / bare_s:.2f}x that pass, "
           f"the extraction {extraction_s / bare_s:.2f}x")
-    print("Where the run's time went (s): " +
-          ", ".join(f"{name} {seconds:.1f}" for name, seconds in parts.items()))
+    print_parts(parts)
     print(json.dumps({"wall_s": round(wall, 1), "images": images,
                       "extraction_s": round(extraction_s, 1), "bare_img_s": round(rate, 1),
                       "bare_pass_s": round(bare_s, 1), "run_vs_bare": round(wall / bare_s, 3),

@@ -47,7 +47,7 @@ def check_agreement(classifier: keras.Model, source: Source, direct: np.ndarray,
     Raises:
       UserError: they differ by more than the classifier's precision explains.
     """
-    difference = float(np.max(np.abs(direct - from_features))) if len(direct) else 0.0
+    difference = float(np.max(np.abs(direct - from_features)))
     if difference > _tolerance(classifier):
         raise UserError(
             "The model's predictions on {count!s} images of {description!s} differ by "
@@ -77,13 +77,12 @@ def check_labels(source: Source, labels: np.ndarray) -> None:
 
 
 def _images_at(source: Source, indices, image_size: int) -> np.ndarray:
-    """The split's images at `indices`, decoded as the pipeline decodes them (no other decoded).
+    """The split's images at `indices` (at least one), decoded as the pipeline decodes them (no
+    other decoded).
 
     Each is decoded alone by the pipeline's own decode_and_resize, eagerly: for a few images,
     tracing it into a dataset's map costs several times more than the decoding.
     """
-    if not indices:
-        return np.zeros((0, image_size, image_size, 3), np.uint8)
     wanted = tf.constant(sorted(set(indices)), tf.int64)
     encoded = (source.dataset.enumerate()
                .filter(lambda i, example: tf.reduce_any(tf.equal(i, wanted)))
